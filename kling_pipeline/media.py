@@ -1,0 +1,145 @@
+"""Verify video files before trusting them: a download that stopped halfway must not count as done.
+
+An MP4 cut short still opens (its index at the front promises every frame) and decodes without
+complaint until the data runs out, so a whole file is proved by decoding every frame and checking
+that all the frames the index promises arrived intact. Every failure, whatever PyAV raises, becomes
+a MediaError with a message in plain words: bad bytes never give a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
+
+# Demuxers that read a single picture: ffmpeg opens an image as a one-frame "video".
+_IMAGE_FORMAT_SUFFIXES = ("_pipe", "image2")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file is, as read from its container and first video stream."""
+
+    duration: float  # seconds
+    width: int
+    height: int
+    fps: float
+    has_audio: bool
+    codec: str
+
+
+class MediaError(Exception):
+    """A file that is not a whole, playable video; the message says what is wrong."""
+
+
+def probe_video(path: str | os.PathLike[str], *, decode: bool = True) -> VideoInfo:
+    """Read a video's facts; with `decode` (the default) decode every frame to prove it whole.
+
+    `decode=False` reads the headers only: fast, but it cannot tell a truncated file from a whole.
+    """
+    name = os.fspath(path)
+    try:
+        size = os.path.getsize(name)
+    except OSError as exc:
+        raise MediaError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise MediaError(f"{name}: the file is empty")
+    import av
+
+    try:
+        with av.open(name, mode="r") as container:
+            return _probe(container, name, decode)
+    except MediaError:
+        raise
+    except av.FFmpegError as exc:
+        raise MediaError(f"{name}: not a readable video ({_plain(exc)})") from exc
+    except Exception as exc:  # PyAV can raise anything on hostile bytes; none may escape raw
+        raise MediaError(f"{name}: not a readable video ({type(exc).__name__}: {exc})") from exc
+
+
+def _plain(exc: Exception) -> str:
+    """FFmpeg's own words for an error, without the errno and the repeated file name."""
+    strerror = getattr(exc, "strerror", None)
+    return str(strerror) if strerror else str(exc)
+
+
+def _probe(container: InputContainer, name: str, decode: bool) -> VideoInfo:
+    """The facts of an open container, checked."""
+    format_name = container.format.name
+    if any(part.endswith(_IMAGE_FORMAT_SUFFIXES) for part in format_name.split(",")):
+        raise MediaError(f"{name}: is a still image ({format_name}), not a video")
+    if not container.streams.video:
+        raise MediaError(f"{name}: has no video stream")
+    stream = container.streams.video[0]
+    codec_context = stream.codec_context
+    width, height = codec_context.width, codec_context.height
+    if width <= 0 or height <= 0:
+        raise MediaError(f"{name}: the video stream has no picture size")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    duration = _header_duration(container, stream)
+    if decode:
+        decoded = _decode_all(container, stream, name)
+        if fps <= 0 and duration and duration > 0:
+            fps = decoded / duration
+        if duration is None and fps > 0:
+            duration = decoded / fps
+    if duration is None and fps > 0 and stream.frames > 0:
+        duration = stream.frames / fps
+    if duration is None or duration <= 0:
+        raise MediaError(f"{name}: the video's duration is unknown")
+    return VideoInfo(duration=duration, width=width, height=height, fps=fps,
+                     has_audio=bool(container.streams.audio),
+                     codec=codec_context.name or "unknown")
+
+
+def _header_duration(container: InputContainer, stream: VideoStream) -> float | None:
+    """Seconds from the stream's header, else from the container's; None when neither says."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        import av
+
+        return float(Fraction(container.duration, av.time_base))
+    return None
+
+
+def _decode_all(container: InputContainer, stream: VideoStream, name: str) -> int:
+    """Decode every video frame and read every other packet; MediaError if any is missing.
+
+    Other streams (the audio) are read but not decoded: a download cut short usually ends in
+    them, and their packet count and the demuxer's "incomplete" flag are proof enough.
+    """
+    import av
+
+    decoded = 0
+    discarded = 0  # frames an edit list drops on purpose: read, never output
+    packets: dict[int, int] = {}  # stream index -> packets with data
+    try:
+        for packet in container.demux():
+            if packet.is_corrupt:
+                raise MediaError(f"{name}: is truncated or damaged (a packet's data is incomplete)")
+            index = packet.stream.index
+            if packet.size:
+                packets[index] = packets.get(index, 0) + 1
+            if index == stream.index:
+                discarded += packet.is_discard
+                decoded += len(packet.decode())
+    except av.FFmpegError as exc:
+        raise MediaError(f"{name}: is damaged ({_plain(exc)})") from exc
+    if decoded == 0:
+        raise MediaError(f"{name}: no video frame could be decoded")
+    for each in container.streams:
+        present = packets.get(each.index, 0)
+        if each.frames and present < each.frames:
+            raise MediaError(f"{name}: is truncated (only {present} of {each.frames} "
+                             f"{each.type} frames are in the file)")
+    if decoded + discarded < packets.get(stream.index, 0):
+        raise MediaError(f"{name}: is damaged (only {decoded} of "
+                         f"{packets.get(stream.index, 0)} video frames could be decoded)")
+    return decoded
