@@ -1,0 +1,154 @@
+"""The simulator's clips are real MP4s of the requested duration, size, sound and frames."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import pytest
+from PIL import Image, ImageDraw, ImageStat
+
+from kling_pipeline.simulator.video import ClipSpec, frame_size, render_clip
+
+
+def _png(size: tuple[int, int], colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
+    """An image with a solid background and a white square, as file bytes."""
+    image = Image.new("RGB", size, colour)
+    ImageDraw.Draw(image).rectangle((20, 20, 120, 120), fill=(255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _write(tmp_path: Path, data: bytes, name: str = "clip.mp4") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _frames(path: Path) -> list[Image.Image]:
+    with av.open(str(path)) as container:
+        return [frame.to_image()  # type: ignore[no-untyped-call]
+                for frame in container.decode(video=0)]
+
+
+def _seconds(stream: av.stream.Stream) -> float:
+    """A stream's duration from its header."""
+    assert stream.duration is not None and stream.time_base is not None
+    return float(stream.duration * stream.time_base)
+
+
+def _mean(image: Image.Image) -> tuple[float, ...]:
+    """Average colour of the frame's centre (away from the white square and any caption)."""
+    width, height = image.size
+    centre = image.crop((width // 2, height // 4, width * 3 // 4, height * 3 // 4))
+    return tuple(ImageStat.Stat(centre).mean)
+
+
+@pytest.mark.parametrize("seconds", [3, 5, 10])
+def test_duration_is_exact_to_one_frame(tmp_path: Path, seconds: int) -> None:
+    spec = ClipSpec(segments=(("a fox in the snow", float(seconds)),))
+    path = _write(tmp_path, render_clip(spec))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        duration = _seconds(stream)
+        frames = sum(1 for _ in container.decode(stream))
+    assert abs(duration - seconds) <= 1 / spec.fps
+    assert frames == seconds * spec.fps
+
+
+def test_is_h264_yuv420p_with_the_index_first(tmp_path: Path) -> None:
+    data = render_clip(ClipSpec(segments=(("anything", 3.0),)))
+    assert data.index(b"moov") < data.index(b"mdat"), "faststart: playable while downloading"
+    with av.open(str(_write(tmp_path, data))) as container:
+        context = container.streams.video[0].codec_context
+        assert context.name == "h264"
+        assert context.pix_fmt == "yuv420p"
+
+
+@pytest.mark.parametrize(("ratio", "size"),
+                         [("16:9", (320, 180)), ("9:16", (180, 320)), ("1:1", (320, 320))])
+def test_size_follows_the_aspect_ratio(tmp_path: Path, ratio: str, size: tuple[int, int]) -> None:
+    spec = ClipSpec(segments=(("a lighthouse at night", 3.0),), aspect_ratio=ratio)
+    assert frame_size(spec) == size
+    frames = _frames(_write(tmp_path, render_clip(spec)))
+    assert frames[0].size == size
+
+
+def test_default_aspect_is_16_9() -> None:
+    assert frame_size(ClipSpec(segments=(("x", 5.0),))) == (320, 180)
+
+
+def test_size_follows_the_image_not_the_ratio(tmp_path: Path) -> None:
+    image = _png((600, 400), (200, 40, 40))
+    spec = ClipSpec(segments=(("the car drives off", 3.0),), image=image, aspect_ratio="9:16")
+    assert frame_size(spec) == (320, 214)  # 600x400 is 3:2; 320 * 2/3 = 213.3 -> even 214
+    frames = _frames(_write(tmp_path, render_clip(spec)))
+    assert frames[0].size == (320, 214)
+    red, green, blue = _mean(frames[0])
+    assert red > 150 and green < 90 and blue < 90, "the first frame shows the image"
+
+
+def test_portrait_image_and_long_side() -> None:
+    spec = ClipSpec(segments=(("x", 5.0),), image=_png((400, 600), (0, 0, 0), "JPEG"),
+                    long_side=640)
+    assert frame_size(spec) == (426, 640)
+
+
+@pytest.mark.parametrize("sound", [False, True])
+def test_audio_present_iff_sound(tmp_path: Path, sound: bool) -> None:
+    spec = ClipSpec(segments=(("waves on a beach", 5.0),), sound=sound)
+    with av.open(str(_write(tmp_path, render_clip(spec)))) as container:
+        assert bool(container.streams.audio) is sound
+        if sound:
+            audio = container.streams.audio[0]
+            assert audio.codec_context.name == "aac"
+            assert abs(_seconds(audio) - 5.0) < 0.05
+
+
+def test_segments_add_up_and_each_gets_its_card(tmp_path: Path) -> None:
+    spec = ClipSpec(segments=(("wide shot of a harbour", 2.0), ("close up of a gull", 1.5),
+                              ("the gull flies away", 1.5)), aspect_ratio="1:1", sound=True)
+    assert spec.duration == 5.0
+    path = _write(tmp_path, render_clip(spec))
+    with av.open(str(path)) as container:
+        for stream in container.streams:
+            assert abs(_seconds(stream) - 5.0) <= 1 / spec.fps
+    frames = _frames(path)
+    assert len(frames) == 60
+    # Segments start at frames 0, 24 and 42: each has its own background.
+    firsts = [_mean(frames[i]) for i in (0, 24, 42)]
+    assert len({tuple(round(c) for c in colour) for colour in firsts}) == 3
+    assert _mean(frames[1]) == pytest.approx(firsts[0], abs=4), "same card within a segment"
+
+
+def test_title_card_moves(tmp_path: Path) -> None:
+    frames = _frames(_write(tmp_path, render_clip(ClipSpec(segments=(("still life", 3.0),)))))
+    assert frames[0].tobytes() != frames[6].tobytes()
+
+
+def test_end_image_fades_in(tmp_path: Path) -> None:
+    spec = ClipSpec(segments=(("it turns blue", 3.0),), image=_png((600, 400), (200, 40, 40)),
+                    end_image=_png((600, 400), (30, 40, 220), "JPEG"))
+    frames = _frames(_write(tmp_path, render_clip(spec)))
+    first, middle, last = _mean(frames[0]), _mean(frames[len(frames) // 2]), _mean(frames[-1])
+    assert first[0] > 150 and first[2] < 90
+    assert middle[0] > 150, "the end image waits for the last second"
+    assert last[2] > 180 and last[0] < 70, "the last frame is the end image"
+
+
+def test_long_and_empty_prompts_render() -> None:
+    for prompt in ("word " * 600, "", "x" * 400):
+        assert render_clip(ClipSpec(segments=((prompt, 1.0),), fps=4))[4:8] == b"ftyp"
+
+
+@pytest.mark.parametrize("spec", [
+    ClipSpec(segments=()),
+    ClipSpec(segments=(("x", 0.0),)),
+    ClipSpec(segments=(("x", 5.0),), fps=0),
+    ClipSpec(segments=(("x", 5.0),), aspect_ratio="wide"),
+])
+def test_impossible_specs_are_refused(spec: ClipSpec) -> None:
+    with pytest.raises(ValueError):
+        render_clip(spec)
