@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 DEFAULT_ASPECT = "16:9"
 SAMPLE_RATE = 48_000
 TONE_AMPLITUDE = 0.2
+AUDIO_BIT_RATE = 48_000
 # Frequencies that divide SAMPLE_RATE, so one period tiles exactly; one per segment, so the
 # cuts of a multi-prompt animatic can be heard.
 TONE_HZ = (400, 480, 500, 600, 750, 800)
@@ -93,6 +94,7 @@ def render_clip(spec: ClipSpec) -> bytes:
             audio = tone = None
             if spec.sound:
                 audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+                audio.bit_rate = AUDIO_BIT_RATE  # a plain tone: small files, same playability
                 tone = _Tone(spec)
             for index, image in enumerate(frames):
                 # PyAV's stub leaves from_image untyped; it copies rows honouring the line size.
