@@ -1,0 +1,58 @@
+"""Admin routes under /_simulator/: what happened, change the knobs, start over.
+
+They live on their own path (never under /v3) and need no key, so a test can read the
+counters without disturbing them; the simulator only ever binds to loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from kling_pipeline.simulator.state import simulator_of
+from kling_pipeline.simulator.tasks import STATUSES, view
+
+
+async def stats(request: Request) -> Response:
+    """GET /_simulator/stats: submissions per body hash, tasks per state, errors, requests."""
+    sim = simulator_of(request)
+    now = time.time()
+    states = Counter({status: 0 for status in STATUSES})
+    states.update(view(task, now).status for task in sim.store)
+    body = sim.stats.to_json()
+    body.update({
+        "tasks": dict(states),
+        "tasks_total": len(sim.store),
+        "renders": sim.renderer.rendered,
+        "accepted": sim.accepted,
+        "balance_left": (None if sim.config.balance is None
+                         else max(0, sim.config.balance - sim.accepted)),
+    })
+    return JSONResponse(body)
+
+
+async def config(request: Request) -> Response:
+    """GET: the knobs. POST a JSON object of knobs to change them now (400 names bad ones)."""
+    sim = simulator_of(request)
+    if request.method == "POST":
+        try:
+            changes = json.loads(await request.body() or b"{}")
+            if not isinstance(changes, dict):
+                raise ValueError("send a JSON object of knobs")
+            if "state_dir" in changes and changes["state_dir"] != sim.config.state_dir:
+                raise ValueError("state_dir cannot change while running")
+            sim.set_config(sim.config.replace(changes))
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"code": 400, "reason": "INVALID_CONFIG", "message": str(exc),
+                                 "metadata": {}}, status_code=400)
+    return JSONResponse(sim.config.to_json())
+
+
+async def reset(request: Request) -> Response:
+    """POST /_simulator/reset: forget tasks (on disk too), counters, rate windows, balance."""
+    simulator_of(request).reset()
+    return JSONResponse({"reset": True})

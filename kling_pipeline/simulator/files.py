@@ -1,0 +1,91 @@
+"""The presigned video download: no bearer header, S3-style refusals, optional truncation."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kling_pipeline.endpoints import ENDPOINTS
+from kling_pipeline.simulator.api import render_key
+from kling_pipeline.simulator.faults import drop_connection
+from kling_pipeline.simulator.renderer import clip_spec
+from kling_pipeline.simulator.state import RAW_SEND, Simulator, simulator_of
+from kling_pipeline.simulator.tasks import view
+from kling_pipeline.simulator.urls import s3_error
+
+FILES_ROUTE = "GET /_simulator/files"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_S3_MESSAGES = {"AccessDenied": "Request has expired",
+                "SignatureDoesNotMatch": "The request signature we calculated does not match "
+                                         "the signature you provided.",
+                "NoSuchKey": "The specified key does not exist."}
+
+
+def _xml(code: str, status: int, resource: str) -> Response:
+    return Response(s3_error(code, _S3_MESSAGES[code], resource), status_code=status,
+                    media_type="application/xml")
+
+
+async def download(request: Request) -> Response:
+    """GET /_simulator/files/{task_id}.mp4?expires=&sig=: the clip, once the URL checks out."""
+    sim = simulator_of(request)
+    sim.stats.requests[FILES_ROUTE] += 1
+    name: str = request.path_params["name"]
+    task_id = name.removesuffix(".mp4")
+    task = sim.store.get(task_id)
+    now = time.time()
+    if (task is None or task.no_url
+            or view(task, now).status != "TASK_STATUS_SUCCEED"):
+        sim.stats.errors["NoSuchKey"] += 1
+        return _xml("NoSuchKey", 404, request.url.path)
+    problem = sim.signer.check(task_id, request.query_params.get("expires", ""),
+                               request.query_params.get("sig", ""), now)
+    if problem:
+        sim.stats.errors[problem] += 1
+        return _xml(problem, 403, request.url.path)
+    config = sim.config
+    endpoint = ENDPOINTS[task.slug]
+    # shield: a client hanging up must not cancel the render others are waiting for
+    data = await asyncio.shield(sim.renderer.clip(render_key(sim, task), lambda: clip_spec(
+        endpoint, task.body, config.video_fps, config.video_long_side)))
+    sim.stats.downloads += 1
+    if sim.dice.roll(config.truncate_rate):
+        return await _truncated(request, sim, data)
+    return _ranged(request, data)
+
+
+async def _truncated(request: Request, sim: Simulator, data: bytes) -> Response:
+    sim.stats.faults["truncated"] += 1
+    half = data[: len(data) // 2]
+    if sim.config.truncate_mode == "short":
+        return Response(half, media_type="video/mp4")
+    raw_send = request.scope[RAW_SEND]
+    await raw_send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"video/mp4"),
+                                (b"content-length", str(len(data)).encode())]})
+    await raw_send({"type": "http.response.body", "body": half, "more_body": True})
+    await drop_connection(raw_send)
+    return Response()
+
+
+def _ranged(request: Request, data: bytes) -> Response:
+    """Whole file, or one `bytes=a-b` range (206), or 416 for a range beyond the end."""
+    headers = {"Accept-Ranges": "bytes"}
+    match = _RANGE.match(request.headers.get("range", "").strip())
+    if not match or match.groups() == ("", ""):
+        return Response(data, media_type="video/mp4", headers=headers)
+    size = len(data)
+    first, last = match.groups()
+    if first:
+        start, end = int(first), min(int(last) if last else size - 1, size - 1)
+    else:
+        start, end = max(0, size - int(last)), size - 1
+    if start >= size or start > end:
+        return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return Response(data[start:end + 1], status_code=206, media_type="video/mp4",
+                    headers=headers)
