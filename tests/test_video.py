@@ -123,6 +123,11 @@ def test_segments_add_up_and_each_gets_its_card(tmp_path: Path) -> None:
     assert _mean(frames[1]) == pytest.approx(firsts[0], abs=4), "same card within a segment"
 
 
+def test_same_spec_same_bytes() -> None:
+    spec = ClipSpec(segments=(("a b c", 2.0),), sound=True)
+    assert render_clip(spec) == render_clip(spec)
+
+
 def test_title_card_moves(tmp_path: Path) -> None:
     frames = _frames(_write(tmp_path, render_clip(ClipSpec(segments=(("still life", 3.0),)))))
     assert frames[0].tobytes() != frames[6].tobytes()
@@ -148,6 +153,7 @@ def test_long_and_empty_prompts_render() -> None:
     ClipSpec(segments=(("x", 0.0),)),
     ClipSpec(segments=(("x", 5.0),), fps=0),
     ClipSpec(segments=(("x", 5.0),), aspect_ratio="wide"),
+    ClipSpec(segments=(("x", 5.0),), image=b"not an image"),
 ])
 def test_impossible_specs_are_refused(spec: ClipSpec) -> None:
     with pytest.raises(ValueError):

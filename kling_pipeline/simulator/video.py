@@ -150,9 +150,12 @@ def _open_image(data: bytes) -> Image.Image:
     """Decode image bytes to RGB, upright as a viewer shows it (EXIF orientation applied)."""
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as image:
-        upright = ImageOps.exif_transpose(image)
-        return upright.convert("RGB")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            upright = ImageOps.exif_transpose(image)
+            return upright.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError("the image is not a readable PNG or JPEG") from exc
 
 
 def _cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
