@@ -212,7 +212,7 @@ def _check_scalar(spec: FieldSpec, value: Any, path: Path, slug: str) -> list[Pr
     kind = spec.kind
     if kind == "text" or kind == "image":
         if not isinstance(value, str):
-            return [Problem(path, f"must be text, got {_typename(value)}")]
+            return [Problem(path, f"must be text, got {type_name(value)}")]
         if spec.choices and value not in spec.choices:
             return [Problem(path, f"{_show(value)} is not allowed for {slug}; allowed: "
                                   + ", ".join(_show(c) for c in spec.choices))]
@@ -226,15 +226,15 @@ def _check_scalar(spec: FieldSpec, value: Any, path: Path, slug: str) -> list[Pr
         return []
     if kind == "boolean":
         if not isinstance(value, bool):
-            return [Problem(path, f"must be true or false, got {_typename(value)}")]
+            return [Problem(path, f"must be true or false, got {type_name(value)}")]
         return []
     if kind == "integer":
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            return [Problem(path, f"must be a whole number, got {_typename(value)} {value!r}")]
+            return [Problem(path, f"must be a whole number, got {type_name(value)} {value!r}")]
     elif kind == "number" and not _is_number(value):
-        return [Problem(path, f"must be a number, got {_typename(value)} {value!r}")]
+        return [Problem(path, f"must be a number, got {type_name(value)} {value!r}")]
     if spec.choices and value not in spec.choices:
         return [Problem(path, f"must be {spec.allowed()} for {slug}, got {_show(value)}")]
     low, high = spec.minimum, spec.maximum
@@ -243,7 +243,8 @@ def _check_scalar(spec: FieldSpec, value: Any, path: Path, slug: str) -> list[Pr
     return []
 
 
-def _typename(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """A person's word for the type of a YAML/JSON value."""
     return {bool: "boolean", int: "integer", float: "number", str: "text", list: "list",
             dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
 
@@ -252,7 +253,7 @@ def _check_multi_prompt(rule: MultiPromptRule, items: Any, duration: Any, slug: 
                         duration_spec: FieldSpec | None) -> list[Problem]:
     path: Path = ("multi_prompt",)
     if not isinstance(items, list):
-        return [Problem(path, f"must be a list of {{prompt, duration}}, got {_typename(items)}")]
+        return [Problem(path, f"must be a list of {{prompt, duration}}, got {type_name(items)}")]
     if not 1 <= len(items) <= rule.max_items:
         return [Problem(path, f"has {len(items)} parts; {slug} takes 1..{rule.max_items}")]
     problems: list[Problem] = []
@@ -261,7 +262,7 @@ def _check_multi_prompt(rule: MultiPromptRule, items: Any, duration: Any, slug: 
         here = (*path, i)
         if not isinstance(item, dict):
             problems.append(Problem(here, f"must be a mapping {{prompt, duration}}, "
-                                          f"got {_typename(item)}"))
+                                          f"got {type_name(item)}"))
             continue
         unknown = sorted(set(item) - {"prompt", "duration"})
         if unknown:

@@ -1,0 +1,49 @@
+"""Local image files: checked once, then known by (path, size, mtime) like git's index."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kling_pipeline.images import ImageProblem, check_image_bytes
+from kling_pipeline.memo import JsonMemo
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """A checked local image and the digest that stands for it in the key."""
+
+    path: Path
+    sha256: str
+    mime: str
+    width: int
+    height: int
+    size: int
+
+
+class ImageInspector:
+    """Checks local images, re-reading a file only when its size or mtime changed."""
+
+    def __init__(self, memo: JsonMemo) -> None:
+        self.memo = memo
+        self.reads = 0
+
+    def inspect(self, path: Path) -> LocalImage:
+        """Check one file; ImageProblem if the API would refuse it, OSError if unreadable."""
+        stat = os.stat(path)
+        if not os.path.isfile(path):
+            raise ImageProblem("INVALID_IMAGE_FORMAT", "is not a file")
+        memo_key = str(path)
+        known = self.memo.get(memo_key)
+        if (isinstance(known, list) and len(known) == 6
+                and known[0] == stat.st_size and known[1] == stat.st_mtime_ns):
+            return LocalImage(path, known[2], known[3], known[4], known[5], stat.st_size)
+        data = path.read_bytes()
+        self.reads += 1
+        info = check_image_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        self.memo.put(memo_key, [stat.st_size, stat.st_mtime_ns, digest, info.mime,
+                                 info.width, info.height])
+        return LocalImage(path, digest, info.mime, info.width, info.height, info.size)

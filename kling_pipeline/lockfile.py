@@ -1,0 +1,147 @@
+"""The lock file, format v1 (docs/lockfile.md): per shot, what was asked and what was paid for.
+
+It lives beside the storyboard and is committed to git, so it is deterministic (sorted keys,
+one field per line), holds no secret, and is only ever replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from kling_pipeline.errors import LockFileError
+from kling_pipeline.fsutil import atomic_write_bytes
+
+LOCK_VERSION = 1
+Status = Literal["submitting", "unknown", "queued", "processing", "rendered", "done", "failed",
+                 "lost"]
+STATUSES: tuple[str, ...] = get_args(Status)
+IN_FLIGHT: frozenset[str] = frozenset({"queued", "processing", "rendered"})
+AMBIGUOUS: frozenset[str] = frozenset({"submitting", "unknown"})
+FINISHED: frozenset[str] = frozenset({"done"})
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Output:
+    """The downloaded video: its digest names it in the cache."""
+
+    sha256: str
+    size: int
+    duration: float
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    """One shot's record. `request` is the body as sent, local images as their digests."""
+
+    key: str
+    key_scheme: int
+    endpoint: str
+    request: dict[str, Any]
+    status: Status
+    take: int = 1
+    task_id: str | None = None
+    submitted_at: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+    output: Output | None = None
+    error: str | None = None
+
+    def with_status(self, status: Status, **changes: Any) -> LockEntry:
+        return replace(self, status=status, updated_at=utc_now(), **changes)
+
+
+@dataclass
+class LockFile:
+    """All shots of one storyboard, by shot id."""
+
+    storyboard: str
+    shots: dict[str, LockEntry] = field(default_factory=dict)
+
+    def by_key(self) -> dict[str, tuple[str, LockEntry]]:
+        """Entries by request key (the first id in sorted order wins)."""
+        found: dict[str, tuple[str, LockEntry]] = {}
+        for shot_id in sorted(self.shots):
+            entry = self.shots[shot_id]
+            found.setdefault(entry.key, (shot_id, entry))
+        return found
+
+
+_ENTRY_FIELDS = {f.name for f in fields(LockEntry)}
+_REQUIRED = ("key", "key_scheme", "endpoint", "request", "status")
+
+
+def _entry(shot_id: str, raw: Any, where: str) -> LockEntry:
+    if not isinstance(raw, dict):
+        raise LockFileError(f"{where}: shots.{shot_id} must be a mapping")
+    unknown = sorted(set(raw) - _ENTRY_FIELDS)
+    missing = [name for name in _REQUIRED if name not in raw]
+    if unknown or missing:
+        raise LockFileError(f"{where}: shots.{shot_id}: "
+                            + (f"unknown fields {unknown} " if unknown else "")
+                            + (f"missing fields {missing}" if missing else ""))
+    if raw["status"] not in STATUSES:
+        raise LockFileError(f"{where}: shots.{shot_id}.status: {raw['status']!r} is not one of "
+                            + ", ".join(STATUSES))
+    output = raw.get("output")
+    try:
+        values = dict(raw)
+        if output is not None:
+            values["output"] = Output(str(output["sha256"]), int(output["size"]),
+                                      float(output["duration"]))
+        return LockEntry(**values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LockFileError(f"{where}: shots.{shot_id}: {exc}") from exc
+
+
+def read_lock(path: Path, storyboard: str) -> LockFile:
+    """The lock at `path`, or an empty one if there is none yet."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return LockFile(storyboard)
+    except OSError as exc:
+        raise LockFileError(f"{path}: cannot read the lock file: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LockFileError(f"{path}:{exc.lineno}:{exc.colno}: the lock file is not valid "
+                            f"JSON ({exc.msg}); if a merge left conflict markers, resolve them "
+                            "by keeping both sides' shots") from exc
+    if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION:
+        found = data.get("lock_version") if isinstance(data, dict) else None
+        raise LockFileError(f"{path}: not a kling-pipeline lock file of format "
+                            f"{LOCK_VERSION} (lock_version is {found!r})")
+    shots = data.get("shots")
+    if not isinstance(shots, dict):
+        raise LockFileError(f"{path}: `shots` must be a mapping of shot id to entry")
+    return LockFile(str(data.get("storyboard", storyboard)),
+                    {str(k): _entry(str(k), v, str(path)) for k, v in shots.items()})
+
+
+def _plain(entry: LockEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _ENTRY_FIELDS:
+        value = getattr(entry, name)
+        if value is None:
+            continue
+        out[name] = value.__dict__ if isinstance(value, Output) else value
+    return out
+
+
+def dumps_lock(lock: LockFile) -> bytes:
+    """Deterministic bytes: same content, same file, whatever the order of events."""
+    data = {"lock_version": LOCK_VERSION, "storyboard": lock.storyboard,
+            "shots": {k: _plain(lock.shots[k]) for k in sorted(lock.shots)}}
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def write_lock(path: Path, lock: LockFile) -> None:
+    atomic_write_bytes(path, dumps_lock(lock))

@@ -1,0 +1,172 @@
+"""Storyboard format v1 as pydantic models: the structure, and the source of the JSON Schema.
+
+Structure only: which keys exist and what type each holds. What a value may be for a given
+model (ranges, choices, lengths) depends on the endpoint and on rendered templates, so those
+checks live in `endpoints.py` and run after rendering. Any string is a Jinja template, and a
+number or boolean field may hold a template (`duration: "{{ item.seconds }}"`) too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from kling_pipeline.endpoints import ENDPOINTS, type_name
+
+SCHEMA_ID = "https://kling-pipeline.dev/schemas/storyboard.schema.json"
+_TEMPLATE = re.compile(r"\{\{|\{%")
+_TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\{|\{%",
+                    "description": "A Jinja template that renders to the value"}
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def is_template(value: object) -> bool:
+    return isinstance(value, str) and _TEMPLATE.search(value) is not None
+
+
+def _typed_or_template(accepts: tuple[type, ...], label: str) -> Callable[[Any], Any]:
+    """A validator for a value of `accepts`, or a string template rendering to one."""
+
+    def check(value: Any) -> Any:
+        if is_template(value):
+            return value
+        if isinstance(value, bool) and bool not in accepts:
+            raise PydanticCustomError("wrong_type", "must be {label}, got a boolean",
+                                      {"label": label})
+        if isinstance(value, accepts):
+            return value
+        got = "text " + repr(value) if isinstance(value, str) else type_name(value)
+        raise PydanticCustomError("wrong_type", "must be {label} (or a {tmpl}), got {got}",
+                                  {"label": label, "got": got, "tmpl": "{{ template }}"})
+
+    return check
+
+
+def _schema(kind: str) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [{"type": kind}, _TEMPLATE_SCHEMA]})
+
+
+Integer: TypeAlias = Annotated[int | str, PlainValidator(
+    _typed_or_template((int,), "a whole number")), _schema("integer")]
+Number: TypeAlias = Annotated[float | int | str, PlainValidator(
+    _typed_or_template((int, float), "a number")), _schema("number")]
+Boolean: TypeAlias = Annotated[bool | str, PlainValidator(
+    _typed_or_template((bool,), "true or false")), _schema("boolean")]
+ModelName: TypeAlias = Annotated[str, WithJsonSchema({
+    "anyOf": [{"enum": sorted(ENDPOINTS)}, _TEMPLATE_SCHEMA],
+    "description": "The endpoint slug: " + ", ".join(sorted(ENDPOINTS)),
+})]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Price(_Strict):
+    """US dollars per second of video (an estimate you may correct)."""
+
+    per_second: float = Field(ge=0)
+    per_second_sound: float | None = Field(default=None, ge=0,
+                                           description="With sound on; per_second when absent")
+
+
+class Provider(_Strict):
+    """Where requests go and how hard the tool may push."""
+
+    base_url: str = Field(default="https://api.novita.ai", pattern=r"^https?://",
+                          description="The router serving /v3/async/*; not part of any key")
+    api_key_env: str = Field(default="NOVITA_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="Name of the environment variable holding the key")
+    requests_per_minute: int = Field(default=20, ge=1, le=6000,
+                                     description="Submissions per minute per endpoint")
+    concurrency: int = Field(default=4, ge=1, le=256, description="Shots worked on at once")
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Price table override, by endpoint slug or family (kling-v3.0-pro)")
+
+
+class MultiPromptPart(_Strict):
+    """One part of a multi-shot video."""
+
+    prompt: str = Field(description="Template")
+    duration: Integer = Field(description="Seconds of this part")
+
+
+class ShotFields(_Strict):
+    """Request fields a shot or the defaults may set (storyboard names)."""
+
+    model: ModelName | None = None
+    prompt: str | None = Field(default=None, description="Template; limits depend on the model")
+    negative_prompt: str | None = Field(default=None, description="Template")
+    multi_prompt: list[MultiPromptPart] | None = Field(
+        default=None, description="Multi-shot parts; excludes prompt and end_image")
+    image: str | None = Field(default=None, description="First frame: a path relative to the "
+                                                        "storyboard, or an http(s) URL")
+    end_image: str | None = Field(default=None, description="End frame: path or URL")
+    duration: Integer | None = None
+    aspect_ratio: str | None = Field(default=None, description="16:9, 9:16 or 1:1 (t2v models)")
+    sound: Boolean | None = None
+    cfg_scale: Number | None = Field(default=None, description="0..1 (guidance_scale on v1.6)")
+    mode: str | None = Field(default=None, description="v1.6: Standard or Professional")
+
+
+class Defaults(ShotFields):
+    """Fields every shot gets unless it sets them; ignored where a model does not take them."""
+
+
+class Shot(ShotFields):
+    """One entry of `shots`: one request, or many with foreach/matrix."""
+
+    id: str = Field(min_length=1, description="Template; a safe file name once rendered")
+    take: int = Field(default=1, ge=1, description="Re-roll counter: changing it re-renders")
+    vars: dict[Annotated[str, Field(pattern=IDENTIFIER)], Any] = Field(default_factory=dict)
+    foreach: list[Any] | None = Field(default=None, min_length=1,
+                                      description="One shot per item, as `item`")
+    matrix: dict[Annotated[str, Field(pattern=IDENTIFIER)], list[Any]] | None = Field(
+        default=None, min_length=1,
+        description="One shot per combination, as `item.<name>`")
+
+
+class StoryboardHead(_Strict):
+    """Everything of a storyboard but its shots (validated alone when a shot is broken)."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True,
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema",
+                           "$id": SCHEMA_ID,
+                           "patternProperties": {"^x-": {}}},
+    )
+
+    version: Literal[1] = Field(description="Storyboard format version")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
+                      description="Project name: names the output folder")
+    description: str | None = None
+    provider: Provider = Field(default_factory=Provider)
+    defaults: Defaults = Field(default_factory=Defaults)
+    vars: dict[Annotated[str, Field(pattern=IDENTIFIER)], Any] = Field(default_factory=dict)
+    snippets: dict[Annotated[str, Field(pattern=IDENTIFIER)], str] = Field(
+        default_factory=dict, description="Reusable templates: {{ snippets.name }}")
+
+
+class Storyboard(StoryboardHead):
+    """A storyboard file, format version 1."""
+
+    shots: list[Shot] = Field(min_length=1)
+
+
+def extension_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Top-level `x-...` keys hold YAML anchors and notes; they are not part of the model."""
+    return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+
+
+def storyboard_schema() -> dict[str, Any]:
+    """The JSON Schema of storyboard format v1 (written to schemas/ by `kling-pipeline schema`)."""
+    schema = Storyboard.model_json_schema()
+    schema["title"] = "kling-pipeline storyboard"
+    return schema
+
+

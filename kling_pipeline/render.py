@@ -1,0 +1,314 @@
+"""Expand a storyboard into shots and render each into the exact request it will send.
+
+defaults + shot fields -> foreach/matrix fan-out -> templates rendered -> values typed and
+checked against the endpoint registry -> wire body with local images as digests -> key.
+Every problem is collected with its place in the YAML file; nothing stops at the first one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kling_pipeline.endpoints import (
+    ENDPOINTS,
+    Endpoint,
+    FieldSpec,
+    check_values,
+    effective_duration,
+    get_endpoint,
+    wire_body,
+)
+from kling_pipeline.errors import Diagnostic
+from kling_pipeline.hashing import IMAGE_DIGEST_PREFIX, request_key
+from kling_pipeline.images import ImageProblem
+from kling_pipeline.localimages import ImageInspector, LocalImage
+from kling_pipeline.models import Shot, StoryboardHead, is_template
+from kling_pipeline.templating import (
+    Snippets,
+    TemplateProblem,
+    TemplateRenderer,
+    fingerprint,
+    suggest,
+)
+from kling_pipeline.yamlsource import YamlSource, format_path
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+             *(f"lpt{i}" for i in range(10))}
+_REQUEST_FIELDS = ("model", "prompt", "negative_prompt", "multi_prompt", "image", "end_image",
+                   "duration", "aspect_ratio", "sound", "cfg_scale", "mode")
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class ShotRequest:
+    """One shot, rendered: the request it sends and the key it is known by."""
+
+    id: str
+    entry: int
+    endpoint: str
+    body: dict[str, Any]
+    local_images: dict[str, LocalImage]
+    take: int
+    key: str
+    duration: int
+    sound: bool
+
+
+@dataclass
+class _Problems:
+    source: YamlSource
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def add(self, path: tuple[str | int, ...], message: str, label: str | None = None,
+            key: bool = False) -> None:
+        location = format_path(path)
+        if label is not None and path[:1] == ("shots",) and len(path) >= 2:
+            rest = format_path(path[2:])
+            location = f"{format_path(path[:2])} ({label})" + (
+                "" if not rest else rest if rest.startswith("[") else "." + rest)
+        self.items.append(self.source.diagnostic(path, message, key=key, location=location))
+
+
+def shot_is_safe_id(shot_id: str) -> str | None:
+    """Why `shot_id` cannot be a file name, or None when it can."""
+    if not SAFE_ID.match(shot_id):
+        return ("must be a safe file name: 1..100 of letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit")
+    if shot_id.endswith("."):
+        return "must not end with '.'"
+    if shot_id.split(".")[0].lower() in _RESERVED:
+        return f"{shot_id!r} is a reserved device name on Windows"
+    return None
+
+
+def _fan_out(shot: Shot) -> Iterator[Any]:
+    if shot.foreach is not None:
+        yield from shot.foreach
+    elif shot.matrix is not None:
+        names = list(shot.matrix)
+        for combo in itertools.product(*(shot.matrix[n] for n in names)):
+            yield dict(zip(names, combo, strict=True))
+    else:
+        yield None
+
+
+class StoryboardRenderer:
+    """Turns a validated storyboard into ShotRequests, collecting located problems."""
+
+    def __init__(self, source: YamlSource, board: StoryboardHead,
+                 entries: list[tuple[int, Shot]], cli_vars: Mapping[str, Any],
+                 renderer: TemplateRenderer, inspector: ImageInspector) -> None:
+        self.source = source
+        self.board = board
+        self.entries = entries
+        self.cli_vars = dict(cli_vars)
+        self.renderer = renderer
+        self.inspector = inspector
+        self.base_dir = source.path.parent
+        self.problems = _Problems(source)
+        self.snippets = Snippets(board.snippets, renderer)
+        self.defaults = {k: getattr(board.defaults, k) for k in board.defaults.model_fields_set}
+
+    def run(self) -> tuple[list[ShotRequest], list[Diagnostic]]:
+        shots: list[ShotRequest] = []
+        for entry, shot in self.entries:
+            for index, item in enumerate(_fan_out(shot), start=1):
+                built = self._build(entry, shot, item, index)
+                if built is not None:
+                    shots.append(built)
+        self._check_unique_ids(shots)
+        return shots, self.problems.items
+
+    # --- one shot --------------------------------------------------------------------------
+
+    def _context(self, shot: Shot, item: Any, index: int) -> tuple[dict[str, Any], str]:
+        context: dict[str, Any] = {**self.board.vars, **shot.vars, **self.cli_vars}
+        fanned = shot.foreach is not None or shot.matrix is not None
+        if fanned:
+            context["item"] = item
+            context["index"] = index
+        context["snippets"] = self.snippets
+        context_fp = fingerprint([shot.vars, item if fanned else None, index if fanned else 0])
+        self.snippets.bind(context, context_fp)
+        return context, context_fp
+
+    def _build(self, entry: int, shot: Shot, item: Any, index: int) -> ShotRequest | None:
+        context, context_fp = self._context(shot, item, index)
+        before = len(self.problems.items)
+        here: tuple[str | int, ...] = ("shots", entry)
+
+        def render(text: str, path: tuple[str | int, ...], label: str | None) -> str | None:
+            try:
+                return self.renderer.render(text, context, context_fp)
+            except TemplateProblem as exc:
+                self.problems.add(path, str(exc), label)
+                return None
+
+        shot_id = render(shot.id, (*here, "id"), None)
+        label = shot_id
+        if shot_id is not None:
+            reason = shot_is_safe_id(shot_id)
+            if reason:
+                self.problems.add((*here, "id"), f"{shot_id!r} {reason}" if is_template(shot.id)
+                                  else reason)
+                shot_id = None
+
+        raw, origin = self._merge(shot, here, label)
+        slug_source = raw.get("model")
+        if slug_source is None:
+            self.problems.add(here, "has no model; set `model:` on the shot or in defaults",
+                              label)
+            return None
+        slug = render(slug_source, origin["model"], label)
+        if slug is None:
+            return None
+        endpoint = get_endpoint(slug)
+        if endpoint is None:
+            self.problems.add(origin["model"], f"unknown model {slug!r}"
+                              + suggest(slug, ENDPOINTS) + "; known: "
+                              + ", ".join(sorted(ENDPOINTS)), label)
+            return None
+        values: dict[str, Any] = {}
+        failed: set[str] = set()
+        for name, value in raw.items():
+            if name == "model":
+                continue
+            if origin[name][0] == "defaults" and name not in endpoint.by_name:
+                continue  # a default applies only where the model takes it
+            spec = endpoint.by_name.get(name)
+            typed = self._typed(spec, value, origin[name], render, label)
+            if typed is _MISSING:
+                failed.add(name)
+            else:
+                values[name] = typed
+        images = self._images(endpoint, values, origin, label)
+        for problem in check_values(endpoint, values):
+            if failed and (problem.path[0] in failed or problem.message.startswith("is required")):
+                continue  # already reported: the field did not render
+            path = origin.get(str(problem.path[0]), (*here, problem.path[0]))
+            self.problems.add((*path, *problem.path[1:]), problem.message, label)
+        if len(self.problems.items) != before or shot_id is None:
+            return None
+        body = wire_body(endpoint, values)
+        return ShotRequest(
+            id=shot_id, entry=entry, endpoint=slug, body=body, local_images=images,
+            take=shot.take, key=request_key(slug, body, shot.take),
+            duration=effective_duration(endpoint, body), sound=bool(values.get("sound", False)))
+
+    def _merge(self, shot: Shot, here: tuple[str | int, ...], label: str | None
+               ) -> tuple[dict[str, Any], dict[str, tuple[str | int, ...]]]:
+        raw: dict[str, Any] = {}
+        origin: dict[str, tuple[str | int, ...]] = {}
+        for name, value in self.defaults.items():
+            raw[name], origin[name] = value, ("defaults", name)
+        for name in _REQUEST_FIELDS:
+            if name in shot.model_fields_set:
+                raw[name], origin[name] = getattr(shot, name), (*here, name)
+        for name in [n for n, v in raw.items() if v is None]:
+            self.problems.add(origin[name], "is empty: give it a value, or remove the key",
+                              label)
+            del raw[name]
+        return raw, origin
+
+    def _typed(self, spec: FieldSpec | None, value: Any,
+               path: tuple[str | int, ...], render: Any, label: str | None) -> Any:
+        """The value with its templates rendered and typed as the endpoint wants it."""
+        if spec is None:
+            return value  # check_values reports the field the model does not take
+        if spec.kind == "multi_prompt":
+            parts = []
+            for i, part in enumerate(value):
+                prompt = render(part.prompt, (*path, i, "prompt"), label)
+                seconds = self._scalar("integer", part.duration, (*path, i, "duration"),
+                                       render, label)
+                if prompt is None or seconds is _MISSING:
+                    return _MISSING
+                parts.append({"prompt": prompt, "duration": seconds})
+            return parts
+        return self._scalar(spec.kind, value, path, render, label)
+
+    def _scalar(self, kind: str, value: Any, path: tuple[str | int, ...], render: Any,
+                label: str | None) -> Any:
+        if isinstance(value, str):
+            text = render(value, path, label)
+            if text is None:
+                return _MISSING
+            if kind in ("text", "image") or not is_template(value):
+                return text
+            converted = _convert(kind, text.strip())
+            if converted is _MISSING:
+                self.problems.add(path, f"renders to {text!r}, which is not "
+                                        + {"integer": "a whole number", "number": "a number",
+                                           "boolean": "true or false"}[kind], label)
+            return converted
+        if kind == "number" and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)  # 1 and 1.0 are one request, so one key
+        return value
+
+    def _images(self, endpoint: Endpoint, values: dict[str, Any],
+                origin: Mapping[str, tuple[str | int, ...]], label: str | None
+                ) -> dict[str, LocalImage]:
+        found: dict[str, LocalImage] = {}
+        for spec in endpoint.fields:
+            reference = values.get(spec.name)
+            if spec.kind != "image" or not isinstance(reference, str):
+                continue
+            if reference.startswith(("https://", "http://")):
+                continue
+            path = origin[spec.name]
+            if reference.startswith("data:") or "://" in reference:
+                self.problems.add(path, "must be a local .png/.jpg path or an http(s) URL",
+                                  label)
+                continue
+            file = (self.base_dir / reference).resolve()
+            try:
+                image = self.inspector.inspect(file)
+            except FileNotFoundError:
+                self.problems.add(path, f"image file not found: {reference} (paths are "
+                                        f"relative to the storyboard's folder)", label)
+                continue
+            except OSError as exc:
+                self.problems.add(path, f"cannot read image {reference}: {exc.strerror}", label)
+                continue
+            except ImageProblem as exc:
+                self.problems.add(path, f"image {reference} {exc.message}", label)
+                continue
+            found[spec.wire] = image
+            values[spec.name] = IMAGE_DIGEST_PREFIX + image.sha256
+        return found
+
+    def _check_unique_ids(self, shots: list[ShotRequest]) -> None:
+        seen: dict[str, ShotRequest] = {}
+        for shot in shots:
+            folded = shot.id.casefold()
+            first = seen.setdefault(folded, shot)
+            if first is not shot:
+                also = "" if first.id == shot.id else f" as {first.id!r}"
+                self.problems.add(("shots", shot.entry, "id"),
+                                  f"duplicate shot id {shot.id!r}: shots[{first.entry}] has "
+                                  f"it too{also} (ids must be unique, ignoring case)")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+def _convert(kind: str, text: str) -> Any:
+    if kind == "integer":
+        return int(text) if _INT.match(text) else _MISSING
+    if kind == "number":
+        try:
+            return float(text)
+        except ValueError:
+            return _MISSING
+    lowered = text.lower()
+    return {"true": True, "false": False}.get(lowered, _MISSING)

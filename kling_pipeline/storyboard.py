@@ -1,0 +1,102 @@
+"""Load a storyboard file into rendered, keyed shots, or fail with every problem located."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from kling_pipeline.errors import Diagnostic, StoryboardError
+from kling_pipeline.localimages import ImageInspector
+from kling_pipeline.memo import JsonMemo
+from kling_pipeline.models import Shot, Storyboard, StoryboardHead, extension_keys
+from kling_pipeline.render import ShotRequest, StoryboardRenderer
+from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
+from kling_pipeline.validation import diagnostics_from
+from kling_pipeline.yamlsource import YamlSource, load_yaml
+
+CACHE_DIR_NAME = ".kling-cache"
+
+
+@dataclass(frozen=True)
+class LoadedStoryboard:
+    """A valid storyboard and its shots in storyboard order."""
+
+    path: Path
+    board: StoryboardHead
+    shots: list[ShotRequest]
+
+
+def default_cache_dir(storyboard: Path) -> Path:
+    return storyboard.resolve().parent / CACHE_DIR_NAME
+
+
+def lock_path_for(storyboard: Path) -> Path:
+    """The lock file beside the storyboard: `lighthouse.yaml` -> `lighthouse.lock.json`."""
+    return storyboard.with_name(storyboard.stem + ".lock.json")
+
+
+def _structure(source: YamlSource) -> tuple[StoryboardHead | None, list[tuple[int, Shot]],
+                                            list[Diagnostic]]:
+    """Validate the structure; on errors inside shots only, keep the good shots going."""
+    if not isinstance(source.data, dict):
+        what = "empty" if source.data is None else f"a {type(source.data).__name__}"
+        return None, [], [Diagnostic(source.display, 1, 1, "",
+                                     f"a storyboard must be a mapping with version, name and "
+                                     f"shots; this file is {what}")]
+    data = extension_keys(source.data)
+    try:
+        board = Storyboard.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        problems = diagnostics_from(errors, source)
+        in_shots = {e["loc"][1] for e in errors
+                    if len(e["loc"]) >= 2 and e["loc"][0] == "shots"
+                    and isinstance(e["loc"][1], int)}
+        if any(len(e["loc"]) < 2 or e["loc"][0] != "shots" or not isinstance(e["loc"][1], int)
+               for e in errors):
+            return None, [], problems
+        head = StoryboardHead.model_validate({k: v for k, v in data.items() if k != "shots"})
+        good = [(i, Shot.model_validate(raw)) for i, raw in enumerate(data["shots"])
+                if i not in in_shots]
+        return head, good, problems
+    return board, list(enumerate(board.shots)), []
+
+
+def load_storyboard(path: Path, *, cli_vars: Mapping[str, str] | None = None,
+                    cache_dir: Path | None = None, use_cache: bool = True) -> LoadedStoryboard:
+    """Parse, validate, expand, render and key a storyboard; StoryboardError lists all problems.
+
+    `cache_dir` holds the memos of rendered templates and image digests (default:
+    `.kling-cache/` beside the storyboard); `use_cache=False` keeps nothing between runs.
+    """
+    source = load_yaml(path)
+    head, entries, problems = _structure(source)
+    if head is None:
+        raise StoryboardError(problems)
+    folder = (cache_dir or default_cache_dir(path)) if use_cache else None
+    template_memo = JsonMemo(folder / "templates.json" if folder else None, RENDER_SCHEME)
+    image_memo = JsonMemo(folder / "images.json" if folder else None, "1")
+    variables: dict[str, Any] = dict(cli_vars or {})
+    renderer = TemplateRenderer(template_memo, fingerprint(
+        [RENDER_SCHEME, head.vars, variables, head.snippets]))
+    shots, render_problems = StoryboardRenderer(
+        source, head, entries, variables, renderer, ImageInspector(image_memo)).run()
+    template_memo.save()
+    image_memo.save()
+    problems += render_problems
+    if problems:
+        raise StoryboardError(problems)
+    return LoadedStoryboard(path, head, shots)
+
+
+def parse_var(text: str) -> tuple[str, str]:
+    """`--var key=value` -> (key, value); ValueError with the reason otherwise."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise ValueError(f"{text!r} is not key=value with a variable name as key")
+    return key, value

@@ -1,0 +1,139 @@
+"""Jinja templates of a storyboard: sandboxed, strict, deterministic, and memoised.
+
+Templates run in Jinja's immutable sandbox with StrictUndefined, so a typo is an error, not an
+empty string. Filters and globals that are not deterministic (`random`, `lipsum`) are removed:
+a template that rendered differently on every run would change the key and buy the shot again.
+Compiling a template costs far more than rendering it, so the text a template renders to is
+memoised on disk, keyed by the template and a fingerprint of everything it can see.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from kling_pipeline.memo import JsonMemo
+
+RENDER_SCHEME = f"1/jinja-{jinja2.__version__}"
+
+
+class TemplateProblem(Exception):
+    """A template that cannot be rendered; the message says why in plain words."""
+
+
+@lru_cache(maxsize=1)
+def environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                        keep_trailing_newline=False)
+    env.filters.pop("random", None)
+    env.globals.pop("lipsum", None)
+    return env
+
+
+@lru_cache(maxsize=4096)
+def _compile(source: str) -> jinja2.Template:
+    return environment().from_string(source)
+
+
+def fingerprint(value: Any) -> str:
+    """A stable digest of JSON-like data (YAML dates and the like via str)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Snippets(Mapping[str, str]):
+    """`{{ snippets.name }}`: each snippet is a template rendered in the caller's context."""
+
+    def __init__(self, sources: Mapping[str, str], renderer: TemplateRenderer) -> None:
+        self._sources = sources
+        self._renderer = renderer
+        self._context: dict[str, Any] = {}
+        self._fingerprint = ""
+        self._active: list[str] = []
+
+    def bind(self, context: dict[str, Any], context_fingerprint: str) -> None:
+        self._context = context
+        self._fingerprint = context_fingerprint
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._sources:
+            raise TemplateProblem(f"no snippet named {name!r}"
+                                  + suggest(name, self._sources))
+        if name in self._active:
+            cycle = " -> ".join([*self._active, name])
+            raise TemplateProblem(f"snippet {name!r} uses itself ({cycle})")
+        self._active.append(name)
+        try:
+            return self._renderer.render_raw(self._sources[name], self._context)
+        finally:
+            self._active.pop()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+
+class TemplateRenderer:
+    """Renders storyboard templates with one memo shared by the whole run."""
+
+    def __init__(self, memo: JsonMemo, global_fingerprint: str) -> None:
+        self.memo = memo
+        self.global_fingerprint = global_fingerprint
+        self.compiled = 0
+
+    def render(self, source: str, context: dict[str, Any], context_fingerprint: str) -> str:
+        """Render `source`; text without template syntax is returned as it is."""
+        if "{" not in source:
+            return source
+        memo_key = hashlib.sha256(
+            f"{self.global_fingerprint}\0{context_fingerprint}\0{source}".encode()).hexdigest()
+        known = self.memo.get(memo_key)
+        if isinstance(known, str):
+            return known
+        text = self.render_raw(source, context)
+        self.memo.put(memo_key, text)
+        return text
+
+    def render_raw(self, source: str, context: dict[str, Any]) -> str:
+        try:
+            template = _compile(source)
+            self.compiled += 1
+            return template.render(context)
+        except TemplateProblem:
+            raise
+        except jinja2.TemplateSyntaxError as exc:
+            where = f" (template line {exc.lineno})" if "\n" in source.strip() else ""
+            raise TemplateProblem(f"template syntax error: {exc.message}{where}") from exc
+        except jinja2.UndefinedError as exc:
+            raise TemplateProblem(_undefined_message(str(exc.message), context)) from exc
+        except SecurityError as exc:
+            raise TemplateProblem(f"template not allowed by the sandbox: {exc}") from exc
+        except jinja2.TemplateError as exc:
+            raise TemplateProblem(f"template error: {exc}") from exc
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            raise TemplateProblem(f"template error: {type(exc).__name__}: {exc}") from exc
+
+
+def _undefined_message(message: str, context: Mapping[str, Any]) -> str:
+    names = sorted(k for k in context if k != "snippets")
+    if message.startswith("'") and message.endswith("' is undefined"):
+        name = message[1:-len("' is undefined")]
+        return (f"undefined variable {name!r}" + suggest(name, names)
+                + (f"; defined: {', '.join(names)}" if names else "; no variables are defined"))
+    return f"undefined: {message}"
+
+
+def suggest(name: str, options: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` when one of `options` is close to `name`, else ''."""
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,132 @@
+"""Safe YAML loading that remembers where every value came from.
+
+Values are built by PyYAML's safe constructor (the C parser when available, so loading costs
+what plain `yaml.load` costs); the node tree is kept so that positions are looked up only
+when there is an error to report. Duplicate keys, which PyYAML silently lets win, are errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kling_pipeline.errors import Diagnostic, StoryboardError
+
+try:
+    _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
+    _BaseLoader = yaml.SafeLoader
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """Safe loader that records duplicate keys instead of letting the last one win."""
+
+    duplicates: list[yaml.Node]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                if key_node.value in seen:
+                    self.duplicates.append(key_node)
+                seen.add(key_node.value)
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return result
+
+
+@dataclass
+class YamlSource:
+    """A parsed YAML document: its data, and the node tree to locate any path in it."""
+
+    path: Path
+    data: Any
+    root: yaml.Node | None
+    display: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.display:
+            self.display = str(self.path)
+
+    def locate(self, path: Sequence[str | int], *, key: bool = False) -> tuple[int, int] | None:
+        """1-based (line, column) of the value at `path`, or of its key when `key` is true.
+
+        A path that runs past what exists (a missing field) gives the deepest node found.
+        """
+        node = self.root
+        if node is None:
+            return None
+        mark = node.start_mark
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            child: yaml.Node | None = None
+            key_node: yaml.Node | None = None
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                        key_node, child = k, v
+            elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
+                  and 0 <= part < len(node.value)):
+                child = node.value[part]
+            if child is None:
+                break
+            mark = key_node.start_mark if (last and key and key_node is not None) \
+                else child.start_mark
+            node = child
+        return mark.line + 1, mark.column + 1
+
+    def diagnostic(self, path: Sequence[str | int], message: str, *, key: bool = False,
+                   location: str | None = None) -> Diagnostic:
+        where = self.locate(path, key=key)
+        line, column = where if where else (None, None)
+        return Diagnostic(self.display, line, column,
+                          format_path(path) if location is None else location, message)
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """`shots[2].multi_prompt[0].prompt` from ('shots', 2, 'multi_prompt', 0, 'prompt')."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_yaml(path: Path, display: str | None = None) -> YamlSource:
+    """Read and parse one YAML file safely; StoryboardError with the place if it is not YAML."""
+    shown = display or str(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise StoryboardError([Diagnostic(shown, None, None, "",
+                                          f"cannot read the file: {exc.strerror}")]) from exc
+    loader = _Loader(text)
+    loader.duplicates = []
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        problem = exc.problem or "not valid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        raise StoryboardError([Diagnostic(shown, line, column, "",
+                                          f"YAML syntax error: {problem}{context}")]) from exc
+    except yaml.YAMLError as exc:
+        raise StoryboardError([Diagnostic(shown, None, None, "",
+                                          f"YAML error: {exc}")]) from exc
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise StoryboardError(
+            Diagnostic(shown, k.start_mark.line + 1, k.start_mark.column + 1, str(k.value),
+                       "duplicate key: this mapping already has it (YAML would silently keep "
+                       "the last one)")
+            for k in loader.duplicates)
+    return YamlSource(path, data, root, shown)
