@@ -165,8 +165,28 @@ def extension_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 def storyboard_schema() -> dict[str, Any]:
     """The JSON Schema of storyboard format v1 (written to schemas/ by `kling-pipeline schema`)."""
-    schema = Storyboard.model_json_schema()
+    schema = _without_nulls(Storyboard.model_json_schema())
     schema["title"] = "kling-pipeline storyboard"
     return schema
+
+
+def _without_nulls(node: Any) -> Any:
+    """Drop the `null` alternative of optional fields: an empty value is an error, not unset."""
+    if isinstance(node, list):
+        return [_without_nulls(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _without_nulls(v) for k, v in node.items()}
+    options = out.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        del out["anyOf"]
+        if out.get("default", 0) is None:
+            del out["default"]
+        if len(rest) == 1:
+            out = {**rest[0], **out}
+        else:
+            out["anyOf"] = rest
+    return out
 
 

@@ -76,9 +76,17 @@ def render_text(plan: Plan, style: Style = _plain_style) -> str:
     submit = plan.to_submit
     if submit:
         seconds = sum(item.shot.duration for item in submit if item.shot)
-        unpriced = f"; {plan.unpriced} shot(s) have no known price" if plan.unpriced else ""
-        lines.append(f"Estimated cost: ~{money(plan.estimated_cost)} for {seconds} s of video "
-                     f"({ESTIMATE_NOTE}{unpriced}).")
+        unpriced = sorted({item.shot.endpoint for item in submit
+                           if item.shot and item.estimate is None})
+        if len(unpriced) and plan.unpriced == len(submit):
+            lines.append(f"Estimated cost: unknown for {seconds} s of video: no price is known "
+                         f"for {', '.join(unpriced)}; add it to the storyboard's "
+                         "provider.prices.")
+        else:
+            missing = (f"; not counted: {plan.unpriced} shot(s) of {', '.join(unpriced)}, "
+                       "whose price is unknown" if unpriced else "")
+            lines.append(f"Estimated cost: ~{money(plan.estimated_cost)} for {seconds} s of "
+                         f"video ({ESTIMATE_NOTE}{missing}).")
     else:
         lines.append("Nothing to submit: no money would be spent.")
     return "\n".join(lines)

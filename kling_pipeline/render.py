@@ -186,6 +186,8 @@ class StoryboardRenderer:
                 failed.add(name)
             else:
                 values[name] = typed
+        if "multi_prompt" in values and origin.get("duration", ("",))[0] == "defaults":
+            del values["duration"]  # a multi-shot lasts as long as its parts, not the default
         images = self._images(endpoint, values, origin, label)
         for problem in check_values(endpoint, values):
             if failed and (problem.path[0] in failed or problem.message.startswith("is required")):
