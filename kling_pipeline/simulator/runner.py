@@ -18,8 +18,11 @@ START_TIMEOUT = 15.0
 
 
 def loopback_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket. The explicit IPPROTO_TCP matters: asyncio turns Nagle off
+    (TCP_NODELAY) only for sockets whose proto says TCP, and without that every answer on a
+    kept-alive connection waits ~40 ms for the client's delayed ACK."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
