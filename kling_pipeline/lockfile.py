@@ -76,13 +76,14 @@ class LockFile:
 
 _ENTRY_FIELDS = {f.name for f in fields(LockEntry)}
 _REQUIRED = ("key", "key_scheme", "endpoint", "request", "status")
+_REQ_SET = frozenset(_REQUIRED)
 
 
 def _entry(shot_id: str, raw: Any, where: str) -> LockEntry:
     if not isinstance(raw, dict):
         raise LockFileError(f"{where}: shots.{shot_id} must be a mapping")
-    unknown = sorted(set(raw) - _ENTRY_FIELDS)
-    missing = [name for name in _REQUIRED if name not in raw]
+    unknown = sorted(raw.keys() - _ENTRY_FIELDS)
+    missing = [] if raw.keys() >= _REQ_SET else [n for n in _REQUIRED if n not in raw]
     if unknown or missing:
         raise LockFileError(f"{where}: shots.{shot_id}: "
                             + (f"unknown fields {unknown} " if unknown else "")

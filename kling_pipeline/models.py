@@ -165,7 +165,7 @@ def extension_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 def storyboard_schema() -> dict[str, Any]:
     """The JSON Schema of storyboard format v1 (written to schemas/ by `kling-pipeline schema`)."""
-    schema = _without_nulls(Storyboard.model_json_schema())
+    schema: dict[str, Any] = _without_nulls(Storyboard.model_json_schema())
     schema["title"] = "kling-pipeline storyboard"
     return schema
 

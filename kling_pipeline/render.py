@@ -11,7 +11,7 @@ import itertools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kling_pipeline.endpoints import (
     ENDPOINTS,
@@ -97,6 +97,16 @@ def _fan_out(shot: Shot) -> Iterator[Any]:
         yield None
 
 
+class ShotMemoLike(Protocol):
+    """What the renderer needs of a shot memo (see shotmemo.py)."""
+
+    def key_for(self, raw_entry: Any) -> str: ...
+
+    def get(self, memo_key: str, entry: int) -> list[ShotRequest] | None: ...
+
+    def put(self, memo_key: str, shots: list[ShotRequest]) -> None: ...
+
+
 class StoryboardRenderer:
     """Turns a validated storyboard into ShotRequests, collecting located problems."""
 
@@ -114,13 +124,24 @@ class StoryboardRenderer:
         self.snippets = Snippets(board.snippets, renderer)
         self.defaults = {k: getattr(board.defaults, k) for k in board.defaults.model_fields_set}
 
-    def run(self) -> tuple[list[ShotRequest], list[Diagnostic]]:
+    def run(self, memo: ShotMemoLike | None = None) -> tuple[list[ShotRequest], list[Diagnostic]]:
+        """Build every shot; with a memo, entries that did not change are not built again."""
         shots: list[ShotRequest] = []
+        raw_entries = self.source.data.get("shots") if isinstance(self.source.data, dict) \
+            else None
         for entry, shot in self.entries:
-            for index, item in enumerate(_fan_out(shot), start=1):
-                built = self._build(entry, shot, item, index)
-                if built is not None:
-                    shots.append(built)
+            memo_key = memo.key_for(raw_entries[entry]) if memo and raw_entries else None
+            if memo is not None and memo_key is not None:
+                known = memo.get(memo_key, entry)
+                if known is not None:
+                    shots += known
+                    continue
+            built = [self._build(entry, shot, item, index)
+                     for index, item in enumerate(_fan_out(shot), start=1)]
+            good = [b for b in built if b is not None]
+            if memo is not None and memo_key is not None and len(good) == len(built):
+                memo.put(memo_key, good)
+            shots += good
         self._check_unique_ids(shots)
         return shots, self.problems.items
 
@@ -133,7 +154,7 @@ class StoryboardRenderer:
             context["item"] = item
             context["index"] = index
         context["snippets"] = self.snippets
-        context_fp = fingerprint([shot.vars, item if fanned else None, index if fanned else 0])
+        context_fp = fingerprint([shot.vars, item, index]) if fanned or shot.vars else ""
         self.snippets.bind(context, context_fp)
         return context, context_fp
 

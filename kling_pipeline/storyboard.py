@@ -14,6 +14,7 @@ from kling_pipeline.localimages import ImageInspector
 from kling_pipeline.memo import JsonMemo
 from kling_pipeline.models import Shot, Storyboard, StoryboardHead, extension_keys
 from kling_pipeline.render import ShotRequest, StoryboardRenderer
+from kling_pipeline.shotmemo import ShotMemo, memo_world
 from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
 from kling_pipeline.validation import diagnostics_from
 from kling_pipeline.yamlsource import YamlSource, load_yaml
@@ -80,13 +81,17 @@ def load_storyboard(path: Path, *, cli_vars: Mapping[str, str] | None = None,
     folder = (cache_dir or default_cache_dir(path)) if use_cache else None
     template_memo = JsonMemo(folder / "templates.json" if folder else None, RENDER_SCHEME)
     image_memo = JsonMemo(folder / "images.json" if folder else None, "1")
+    shot_memo_file = JsonMemo(folder / "shots.json" if folder else None, "1")
     variables: dict[str, Any] = dict(cli_vars or {})
-    renderer = TemplateRenderer(template_memo, fingerprint(
-        [RENDER_SCHEME, head.vars, variables, head.snippets]))
+    world = fingerprint([RENDER_SCHEME, head.vars, variables, head.snippets])
+    renderer = TemplateRenderer(template_memo, world)
+    inspector = ImageInspector(image_memo)
+    defaults = source.data.get("defaults")
+    shot_memo = ShotMemo(shot_memo_file, inspector, memo_world(path.parent, world, defaults))
     shots, render_problems = StoryboardRenderer(
-        source, head, entries, variables, renderer, ImageInspector(image_memo)).run()
-    template_memo.save()
-    image_memo.save()
+        source, head, entries, variables, renderer, inspector).run(shot_memo)
+    for memo in (template_memo, image_memo, shot_memo_file):
+        memo.save()
     problems += render_problems
     if problems:
         raise StoryboardError(problems)

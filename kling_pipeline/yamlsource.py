@@ -30,7 +30,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     duplicates: list[yaml.Node]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.MappingNode) and self._may_repeat(node):
             seen: set[Any] = set()
             for key_node, _ in node.value:
                 if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
@@ -40,6 +40,15 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
                 seen.add(key_node.value)
         result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return result
+
+    @staticmethod
+    def _may_repeat(node: yaml.MappingNode) -> bool:
+        """Cheap first look: are any two key values equal? (the common answer is no)"""
+        try:
+            keys = [k.value for k, _ in node.value]
+            return len(set(keys)) != len(keys)
+        except TypeError:  # a non-scalar key: look closely
+            return True
 
 
 @dataclass
