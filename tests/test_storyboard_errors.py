@@ -1,0 +1,314 @@
+"""Every malformed storyboard gives `file:line:col: location: message`, exit 1, no traceback.
+
+Each test writes a real storyboard (and real images) in tmp_path, runs `kling-pipeline validate`
+through click's runner, and checks the exact place of the offending value, computed from the
+YAML text: `^` in a needle marks the column the message must point at.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from kling_pipeline.cli import main
+from kling_pipeline.endpoints import ENDPOINTS
+
+HEAD = "version: 1\nname: t\n"
+T2V = "kling-v3.0-pro-t2v"
+V16 = ("kling-v1.6-i2v", "kling-v1.6-t2v")
+
+
+def write(tmp_path: Path, text: str, name: str = "board.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def validate(path: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["validate", "--no-cache", *args, str(path)])
+
+
+def at(path: Path, needle: str, occurrence: int = 1) -> tuple[int, int]:
+    """1-based (line, column) of the `^` in `needle` (or its start), as found in the file."""
+    text = path.read_text(encoding="utf-8")
+    plain, offset = needle.replace("^", ""), max(needle.find("^"), 0)
+    index = -1
+    for _ in range(occurrence):
+        index = text.index(plain, index + 1)
+    index += offset
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def lines_at(result: Result, path: Path, needle: str, location: str,
+             occurrence: int = 1) -> list[str]:
+    """The report lines for that place and location; fails unless exit 1 without traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    line, column = at(path, needle, occurrence)
+    prefix = f"{path}:{line}:{column}: {location}: "
+    found = [x for x in result.output.splitlines() if x.startswith(prefix)]
+    assert found, f"no line starting {prefix!r} in:\n{result.output}"
+    return found
+
+
+def expect(path: Path, needle: str, location: str, *fragments: str, args: tuple[str, ...] = (),
+           occurrence: int = 1) -> Result:
+    result = validate(path, *args)
+    found = lines_at(result, path, needle, location, occurrence)
+    for fragment in fragments:
+        assert any(fragment in x for x in found), f"{fragment!r} not in {found}"
+    return result
+
+
+def png(tmp_path: Path, name: str, size: tuple[int, int] = (400, 400), fmt: str = "PNG",
+        **save: object) -> Path:
+    path = tmp_path / name
+    Image.new("RGB", size, (30, 60, 90)).save(path, format=fmt, **save)
+    return path
+
+
+# --- 1. one test per category ---------------------------------------------------------------
+
+CATEGORIES = [
+    ("unknown key", "  - id: a\n    ^promt: hi\n", "shots[0].promt", "did you mean 'prompt'"),
+    ("wrong type", "  - id: a\n    prompt: p\n    sound: ^maybe\n", "shots[0].sound",
+     "true or false"),
+    ("out of range", "  - id: a\n    prompt: p\n  - id: b\n    prompt: p\n    duration: ^16\n",
+     "shots[1] (b).duration", "3..15"),
+    ("missing required", "  - ^prompt: p\n", "shots[0].id", "is required"),
+    ("exclusive", "  - id: a\n    prompt: p\n    multi_prompt: ^[{prompt: q, duration: 5}]\n",
+     "shots[0] (a).multi_prompt", "cannot be used together with prompt"),
+    ("unknown model", "  - id: a\n    prompt: p\n    model: ^kling-v9\n", "shots[0] (a).model",
+     "known: kling-v1.6-i2v, kling-v1.6-t2v, kling-v3.0-pro-i2v"),
+    ("unsafe id", "  - id: ^a/b\n    prompt: p\n", "shots[0].id", "safe file name"),
+    ("template syntax", "  - id: a\n    prompt: ^\"{{ x \"\n", "shots[0] (a).prompt",
+     "template syntax error"),
+    ("undefined variable", "  - id: a\n    prompt: ^\"{{ grde }}\"\n", "shots[0] (a).prompt",
+     "did you mean 'grade'"),
+    ("sandbox", "  - id: a\n    prompt: ^\"{{ ''.__class__ }}\"\n", "shots[0] (a).prompt",
+     "sandbox"),
+    ("too long", "  - id: a\n    prompt: ^\"{{ 'x' * 2501 }}\"\n", "shots[0] (a).prompt",
+     "at most 2500"),
+    ("missing image", "  - id: a\n    model: kling-v3.0-pro-i2v\n    prompt: p\n"
+     "    image: ^nope.png\n", "shots[0] (a).image", "not found"),
+]
+
+
+@pytest.mark.parametrize("text,location,allowed", [c[1:] for c in CATEGORIES],
+                         ids=[c[0] for c in CATEGORIES])
+def test_each_category_is_located(tmp_path: Path, text: str, location: str,
+                                  allowed: str) -> None:
+    head = HEAD + f"vars: {{grade: teal}}\ndefaults: {{model: {T2V}}}\nshots:\n"
+    path = write(tmp_path, head + text.replace("^", ""))
+    expect(path, next(x for x in text.split("\n") if "^" in x).strip(), location, allowed)
+
+
+def test_duplicate_ids_after_fan_out(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, prompt: p}}\nshots:\n"
+                 "  - id: wave-2\n  - id: \"wave-{{ item }}\"\n    foreach: [1, 2]\n")
+    expect(path, 'id: ^"wave-{{', "shots[1].id", "duplicate shot id 'wave-2'", "shots[0]")
+
+
+# --- 2. all errors at once ------------------------------------------------------------------
+
+def test_five_errors_in_five_shots_are_all_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n"
+                 "  - {id: a, promt: p}\n"
+                 "  - {id: b, prompt: p, duration: 99}\n"
+                 "  - {id: c, prompt: \"{{ nope }}\"}\n"
+                 "  - {id: d, prompt: p, model: kling-v9}\n"
+                 "  - {id: e/f, prompt: p}\n")
+    result = validate(path)
+    lines_at(result, path, "^promt", "shots[0].promt")
+    lines_at(result, path, "duration: ^99", "shots[1] (b).duration")
+    lines_at(result, path, 'prompt: ^"{{ nope', "shots[2] (c).prompt")
+    lines_at(result, path, "model: ^kling-v9", "shots[3] (d).model")
+    lines_at(result, path, "id: ^e/f", "shots[4].id")
+    assert "5 errors in the storyboard" in result.output
+
+
+def test_errors_outside_shots_do_not_hide_the_shot_errors(tmp_path: Path) -> None:
+    """A typo in `provider` must not hide a bad duration: all of a file at once."""
+    path = write(tmp_path, HEAD + "provider: {requests_per_minut: 3}\n"
+                 f"defaults: {{model: {T2V}}}\nshots:\n  - {{id: a, prompt: p, duration: 99}}\n")
+    result = validate(path)
+    lines_at(result, path, "^requests_per_minut", "provider.requests_per_minut")
+    lines_at(result, path, "duration: ^99", "shots[0] (a).duration")
+
+
+def test_a_bad_default_names_the_shot_it_breaks(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, duration: \"{{{{ item.s }}}}\"}}\n"
+                 "shots:\n  - id: \"b{{ item.s }}\"\n    foreach: [{s: 3}, {s: 30}]\n"
+                 "    prompt: p\n")
+    found = lines_at(validate(path), path, 'duration: ^"{{ item', "defaults.duration")
+    assert any("3..15" in x and "b30" in x for x in found), found
+
+
+# --- 3. per-endpoint constraints --------------------------------------------------------------
+
+def _cases(slug: str) -> list[tuple[str, str, str]]:
+    """(shot fields, needle, what the message says) for one endpoint."""
+    e = ENDPOINTS[slug]
+    v16, i2v = slug in V16, e.task == "i2v"
+    limit = 2000 if v16 else 2500
+    cases = [(f"prompt: ^\"{{{{ 'x' * {limit + 1} }}}}\"", "prompt", f"at most {limit}"),
+             ("prompt: p\n    cfg_scale: ^1.5", "cfg_scale", "0..1"),
+             ("prompt: p\n    cfg_scale: ^-0.1", "cfg_scale", "0..1")]
+    if v16:
+        cases += [("prompt: ^\"\"", "prompt", "must not be empty"),
+                  ("prompt: p\n    duration: ^7", "duration", "one of 5, 10")]
+    else:
+        cases += [("prompt: p\n    duration: ^2", "duration", "3..15"),
+                  ("prompt: p\n    duration: ^16", "duration", "3..15"),
+                  ("prompt: p\n    multi_prompt: ^[{prompt: a, duration: 5}]", "multi_prompt",
+                   "cannot be used together with prompt"),
+                  ("multi_prompt: ^[" + ", ".join(["{prompt: a, duration: 2}"] * 7) + "]",
+                   "multi_prompt", "1..6")]
+    if i2v:
+        cases += [("prompt: p\n    aspect_ratio: ^\"16:9\"", "aspect_ratio",
+                   "takes no aspect_ratio"),
+                  ("prompt: ^p", "image", "is required")]
+        if not v16:
+            cases.append(("end_image: e.png\n    multi_prompt: ^[{prompt: a, duration: 5}]",
+                          "multi_prompt", "cannot be used together with end_image"))
+        else:
+            cases.append(("prompt: p\n    end_image: ^e.png", "end_image",
+                          'needs mode: "Professional"'))
+    else:
+        cases += [("prompt: p\n    aspect_ratio: ^\"4:3\"", "aspect_ratio", '"16:9", "9:16"'),
+                  ("prompt: p\n    image: ^s.png", "image", "takes no image")]
+    return cases
+
+
+ENDPOINT_CASES = [(slug, *case) for slug in sorted(ENDPOINTS) for case in _cases(slug)]
+
+
+@pytest.mark.parametrize("slug,fields,field,allowed", ENDPOINT_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in ENDPOINT_CASES])
+def test_endpoint_constraints(tmp_path: Path, slug: str, fields: str, field: str,
+                              allowed: str) -> None:
+    png(tmp_path, "s.png")
+    png(tmp_path, "e.png")
+    image = "    image: s.png\n" if ENDPOINTS[slug].task == "i2v" and field != "image" else ""
+    path = write(tmp_path, HEAD + f"shots:\n  - id: a\n    model: {slug}\n{image}"
+                 f"    {fields.replace('^', '')}\n")
+    needle = next(x for x in fields.split("\n") if "^" in x).strip()
+    location = f"shots[0] (a).{field}"
+    if field == "image" and "is required" in allowed:  # a missing field: the shot is the place
+        needle, location = "- ^id: a", "shots[0] (a).image"
+    expect(path, needle, location, allowed, slug)
+
+
+# --- 4. images ------------------------------------------------------------------------------
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                                0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _make(tmp_path: Path, kind: str) -> str:
+    if kind == "text":
+        (tmp_path / "text.png").write_text("not an image")
+        return "text.png"
+    if kind == "gif":
+        png(tmp_path, "anim.gif", fmt="GIF")
+        return "anim.gif"
+    if kind == "narrow":
+        png(tmp_path, "narrow.png", (299, 400))
+        return "narrow.png"
+    if kind == "wide":
+        png(tmp_path, "wide.png", (1000, 300))
+        return "wide.png"
+    if kind == "big":  # a real PNG stored without compression: 1900*1900*3 bytes > 10 MiB
+        path = png(tmp_path, "big.png", (1900, 1900), compress_level=0)
+        assert path.stat().st_size > 10 * 1024 * 1024
+        return "big.png"
+    if kind == "bomb":  # a tiny, valid-looking PNG that claims 20000x20000 pixels
+        (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+        return "bomb.png"
+    if kind == "truncated":
+        buffer = io.BytesIO()
+        Image.effect_noise((400, 400), 50).convert("RGB").save(buffer, format="PNG")
+        (tmp_path / "half.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        return "half.png"
+    return {"missing": "nope.png", "data": "\"data:image/png;base64,iVBORw0KGgo=\"",
+            "file": "\"file:///etc/hosts\"", "folder": "assets"}[kind]
+
+
+IMAGES = [("missing", "not found"), ("text", "not a readable image"), ("gif", "GIF"),
+          ("narrow", "299x400"), ("wide", "aspect 3.33"), ("big", "at most 10 MB"),
+          ("data", "local .png/.jpg path or an http(s) URL"),
+          ("file", "local .png/.jpg path or an http(s) URL"), ("folder", "not a file"),
+          ("bomb", "20000x20000"), ("truncated", "not a readable image")]
+
+
+@pytest.mark.parametrize("slug", ["kling-v3.0-pro-i2v", "kling-v1.6-i2v"])
+@pytest.mark.parametrize("kind,allowed", IMAGES, ids=[i[0] for i in IMAGES])
+def test_bad_images(tmp_path: Path, slug: str, kind: str, allowed: str) -> None:
+    (tmp_path / "assets").mkdir()
+    reference = _make(tmp_path, kind)
+    path = write(tmp_path, HEAD + f"shots:\n  - id: a\n    model: {slug}\n    prompt: p\n"
+                 f"    image: {reference}\n")
+    expect(path, f"image: ^{reference}", "shots[0] (a).image", allowed)
+
+
+def test_a_bad_end_image_is_located_at_end_image(tmp_path: Path) -> None:
+    png(tmp_path, "s.png")
+    png(tmp_path, "e.png", (1000, 300))
+    path = write(tmp_path, HEAD + "shots:\n  - id: a\n    model: kling-v3.0-std-i2v\n"
+                 "    prompt: p\n    image: s.png\n    end_image: e.png\n")
+    expect(path, "end_image: ^e.png", "shots[0] (a).end_image", "1:2.5 and 2.5:1")
+
+
+def test_an_image_that_goes_bad_after_a_cached_run_is_caught(tmp_path: Path) -> None:
+    png(tmp_path, "s.png")
+    path = write(tmp_path, HEAD + "shots:\n  - {id: a, model: kling-v3.0-pro-i2v, prompt: p, "
+                 "image: s.png}\n")
+    runner = CliRunner()
+    assert runner.invoke(main, ["validate", str(path)]).exit_code == 0
+    png(tmp_path, "s.png", (299, 400))
+    result = runner.invoke(main, ["validate", str(path)])
+    lines_at(result, path, "image: ^s.png", "shots[0] (a).image")
+    assert "299x400" in result.output
+
+
+# --- 5. fan-out and ids -----------------------------------------------------------------------
+
+FAN_OUT = [
+    ("dup", 'id: "w-{{ item }}"\n    foreach: [a, b, a]', 'id: ^"w-', "shots[0].id",
+     "duplicate shot id 'w-a'"),
+    ("case", 'id: "c-{{ item }}"\n    foreach: [x, X]', 'id: ^"c-', "shots[0].id",
+     "ignoring case"),
+    ("matrix key", 'id: "m-{{ item.a }}"\n    matrix: {a: [1], ^not-ident: [2]}', "^not-ident",
+     "shots[0].matrix", "letters, digits and _"),
+    ("foreach mapping", "id: f\n    foreach: ^{a: 1}", "foreach: ^{a", "shots[0].foreach",
+     "must be a list"),
+    ("foreach and matrix", 'id: "f{{ index }}"\n    foreach: [1]\n    matrix: ^{a: [1, 2]}',
+     "matrix: ^{a", "shots[0].matrix", "foreach"),
+    ("escape", "id: ^../escape", "id: ^../", "shots[0].id", "safe file name"),
+    ("slash", "id: ^a/b", "id: ^a/b", "shots[0].id", "safe file name"),
+    ("hidden", "id: ^.hidden", "id: ^.hidden", "shots[0].id", "starting with a letter or digit"),
+    ("con", "id: ^con", "id: ^con", "shots[0].id", "reserved device name"),
+    ("101", "id: ^" + "x" * 101, "id: ^xxx", "shots[0].id", "1..100"),
+    ("templated escape", "id: \"{{ '../up' }}\"", "id: ^\"{{", "shots[0].id", "'../up'"),
+]
+
+
+@pytest.mark.parametrize("fields,needle,location,allowed", [f[1:] for f in FAN_OUT],
+                         ids=[f[0] for f in FAN_OUT])
+def test_fan_out_and_ids(tmp_path: Path, fields: str, needle: str, location: str,
+                         allowed: str) -> None:
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, prompt: p}}\nshots:\n"
+                 f"  - {fields.replace('^', '')}\n")
+    expect(path, needle, location, allowed)
