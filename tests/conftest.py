@@ -1,0 +1,35 @@
+"""Shared test helpers: small real files in tmp_path, no mocks of our own code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> Callable[..., Path]:
+    """Write a real image file: make_image("a.png", 640, 360)."""
+
+    def make(name: str, width: int = 640, height: int = 360, fmt: str | None = None) -> Path:
+        from PIL import Image
+
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (width, height), (20, 90, 160)).save(path, format=fmt)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def write_storyboard(tmp_path: Path) -> Callable[[str], Path]:
+    """Write YAML text as tmp_path/storyboard.yaml and return its path."""
+
+    def write(text: str, name: str = "storyboard.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kling_pipeline.errors import LockFileError
+from kling_pipeline.lockfile import LockEntry, LockFile, Output, dumps_lock, read_lock, write_lock
+
+
+def entry(key: str = "k" * 64, **changes: object) -> LockEntry:
+    values: dict[str, object] = {"key": key, "key_scheme": 1, "endpoint": "kling-v3.0-pro-t2v",
+                                 "request": {"prompt": "p", "duration": 5}, "status": "done",
+                                 "task_id": "t-1", "submitted_at": "2026-11-22T00:00:00Z",
+                                 "output": Output("a" * 64, 1234, 5.0)}
+    values.update(changes)
+    return LockEntry(**values)  # type: ignore[arg-type]
+
+
+def test_round_trip_and_deterministic_bytes(tmp_path: Path) -> None:
+    lock = LockFile("demo", {"b": entry("b" * 64), "a": entry("a" * 64, status="queued",
+                                                               output=None)})
+    path = tmp_path / "demo.lock.json"
+    write_lock(path, lock)
+    assert read_lock(path, "demo") == lock
+    reordered = LockFile("demo", dict(reversed(list(lock.shots.items()))))
+    assert dumps_lock(reordered) == path.read_bytes()
+    text = path.read_text()
+    assert text.index('"a"') < text.index('"b"') and text.endswith("}\n")
+    assert "null" not in text  # unset fields are left out, not written as null
+
+
+def test_missing_lock_is_empty(tmp_path: Path) -> None:
+    assert read_lock(tmp_path / "none.lock.json", "demo") == LockFile("demo")
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ('{"lock_version": 1, "shots": {\n<<<<<<< HEAD\n}}', "demo.lock.json:2:1: the lock file "
+                                                         "is not valid JSON"),
+    ('{"lock_version": 7, "shots": {}}', "lock_version is 7"),
+    ('{"lock_version": 1, "shots": []}', "`shots` must be a mapping"),
+    ('{"lock_version": 1, "shots": {"a": {"key": "k"}}}', "missing fields"),
+    ('{"lock_version": 1, "shots": {"a": {"key": "k", "key_scheme": 1, "endpoint": "e", '
+     '"request": {}, "status": "exploded"}}}', "'exploded' is not one of"),
+])
+def test_bad_lock_files_are_named_and_explained(tmp_path: Path, content: str,
+                                                expected: str) -> None:
+    path = tmp_path / "demo.lock.json"
+    path.write_text(content)
+    with pytest.raises(LockFileError) as caught:
+        read_lock(path, "demo")
+    assert expected in str(caught.value)
+
+
+def test_no_temp_file_is_left_behind(tmp_path: Path) -> None:
+    write_lock(tmp_path / "x.lock.json", LockFile("x", {"a": entry()}))
+    write_lock(tmp_path / "x.lock.json", LockFile("x", {"a": entry(status="failed",
+                                                                   error="ILLEGAL_PROMPT")}))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.lock.json"]
+    data = json.loads((tmp_path / "x.lock.json").read_text())
+    assert data["shots"]["a"]["error"] == "ILLEGAL_PROMPT"

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kling_pipeline.errors import StoryboardError
+from kling_pipeline.hashing import IMAGE_DIGEST_PREFIX
+from kling_pipeline.storyboard import load_storyboard
+
+from paths import EXAMPLES
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_load(example: Path, tmp_path: Path) -> None:
+    loaded = load_storyboard(example, cache_dir=tmp_path)
+    assert loaded.shots
+    assert all(len(s.key) == 64 for s in loaded.shots)
+
+
+def test_examples_cover_the_four_seed_endpoints(tmp_path: Path) -> None:
+    used = {s.endpoint for e in EXAMPLES for s in load_storyboard(e, cache_dir=tmp_path).shots}
+    assert {"kling-v3.0-pro-i2v", "kling-v3.0-std-i2v", "kling-v3.0-pro-t2v",
+            "kling-v1.6-i2v"} <= used
+
+
+LIGHTHOUSE = """version: 1
+name: lighthouse
+vars: {keeper: an old keeper, grade: teal}
+snippets:
+  look: "cinematic, {{ grade }} grade"
+  twice: "{{ snippets.look }} / {{ snippets.look }}"
+defaults: {model: kling-v3.0-pro-t2v, duration: 5, aspect_ratio: "16:9", negative_prompt: blur}
+shots:
+  - id: establishing
+    prompt: "Aerial shot, {{ snippets.twice }}"
+  - id: keeper
+    model: kling-v3.0-pro-i2v
+    image: keeper.png
+    vars: {keeper: a young keeper}
+    prompt: "{{ keeper | capitalize }} climbs"
+  - id: "wave-{{ item.n }}-{{ index }}"
+    foreach: [{n: 1, mood: calm}, {n: 2, mood: rough}]
+    prompt: "A {{ item.mood }} wave"
+    duration: "{{ 3 + item.n }}"
+    sound: "{{ item.n > 1 }}"
+  - id: "{{ item.lens }}-{{ item.time }}"
+    matrix: {lens: [wide, tele], time: [day, night]}
+    prompt: "{{ item.lens }} lens at {{ item.time }}"
+"""
+
+
+@pytest.fixture
+def lighthouse(write_storyboard: Callable[[str], Path],
+               make_image: Callable[..., Path]) -> Path:
+    make_image("keeper.png", 640, 480)
+    return write_storyboard(LIGHTHOUSE)
+
+
+def test_rendering_fan_out_defaults_and_snippets(lighthouse: Path) -> None:
+    shots = {s.id: s for s in load_storyboard(lighthouse, use_cache=False).shots}
+    assert list(shots) == ["establishing", "keeper", "wave-1-1", "wave-2-2", "wide-day",
+                           "wide-night", "tele-day", "tele-night"]
+    assert shots["establishing"].body == {
+        "prompt": "Aerial shot, cinematic, teal grade / cinematic, teal grade",
+        "duration": 5, "aspect_ratio": "16:9", "negative_prompt": "blur"}
+    keeper = shots["keeper"]
+    assert keeper.endpoint == "kling-v3.0-pro-i2v"
+    assert "aspect_ratio" not in keeper.body  # a default applies only where the model takes it
+    assert keeper.body["prompt"] == "A young keeper climbs"  # shot vars over storyboard vars
+    assert keeper.body["image"].startswith(IMAGE_DIGEST_PREFIX)
+    assert keeper.local_images["image"].width == 640
+    assert shots["wave-1-1"].body["duration"] == 4 and shots["wave-2-2"].body["sound"] is True
+    assert shots["wave-1-1"].body["sound"] is False
+
+
+def test_cli_vars_win_over_shot_and_storyboard_vars(lighthouse: Path) -> None:
+    shots = {s.id: s for s in load_storyboard(
+        lighthouse, cli_vars={"keeper": "a robot", "grade": "mono"}, use_cache=False).shots}
+    assert shots["keeper"].body["prompt"] == "A robot climbs"
+    assert "mono grade" in shots["establishing"].body["prompt"]
+
+
+def test_memos_give_the_same_shots_and_follow_every_input(lighthouse: Path,
+                                                          tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    fresh = load_storyboard(lighthouse, use_cache=False).shots
+    assert load_storyboard(lighthouse, cache_dir=cache).shots == fresh
+    assert load_storyboard(lighthouse, cache_dir=cache).shots == fresh  # from the memos
+    assert {p.name for p in cache.iterdir()} == {"templates.json", "images.json", "shots.json"}
+    # a --var, a storyboard var and an image edit all reach the keys despite the memos
+    changed = load_storyboard(lighthouse, cache_dir=cache, cli_vars={"grade": "red"}).shots
+    assert changed[0].key != fresh[0].key
+    lighthouse.write_text(LIGHTHOUSE.replace("an old keeper, grade: teal",
+                                             "an old keeper, grade: green"))
+    assert load_storyboard(lighthouse, cache_dir=cache).shots[0].key != fresh[0].key
+    from PIL import Image
+
+    Image.new("RGB", (640, 480), (200, 0, 0)).save(tmp_path / "keeper.png")
+    os.utime(tmp_path / "keeper.png", ns=(1, 1))  # any change of mtime or size is seen
+    again = {s.id: s for s in load_storyboard(lighthouse, cache_dir=cache).shots}
+    assert again["keeper"].key != {s.id: s for s in fresh}["keeper"].key
+
+
+def test_unchanged_images_are_not_read_again(lighthouse: Path, tmp_path: Path) -> None:
+    from kling_pipeline.localimages import ImageInspector
+    from kling_pipeline.memo import JsonMemo
+
+    memo_path = tmp_path / "images.json"
+    first = ImageInspector(JsonMemo(memo_path, "1"))
+    image = first.inspect(tmp_path / "keeper.png")
+    first.memo.save()
+    second = ImageInspector(JsonMemo(memo_path, "1"))
+    assert second.inspect(tmp_path / "keeper.png") == image
+    assert (first.reads, second.reads) == (1, 0)
+    (tmp_path / "keeper.png").write_bytes((tmp_path / "keeper.png").read_bytes() + b"\0")
+    third = ImageInspector(JsonMemo(memo_path, "1"))
+    assert third.inspect(tmp_path / "keeper.png").sha256 != image.sha256
+    assert third.reads == 1
+
+
+def test_broken_memo_files_are_ignored(lighthouse: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("templates.json", "images.json", "shots.json"):
+        (cache / name).write_text("{not json")
+    assert load_storyboard(lighthouse, cache_dir=cache).shots == \
+        load_storyboard(lighthouse, use_cache=False).shots
+
+
+def test_multi_prompt_shot_ignores_the_default_duration(
+        write_storyboard: Callable[[str], Path]) -> None:
+    path = write_storyboard("""version: 1
+name: multi
+defaults: {model: kling-v3.0-pro-t2v, duration: 5}
+shots:
+  - id: m
+    multi_prompt:
+      - {prompt: "one", duration: 3}
+      - {prompt: "{{ 'two' }}", duration: "{{ 1 + 3 }}"}
+""")
+    [shot] = load_storyboard(path, use_cache=False).shots
+    assert shot.body == {"multi_prompt": [{"prompt": "one", "duration": 3},
+                                          {"prompt": "two", "duration": 4}], "duration": 7}
+    assert shot.duration == 7
+
+
+def test_v16_fields_go_out_under_their_wire_names(write_storyboard: Callable[[str], Path],
+                                                  make_image: Callable[..., Path]) -> None:
+    make_image("a.jpg", 400, 600, "JPEG")
+    path = write_storyboard("""version: 1
+name: v16
+shots:
+  - {id: s, model: kling-v1.6-i2v, mode: Professional, image: a.jpg, end_image: a.jpg,
+     prompt: p, cfg_scale: 0.7}
+""")
+    [shot] = load_storyboard(path, use_cache=False).shots
+    assert set(shot.body) == {"mode", "image_url", "end_image_url", "prompt", "guidance_scale"}
+    assert set(shot.local_images) == {"image_url", "end_image_url"}
+
+
+def test_nondeterministic_template_helpers_are_not_available(
+        write_storyboard: Callable[[str], Path]) -> None:
+    path = write_storyboard("""version: 1
+name: rnd
+defaults: {model: kling-v3.0-pro-t2v}
+shots:
+  - {id: a, prompt: "{{ ['x', 'y'] | random }}"}
+  - {id: b, prompt: "{{ lipsum() }}"}
+""")
+    with pytest.raises(StoryboardError) as caught:
+        load_storyboard(path, use_cache=False)
+    text = str(caught.value)
+    assert "shots[0] (a).prompt" in text and "random" in text
+    assert "shots[1] (b).prompt" in text and "lipsum" in text
