@@ -69,8 +69,10 @@ def config_from_options(realistic: bool, options: dict[str, Any]) -> SimulatorCo
               help="Port to listen on (0: any free port).")
 @click.option("--realistic", is_flag=True,
               help="Real-world timing: about a minute per 5 s clip, 10 s in the queue.")
+@click.option("--quiet", is_flag=True, help="No access log, warnings only (for benchmarks).")
 @_knob_options
-def simulator_command(host: str, port: int, realistic: bool, **options: Any) -> None:
+def simulator_command(host: str, port: int, realistic: bool, quiet: bool,
+                      **options: Any) -> None:
     """Run a local Kling API simulator: same paths, bodies, errors and expiring URLs, real MP4s.
 
     Point the pipeline at the printed base URL. Admin: GET /_simulator/stats,
@@ -93,8 +95,9 @@ def simulator_command(host: str, port: int, realistic: bool, **options: Any) -> 
     shown = f"[{address}]" if ":" in address else address
     click.echo(f"Kling API simulator on http://{shown}:{sock.getsockname()[1]} "
                "(Ctrl-C to stop)", err=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="info",
-                                          timeout_graceful_shutdown=3))
+    server = uvicorn.Server(uvicorn.Config(create_app(config),
+                                          log_level="warning" if quiet else "info",
+                                          access_log=not quiet, timeout_graceful_shutdown=3))
     server.run(sockets=[sock])
 
 
