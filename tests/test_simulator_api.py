@@ -7,6 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
+
+from kling_pipeline.images import data_uri
+from kling_pipeline.simulator.config import SimulatorConfig
+from kling_pipeline.simulator.runner import running_simulator
+
 from simulator_fixtures import (
     I2V,
     KEY,
@@ -18,10 +23,6 @@ from simulator_fixtures import (
     png_uri,
     t2v_body,
 )
-
-from kling_pipeline.images import data_uri
-from kling_pipeline.simulator.config import SimulatorConfig
-from kling_pipeline.simulator.runner import running_simulator
 
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "kling-v3.0-pro-i2v": {"image": "https://example.com/first.png", "prompt": "p"},

@@ -9,10 +9,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from simulator_fixtures import KEY, T2V, SimClient, probe, t2v_body
 
 from kling_pipeline.simulator.config import SimulatorConfig
 from kling_pipeline.simulator.runner import running_simulator
+
+from simulator_fixtures import KEY, T2V, SimClient, probe, t2v_body
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from simulator_fixtures import I2V, SimClient, png_bytes, png_uri, probe, t2v_body
 
 from kling_pipeline.images import data_uri
 from kling_pipeline.simulator.config import SimulatorConfig
 from kling_pipeline.simulator.runner import running_simulator
+
+from simulator_fixtures import I2V, SimClient, png_bytes, png_uri, probe, t2v_body
 
 TERMINAL = ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
 

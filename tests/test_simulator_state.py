@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from simulator_fixtures import I2V, SimClient, png_uri, probe, t2v_body
 
 from kling_pipeline.simulator.command import config_from_options, simulator_command
 from kling_pipeline.simulator.config import SimulatorConfig
@@ -16,6 +15,8 @@ from kling_pipeline.simulator.faults import RateLimiter
 from kling_pipeline.simulator.runner import running_simulator
 from kling_pipeline.simulator.tasks import Task, body_hash, canonical_json, view
 from kling_pipeline.simulator.urls import Signer
+
+from simulator_fixtures import I2V, SimClient, png_uri, probe, t2v_body
 
 
 def test_a_restarted_simulator_knows_its_tasks_and_can_serve_their_videos(
@@ -31,8 +32,11 @@ def test_a_restarted_simulator_knows_its_tasks_and_can_serve_their_videos(
         assert sim.result(pending)["task"]["status"] == "TASK_STATUS_QUEUED"
         stored = sorted(p.name for p in (tmp_path / "tasks").iterdir())
         assert stored == sorted([f"{done}.json", f"{pending}.json"])
+        old_url = sim.result(done)["videos"][0]["video_url"]
     with running_simulator(config) as url:
         sim = SimClient(url)
+        assert httpx.get(old_url.replace(old_url.split("/_simulator")[0], url)).status_code \
+            == 200  # the URL secret lives in the state folder too
         answer = sim.wait(done)
         assert answer["task"]["status"] == "TASK_STATUS_SUCCEED"
         facts = probe(httpx.get(answer["videos"][0]["video_url"]).content)

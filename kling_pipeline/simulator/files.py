@@ -22,7 +22,8 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _S3_MESSAGES = {"AccessDenied": "Request has expired",
                 "SignatureDoesNotMatch": "The request signature we calculated does not match "
                                          "the signature you provided.",
-                "NoSuchKey": "The specified key does not exist."}
+                "NoSuchKey": "The specified key does not exist.",
+                "InternalError": "We encountered an internal error. Please try again."}
 
 
 def _xml(code: str, status: int, resource: str) -> Response:
@@ -50,8 +51,12 @@ async def download(request: Request) -> Response:
     config = sim.config
     endpoint = ENDPOINTS[task.slug]
     # shield: a client hanging up must not cancel the render others are waiting for
-    data = await asyncio.shield(sim.renderer.clip(render_key(sim, task), lambda: clip_spec(
-        endpoint, task.body, config.video_fps, config.video_long_side)))
+    try:
+        data = await asyncio.shield(sim.renderer.clip(render_key(sim, task), lambda: clip_spec(
+            endpoint, task.body, config.video_fps, config.video_long_side)))
+    except Exception:  # the render failed (logged by the renderer); S3 would say 500
+        sim.stats.errors["InternalError"] += 1
+        return _xml("InternalError", 500, request.url.path)
     sim.stats.downloads += 1
     if sim.dice.roll(config.truncate_rate):
         return await _truncated(request, sim, data)

@@ -27,7 +27,7 @@ class Simulator:
         self.stats = Stats()
         self.dice = Dice(config.seed)
         self.limiter = RateLimiter()
-        self.signer = Signer.fresh()
+        self.signer = Signer.kept_in(config.state_dir)
         self.accepted = 0  # submissions counted against `balance`
 
     def set_config(self, config: SimulatorConfig) -> None:

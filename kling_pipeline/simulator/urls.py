@@ -1,17 +1,19 @@
 """Presigned, expiring result URLs, the way S3 hands them out.
 
-The signature is an HMAC over the task id and the expiry with a secret made per process, so a
-URL cannot be forged or extended, needs no bearer header, and dies with a restart (asking
-task-result again gives a fresh one, as with the real service). Refusals are S3-style XML.
+The signature is an HMAC over the task id and the expiry with a secret made per process (or
+kept in the state folder), so a URL cannot be forged or extended and needs no bearer header;
+asking task-result again gives a fresh one, as with the real service. Refusals are S3-style XML.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode
 
 FILES_PREFIX = "/_simulator/files/"
@@ -27,6 +29,23 @@ class Signer:
     @classmethod
     def fresh(cls) -> Signer:
         return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def kept_in(cls, folder: str | os.PathLike[str] | None) -> Signer:
+        """With a state folder, one secret for its lifetime: URLs outlive a restart, as
+        real presigned URLs outlive a provider's deploy. Without one, a fresh secret."""
+        if folder is None:
+            return cls.fresh()
+        path = Path(folder) / "url-secret"
+        try:
+            return cls(bytes.fromhex(path.read_text("ascii").strip()))
+        except (OSError, ValueError):
+            signer = cls.fresh()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(signer.secret.hex())
+            return signer
 
     def _sig(self, task_id: str, expires: int) -> str:
         message = f"{task_id}\n{expires}".encode()
