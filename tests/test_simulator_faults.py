@@ -12,6 +12,7 @@ import pytest
 
 from kling_pipeline.simulator.config import SimulatorConfig
 from kling_pipeline.simulator.runner import running_simulator
+from kling_pipeline.simulator.tasks import body_hash
 
 from simulator_fixtures import KEY, T2V, SimClient, probe, t2v_body
 
@@ -70,6 +71,10 @@ def test_drop_after_makes_a_task_whose_id_is_never_seen(sim: SimClient) -> None:
     stats = sim.stats()
     assert stats["submissions_total"] == 2 and stats["tasks_total"] == 2
     assert stats["faults"]["drop_after"] == 2 and stats["accepted"] == 2
+    hidden = sim.http.get("/_simulator/tasks").json()
+    assert hidden[0]["body_hash"] == body_hash(t2v_body("paid for, never answered"))
+    sim.configure(drop_after_rate=0.0)
+    assert sim.result(hidden[0]["task_id"])["task"]["task_id"] == hidden[0]["task_id"]
 
 
 def test_drop_rates_are_partial_and_seeded(sim: SimClient) -> None:

@@ -35,6 +35,17 @@ async def stats(request: Request) -> Response:
     return JSONResponse(body)
 
 
+async def tasks(request: Request) -> Response:
+    """GET /_simulator/tasks: every task (no bodies), oldest first, e.g. to find the one a
+    dropped answer hid from the client."""
+    sim = simulator_of(request)
+    now = time.time()
+    listing = sorted(sim.store, key=lambda t: t.submitted_at)
+    return JSONResponse([{"task_id": t.task_id, "slug": t.slug, "body_hash": t.body_hash,
+                          "status": view(t, now).status, "submitted_at": t.submitted_at}
+                         for t in listing])
+
+
 async def config(request: Request) -> Response:
     """GET: the knobs. POST a JSON object of knobs to change them now (400 names bad ones)."""
     sim = simulator_of(request)

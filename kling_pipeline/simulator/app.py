@@ -48,6 +48,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
             Route("/v3/async/{slug}", api.submit, methods=["POST"]),
             Route("/_simulator/files/{name}", files.download, methods=["GET"]),
             Route("/_simulator/stats", admin.stats, methods=["GET"]),
+            Route("/_simulator/tasks", admin.tasks, methods=["GET"]),
             Route("/_simulator/config", admin.config, methods=["GET", "POST"]),
             Route("/_simulator/reset", admin.reset, methods=["POST"]),
         ],
