@@ -296,6 +296,8 @@ FAN_OUT = [
      "must be a list"),
     ("foreach and matrix", 'id: "f{{ index }}"\n    foreach: [1]\n    matrix: ^{a: [1, 2]}',
      "matrix: ^{a", "shots[0].matrix", "foreach"),
+    ("empty matrix list", 'id: "e{{ item.a }}"\n    matrix: {a: ^[]}', "a: ^[]",
+     "shots[0].matrix.a", "must not be empty"),
     ("escape", "id: ^../escape", "id: ^../", "shots[0].id", "safe file name"),
     ("slash", "id: ^a/b", "id: ^a/b", "shots[0].id", "safe file name"),
     ("hidden", "id: ^.hidden", "id: ^.hidden", "shots[0].id", "starting with a letter or digit"),
@@ -312,3 +314,13 @@ def test_fan_out_and_ids(tmp_path: Path, fields: str, needle: str, location: str
     path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, prompt: p}}\nshots:\n"
                  f"  - {fields.replace('^', '')}\n")
     expect(path, needle, location, allowed)
+
+
+def test_an_unquoted_aspect_ratio_is_understood(tmp_path: Path) -> None:
+    """YAML 1.1 reads `16:9` as the base-60 number 969: accept it, or say so with the fix."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n"
+                 "  - {id: a, prompt: p, aspect_ratio: 9:16}\n")
+    result = validate(path)
+    if result.exit_code != 0:
+        found = lines_at(result, path, "aspect_ratio: ^9:16", "shots[0].aspect_ratio")
+        assert any('"9:16"' in x for x in found), found
