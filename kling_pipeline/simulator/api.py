@@ -176,7 +176,11 @@ async def submit(request: Request) -> Response:
         return refused
     task = _new_task(sim, endpoint, body)
     sim.accepted += 1  # reserve before the await below, so the balance holds under load
-    await sim.store.add(task)
+    try:
+        await sim.store.add(task)
+    except BaseException:
+        sim.accepted -= 1  # not stored, not answered: not billed
+        raise
     sim.stats.submissions[task.body_hash] += 1
     sim.stats.submissions_by_slug[slug] += 1
     if config.prerender:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -59,6 +60,7 @@ class Renderer:
             max_workers=workers, thread_name_prefix="simulator-render")
         self._cache: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
         self.cache_size = cache_size
+        self._lock = threading.Lock()
         self.rendered = 0  # clips actually encoded (for stats: proves the cache works)
 
     def clip(self, key: str, make_spec: Callable[[], ClipSpec]) -> asyncio.Future[bytes]:
@@ -68,15 +70,17 @@ class Renderer:
             self._cache.move_to_end(key)
             return future
         loop = asyncio.get_running_loop()
-        future = asyncio.ensure_future(loop.run_in_executor(self._pool, self._render, make_spec()))
+        # the spec is made in the pool too: decoding a 10 MB data URI is not the loop's job
+        future = asyncio.ensure_future(loop.run_in_executor(self._pool, self._render, make_spec))
         future.add_done_callback(_quiet)
         self._cache[key] = future
         self._evict()
         return future
 
-    def _render(self, spec: ClipSpec) -> bytes:
-        data = render_clip(spec)
-        self.rendered += 1
+    def _render(self, make_spec: Callable[[], ClipSpec]) -> bytes:
+        data = render_clip(make_spec())
+        with self._lock:
+            self.rendered += 1
         return data
 
     def _evict(self) -> None:
