@@ -20,6 +20,8 @@ from kling_pipeline.validation import diagnostics_from
 from kling_pipeline.yamlsource import YamlSource, load_yaml
 
 CACHE_DIR_NAME = ".kling-cache"
+# Top-level parts every shot's rendering depends on; with an error there, shots are not checked.
+_RENDER_INPUTS = frozenset({"vars", "snippets", "defaults", "shots", ""})
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,15 @@ def _structure(source: YamlSource) -> tuple[StoryboardHead | None, list[tuple[in
         in_shots = {e["loc"][1] for e in errors
                     if len(e["loc"]) >= 2 and e["loc"][0] == "shots"
                     and isinstance(e["loc"][1], int)}
-        if any(len(e["loc"]) < 2 or e["loc"][0] != "shots" or not isinstance(e["loc"][1], int)
-               for e in errors):
-            return None, [], problems
-        head = StoryboardHead.model_validate({k: v for k, v in data.items() if k != "shots"})
+        elsewhere = {str(e["loc"][0]) if e["loc"] else "" for e in errors
+                     if not (len(e["loc"]) >= 2 and e["loc"][0] == "shots"
+                             and isinstance(e["loc"][1], int))}
+        if elsewhere & _RENDER_INPUTS or not isinstance(data.get("shots"), list):
+            return None, [], problems  # shots cannot be rendered without these
+        # Keep checking the shots: an error in the provider block must not hide theirs.
+        kept = {k: v for k, v in data.items() if k not in elsewhere and k != "shots"}
+        head = StoryboardHead.model_validate({**kept, "version": 1,
+                                              "name": kept.get("name", "storyboard")})
         good = [(i, Shot.model_validate(raw)) for i, raw in enumerate(data["shots"])
                 if i not in in_shots]
         return head, good, problems
