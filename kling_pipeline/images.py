@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from dataclasses import dataclass
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -41,15 +42,27 @@ def check_image_bytes(data: bytes) -> ImageInfo:
     if len(data) > MAX_BYTES:
         raise ImageProblem("IMAGE_FILE_EXCEEDS_MAX_SIZE",
                            f"is {len(data) / 1e6:.1f} MB; at most 10 MB is allowed")
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt = image.format or ""
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format or ""
+                width, height = image.size
+                image.load()  # decode it all: a truncated file must not pass
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        claimed = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise ImageProblem("INVALID_IMAGE_SIZE",
+                           f"claims {claimed}, too many for a real frame (a decompression "
+                           "bomb?)") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageProblem("INVALID_IMAGE_FORMAT",
-                           "is not a readable image; allowed: .png, .jpg, .jpeg") from exc
+                           "is not a readable, complete image; allowed: .png, .jpg, .jpeg") \
+            from exc
     if fmt not in ALLOWED_FORMATS:
         raise ImageProblem("INVALID_IMAGE_FORMAT",
                            f"is a {fmt or 'unknown'} image; allowed: PNG or JPEG")

@@ -126,7 +126,8 @@ class Shot(ShotFields):
     vars: dict[Annotated[str, Field(pattern=IDENTIFIER)], Any] = Field(default_factory=dict)
     foreach: list[Any] | None = Field(default=None, min_length=1,
                                       description="One shot per item, as `item`")
-    matrix: dict[Annotated[str, Field(pattern=IDENTIFIER)], list[Any]] | None = Field(
+    matrix: dict[Annotated[str, Field(pattern=IDENTIFIER)],
+                 Annotated[list[Any], Field(min_length=1)]] | None = Field(
         default=None, min_length=1,
         description="One shot per combination, as `item.<name>`")
 

@@ -42,6 +42,7 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
 _REQUEST_FIELDS = ("model", "prompt", "negative_prompt", "multi_prompt", "image", "end_image",
                    "duration", "aspect_ratio", "sound", "cfg_scale", "mode")
 _INT = re.compile(r"^[+-]?\d+$")
+_RESERVED_VARS = frozenset({"item", "index", "snippets"})
 
 
 @dataclass(frozen=True)
@@ -61,17 +62,35 @@ class ShotRequest:
 
 @dataclass
 class _Problems:
+    """Located problems; one broken default is reported once, naming the shots it breaks."""
+
     source: YamlSource
     items: list[Diagnostic] = field(default_factory=list)
+    from_defaults: dict[tuple[tuple[str | int, ...], str], list[str]] = field(
+        default_factory=dict)
 
     def add(self, path: tuple[str | int, ...], message: str, label: str | None = None,
             key: bool = False) -> None:
+        if path[:1] == ("defaults",):
+            self.from_defaults.setdefault((path, message), []).append(label or "?")
+            return
         location = format_path(path)
         if label is not None and path[:1] == ("shots",) and len(path) >= 2:
             rest = format_path(path[2:])
             location = f"{format_path(path[:2])} ({label})" + (
                 "" if not rest else rest if rest.startswith("[") else "." + rest)
         self.items.append(self.source.diagnostic(path, message, key=key, location=location))
+
+    def count(self) -> int:
+        return len(self.items) + len(self.from_defaults)
+
+    def finish(self) -> list[Diagnostic]:
+        for (path, message), labels in self.from_defaults.items():
+            shown = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more"
+                                             if len(labels) > 3 else "")
+            self.items.append(self.source.diagnostic(path, f"{message} (in shot {shown})"))
+        self.from_defaults.clear()
+        return self.items
 
 
 def shot_is_safe_id(shot_id: str) -> str | None:
@@ -130,6 +149,15 @@ class StoryboardRenderer:
         raw_entries = self.source.data.get("shots") if isinstance(self.source.data, dict) \
             else None
         for entry, shot in self.entries:
+            if shot.foreach is not None and shot.matrix is not None:
+                self.problems.add(("shots", entry, "matrix"), "cannot be used together with "
+                                  "foreach on one shot: use one of them")
+                continue
+            reserved = sorted(_RESERVED_VARS & set(shot.vars))
+            if reserved:
+                self.problems.add(("shots", entry, "vars", reserved[0]), "is a name the tool "
+                                  "sets itself (item, index, snippets); choose another", key=True)
+                continue
             memo_key = memo.key_for(raw_entries[entry]) if memo and raw_entries else None
             if memo is not None and memo_key is not None:
                 known = memo.get(memo_key, entry)
@@ -143,7 +171,7 @@ class StoryboardRenderer:
                 memo.put(memo_key, good)
             shots += good
         self._check_unique_ids(shots)
-        return shots, self.problems.items
+        return shots, self.problems.finish()
 
     # --- one shot --------------------------------------------------------------------------
 
@@ -160,7 +188,7 @@ class StoryboardRenderer:
 
     def _build(self, entry: int, shot: Shot, item: Any, index: int) -> ShotRequest | None:
         context, context_fp = self._context(shot, item, index)
-        before = len(self.problems.items)
+        before = self.problems.count()
         here: tuple[str | int, ...] = ("shots", entry)
 
         def render(text: str, path: tuple[str | int, ...], label: str | None) -> str | None:
@@ -215,7 +243,7 @@ class StoryboardRenderer:
                 continue  # already reported: the field did not render
             path = origin.get(str(problem.path[0]), (*here, problem.path[0]))
             self.problems.add((*path, *problem.path[1:]), problem.message, label)
-        if len(self.problems.items) != before or shot_id is None:
+        if self.problems.count() != before or shot_id is None:
             return None
         body = wire_body(endpoint, values)
         return ShotRequest(
@@ -284,6 +312,10 @@ class StoryboardRenderer:
             if reference.startswith(("https://", "http://")):
                 continue
             path = origin[spec.name]
+            if not reference.strip():
+                self.problems.add(path, "is empty: give a local .png/.jpg path or an http(s) "
+                                        "URL", label)
+                continue
             if reference.startswith("data:") or "://" in reference:
                 self.problems.add(path, "must be a local .png/.jpg path or an http(s) URL",
                                   label)

@@ -111,4 +111,6 @@ def parse_var(text: str) -> tuple[str, str]:
     key = key.strip()
     if not sep or not key.isidentifier():
         raise ValueError(f"{text!r} is not key=value with a variable name as key")
+    if key in ("item", "index", "snippets"):
+        raise ValueError(f"{key!r} is a name the tool sets itself; choose another")
     return key, value

@@ -29,10 +29,31 @@ class TemplateProblem(Exception):
     """A template that cannot be rendered; the message says why in plain words."""
 
 
+MAX_TEXT = 100_000
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with `*` and `**` refused when the result would be huge."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > 64:
+                raise SecurityError("exponents above 64 are not allowed in templates")
+            return left**right
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and isinstance(count, int) \
+                    and len(seq) * count > MAX_TEXT:
+                raise SecurityError(f"repeating text to more than {MAX_TEXT:,} characters is "
+                                    "not allowed in templates")
+        return left * right
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                        keep_trailing_newline=False)
+    env = _BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False,
+                          keep_trailing_newline=False)
     env.filters.pop("random", None)
     env.globals.pop("lipsum", None)
     return env
@@ -65,8 +86,9 @@ class Snippets(Mapping[str, str]):
 
     def __getitem__(self, name: str) -> str:
         if name not in self._sources:
-            raise TemplateProblem(f"no snippet named {name!r}"
-                                  + suggest(name, self._sources))
+            known = ", ".join(self._sources) or "none are defined"
+            raise TemplateProblem(f"no snippet named {name!r}" + suggest(name, self._sources)
+                                  + f"; snippets: {known}")
         if name in self._active:
             cycle = " -> ".join([*self._active, name])
             raise TemplateProblem(f"snippet {name!r} uses itself ({cycle})")
@@ -120,7 +142,15 @@ class TemplateRenderer:
             raise TemplateProblem(f"template not allowed by the sandbox: {exc}") from exc
         except jinja2.TemplateError as exc:
             raise TemplateProblem(f"template error: {exc}") from exc
-        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        except (MemoryError, RecursionError) as exc:
+            raise TemplateProblem("template too large to render (it would use too much "
+                                  "memory or recursion)") from exc
+        except TypeError as exc:
+            if "no loader" in str(exc):
+                raise TemplateProblem("include, import and extends are not available: use "
+                                      "snippets ({{ snippets.name }}) to share text") from exc
+            raise TemplateProblem(f"template error: TypeError: {exc}") from exc
+        except (ValueError, ArithmeticError, LookupError, AttributeError) as exc:
             raise TemplateProblem(f"template error: {type(exc).__name__}: {exc}") from exc
 
 

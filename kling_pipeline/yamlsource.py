@@ -7,6 +7,7 @@ when there is an error to report. Duplicate keys, which PyYAML silently lets win
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from kling_pipeline.errors import Diagnostic, StoryboardError
+from kling_pipeline.yamlguard import GuardProblem, check_aliases, check_text, path_of
 
 try:
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -49,6 +51,30 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
             return len(set(keys)) != len(keys)
         except TypeError:  # a non-scalar key: look closely
             return True
+
+
+def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
+    """YAML 1.1's implicit types less its surprises: `9:16` and `yes`/`no`/`on` stay text."""
+    drop = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+    table = {first: [(tag, rx) for tag, rx in rules if tag not in drop]
+             for first, rules in _BaseLoader.yaml_implicit_resolvers.items()}
+    extra = [
+        ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("tag:yaml.org,2002:int", r"^(?:[-+]?0b[0-1_]+|[-+]?0o?[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
+                                  r"|[-+]?0x[0-9a-fA-F_]+)$", "-+0123456789"),
+        ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
+                                    r"|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+                                    r"|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+                                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+         "-+0123456789."),
+    ]
+    for tag, pattern, firsts in extra:
+        for first in firsts:
+            table.setdefault(first, []).append((tag, re.compile(pattern)))
+    return table
+
+
+_Loader.yaml_implicit_resolvers = _yaml12_resolvers()
 
 
 @dataclass
@@ -107,6 +133,22 @@ def format_path(path: Sequence[str | int]) -> str:
     return out
 
 
+def _line_col(text: bytes, offset: int) -> tuple[int, int]:
+    line_start = text.rfind(b"\n", 0, offset) + 1
+    column = len(text[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return text.count(b"\n", 0, offset) + 1, column
+
+
+def _decode(text: bytes, shown: str) -> str:
+    try:
+        return text.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, column = _line_col(text, exc.start)
+        raise StoryboardError([Diagnostic(
+            shown, line, column, "", f"not UTF-8 text (byte 0x{text[exc.start]:02x}); save the "
+                                     "storyboard as UTF-8")]) from exc
+
+
 def load_yaml(path: Path, display: str | None = None) -> YamlSource:
     """Read and parse one YAML file safely; StoryboardError with the place if it is not YAML."""
     shown = display or str(path)
@@ -115,13 +157,27 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
     except OSError as exc:
         raise StoryboardError([Diagnostic(shown, None, None, "",
                                           f"cannot read the file: {exc.strerror}")]) from exc
-    loader = _Loader(text)
+    try:
+        check_text(text)
+    except GuardProblem as exc:
+        line, column = _line_col(text, exc.offset) if exc.offset is not None else (None, None)
+        raise StoryboardError([Diagnostic(shown, line, column, "", exc.message)]) from exc
+    loader = _Loader(_decode(text, shown))
     loader.duplicates = []
     try:
         root = loader.get_single_node()
+        if root is not None and b"*" in text:
+            check_aliases(root)
         data = loader.construct_document(root) if root is not None else None
+    except GuardProblem as exc:
+        mark = exc.node.start_mark if exc.node is not None else None
+        raise StoryboardError([Diagnostic(shown, mark.line + 1 if mark else None,
+                                          mark.column + 1 if mark else None, "",
+                                          exc.message)]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark is not None and "quoted scalar" in (exc.context or ""):
+            mark = exc.context_mark  # where the unclosed quote opened, not the end of file
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         problem = exc.problem or "not valid YAML"
         context = f" ({exc.context})" if exc.context else ""
@@ -133,8 +189,10 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
     finally:
         loader.dispose()
     if loader.duplicates:
+        assert root is not None
         raise StoryboardError(
-            Diagnostic(shown, k.start_mark.line + 1, k.start_mark.column + 1, str(k.value),
+            Diagnostic(shown, k.start_mark.line + 1, k.start_mark.column + 1,
+                       format_path(path_of(root, k) or [str(k.value)]),
                        "duplicate key: this mapping already has it (YAML would silently keep "
                        "the last one)")
             for k in loader.duplicates)

@@ -246,11 +246,11 @@ def _make(tmp_path: Path, kind: str) -> str:
             "file": "\"file:///etc/hosts\"", "folder": "assets"}[kind]
 
 
-IMAGES = [("missing", "not found"), ("text", "not a readable image"), ("gif", "GIF"),
+IMAGES = [("missing", "not found"), ("text", "not a readable, complete image"), ("gif", "GIF"),
           ("narrow", "299x400"), ("wide", "aspect 3.33"), ("big", "at most 10 MB"),
           ("data", "local .png/.jpg path or an http(s) URL"),
           ("file", "local .png/.jpg path or an http(s) URL"), ("folder", "not a file"),
-          ("bomb", "20000x20000"), ("truncated", "not a readable image")]
+          ("bomb", "claims 400,000,000 pixels"), ("truncated", "not a readable, complete image")]
 
 
 @pytest.mark.parametrize("slug", ["kling-v3.0-pro-i2v", "kling-v1.6-i2v"])
