@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kling_pipeline.images import ImageProblem, check_image_bytes
+from kling_pipeline.hashing import IMAGE_DIGEST_PREFIX
+from kling_pipeline.images import ImageProblem, check_image_bytes, data_uri
 from kling_pipeline.memo import JsonMemo
 
 
@@ -47,3 +50,22 @@ class ImageInspector:
         self.memo.put(memo_key, [stat.st_size, stat.st_mtime_ns, digest, info.mime,
                                  info.width, info.height])
         return LocalImage(path, digest, info.mime, info.width, info.height, info.size)
+
+
+def body_to_send(body: Mapping[str, Any], images: Mapping[str, LocalImage]) -> dict[str, Any]:
+    """The body as it goes on the wire: each local image's digest replaced by a data URI.
+
+    The file is read again and must still have the digest the key was made from; if it changed
+    since the plan, sending it would pay for a request nobody planned (ImageProblem).
+    """
+    out = dict(body)
+    for wire, image in images.items():
+        if out.get(wire) != IMAGE_DIGEST_PREFIX + image.sha256:
+            raise ImageProblem("INVALID_REQUEST_BODY", f"{wire} does not hold the digest of "
+                                                       f"{image.path}")
+        data = image.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != image.sha256:
+            raise ImageProblem("INVALID_IMAGE_FORMAT",
+                               f"{image.path} changed after it was planned; run plan again")
+        out[wire] = data_uri(data, image.mime)
+    return out

@@ -175,3 +175,23 @@ shots:
     text = str(caught.value)
     assert "shots[0] (a).prompt" in text and "random" in text
     assert "shots[1] (b).prompt" in text and "lipsum" in text
+
+
+def test_local_images_are_sent_as_data_uris_of_the_planned_bytes(lighthouse: Path,
+                                                                 tmp_path: Path) -> None:
+    import base64
+
+    from kling_pipeline.images import ImageProblem
+    from kling_pipeline.localimages import body_to_send
+
+    keeper = next(s for s in load_storyboard(lighthouse, use_cache=False).shots
+                  if s.id == "keeper")
+    body = body_to_send(keeper.body, keeper.local_images)
+    head, payload = body["image"].split(",", 1)
+    assert head == "data:image/png;base64"
+    assert base64.b64decode(payload) == (tmp_path / "keeper.png").read_bytes()
+    assert {k: v for k, v in body.items() if k != "image"} == \
+        {k: v for k, v in keeper.body.items() if k != "image"}
+    (tmp_path / "keeper.png").write_bytes(b"changed since the plan")
+    with pytest.raises(ImageProblem, match="changed after it was planned"):
+        body_to_send(keeper.body, keeper.local_images)
