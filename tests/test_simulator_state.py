@@ -9,11 +9,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from kling_pipeline.hashing import canonical_json
 from kling_pipeline.simulator.command import config_from_options, simulator_command
 from kling_pipeline.simulator.config import SimulatorConfig
 from kling_pipeline.simulator.faults import RateLimiter
 from kling_pipeline.simulator.runner import running_simulator
-from kling_pipeline.simulator.tasks import Task, body_hash, canonical_json, view
+from kling_pipeline.simulator.tasks import Task, body_hash, view
 from kling_pipeline.simulator.urls import Signer
 
 from simulator_fixtures import I2V, SimClient, png_uri, probe, t2v_body

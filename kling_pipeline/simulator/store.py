@@ -11,11 +11,11 @@ import asyncio
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kling_pipeline.fsutil import atomic_write_bytes
 from kling_pipeline.simulator.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class TaskStore:
     async def add(self, task: Task) -> None:
         """Remember a task; with a state folder, write it (off the event loop) first."""
         if self._folder is not None:
-            await asyncio.to_thread(_write_atomically, self._folder / f"{task.task_id}.json",
+            await asyncio.to_thread(atomic_write_bytes, self._folder / f"{task.task_id}.json",
                                     json.dumps(task.to_json()).encode("utf-8"))
         self._tasks[task.task_id] = task
 
@@ -69,17 +69,3 @@ class TaskStore:
         if self._folder is not None:
             for path in self._folder.glob("*.json"):
                 path.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: a crash leaves the old file or the new."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

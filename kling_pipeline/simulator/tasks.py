@@ -8,11 +8,11 @@ trivial to persist and to reload after a restart.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from kling_pipeline.hashing import body_digest
 
 Status = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED",
                  "TASK_STATUS_FAILED"]
@@ -24,14 +24,9 @@ MODERATION_REASON = ("The generated content was blocked by content moderation "
 RANDOM_FAILURE_REASON = "Video generation failed: internal model error (simulated)."
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no spaces, UTF-8: the form hashed for keys and stats."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
-
-
 def body_hash(body: Any) -> str:
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    """sha256 of the body's canonical JSON: the same form the client's keys are made from."""
+    return body_digest(body)
 
 
 @dataclass(frozen=True)
