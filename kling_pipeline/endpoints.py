@@ -144,7 +144,10 @@ def _v3_i2v(slug: str, title: str, family: str) -> Endpoint:
 def _v3_t2v(slug: str, title: str, family: str) -> Endpoint:
     return Endpoint(
         slug, title, "t2v", family,
-        (_SOUND, _prompt(2500, required=False), _DURATION_V3, _cfg("cfg_scale"), _ASPECT,
+        # The page allows 0..2500; an empty text-to-video prompt buys a video of nothing, so
+        # it is refused (image-to-video may go without one: the image says what to show).
+        (_SOUND, _prompt(2500, min_length=1, required=False), _DURATION_V3, _cfg("cfg_scale"),
+         _ASPECT,
          _MULTI, _negative(2500)),
         exclusive=(("prompt", "multi_prompt"),),
         one_of=(("prompt", "multi_prompt"),),

@@ -41,7 +41,8 @@ def check_image_bytes(data: bytes) -> ImageInfo:
     """Check image bytes against the API's limits; raise ImageProblem if they break one."""
     if len(data) > MAX_BYTES:
         raise ImageProblem("IMAGE_FILE_EXCEEDS_MAX_SIZE",
-                           f"is {len(data) / 1e6:.1f} MB; at most 10 MB is allowed")
+                           f"is {len(data) / 2**20:.1f} MB; at most 10 MB (10,485,760 bytes) "
+                           "is allowed")
     import warnings
 
     from PIL import Image, UnidentifiedImageError

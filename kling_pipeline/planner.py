@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kling_pipeline.hashing import KEY_SCHEME
 from kling_pipeline.lockfile import AMBIGUOUS, IN_FLIGHT, LockEntry, LockFile
 from kling_pipeline.pricing import PriceTable
 from kling_pipeline.render import ShotRequest
@@ -83,8 +84,8 @@ def diff_requests(old: LockEntry, new: ShotRequest) -> tuple[FieldChange, ...]:
             changes.append(FieldChange(name, before, after))
     if old.take != new.take:
         changes.append(FieldChange("take", old.take, new.take))
-    if old.key_scheme != 1 and not changes:
-        changes.append(FieldChange("key_scheme", old.key_scheme, 1))
+    if old.key_scheme != KEY_SCHEME and not changes:
+        changes.append(FieldChange("key_scheme", old.key_scheme, KEY_SCHEME))
     return tuple(changes)
 
 
@@ -102,7 +103,7 @@ def make_plan(storyboard: str, shots: Iterable[ShotRequest], lock: LockFile, pri
                              resubmit_unknown))
     for shot_id in sorted(set(lock.shots) - seen):
         items.append(PlanItem(shot_id, "remove", None, lock.shots[shot_id],
-                              note="no longer in the storyboard; its video stays in the cache"))
+                              note="no longer in the storyboard; nothing is submitted for it"))
     return Plan(storyboard, items)
 
 
@@ -137,8 +138,11 @@ def _decide(shot: ShotRequest, entry: LockEntry | None,
         return PlanItem(shot.id, "create", shot, entry, estimate=cost,
                         note="its task can no longer be fetched")
     twin = by_key.get(shot.key)
-    if twin is not None and (twin[1].status == "done" or twin[1].status in IN_FLIGHT):
+    if twin is not None and twin[1].status == "done":
         return PlanItem(shot.id, "reuse", shot, twin[1], note=f"same request as {twin[0]!r}")
+    if twin is not None and twin[1].status in IN_FLIGHT:
+        return PlanItem(shot.id, "inflight", shot, twin[1],
+                        note=f"same request as {twin[0]!r}, whose task is {twin[1].status}")
     if entry is not None:
         return PlanItem(shot.id, "update", shot, entry, diff_requests(entry, shot), cost)
     return PlanItem(shot.id, "create", shot, None, estimate=cost)

@@ -146,6 +146,11 @@ class StoryboardRenderer:
     def run(self, memo: ShotMemoLike | None = None) -> tuple[list[ShotRequest], list[Diagnostic]]:
         """Build every shot; with a memo, entries that did not change are not built again."""
         shots: list[ShotRequest] = []
+        reserved = sorted(_RESERVED_VARS & set(self.board.vars))
+        if reserved:
+            self.problems.add(("vars", reserved[0]), "is a name the tool sets itself (item, "
+                              "index, snippets); choose another", key=True)
+            return shots, self.problems.finish()
         raw_entries = self.source.data.get("shots") if isinstance(self.source.data, dict) \
             else None
         for entry, shot in self.entries:
@@ -237,6 +242,11 @@ class StoryboardRenderer:
                 values[name] = typed
         if "multi_prompt" in values and origin.get("duration", ("",))[0] == "defaults":
             del values["duration"]  # a multi-shot lasts as long as its parts, not the default
+        for pair in endpoint.exclusive:  # a field the shot sets beats a default it excludes
+            if all(name in values for name in pair):
+                from_defaults = [n for n in pair if origin[n][0] == "defaults"]
+                if len(from_defaults) == 1:
+                    del values[from_defaults[0]]
         images = self._images(endpoint, values, origin, label)
         for problem in check_values(endpoint, values):
             if failed and (problem.path[0] in failed or problem.message.startswith("is required")):

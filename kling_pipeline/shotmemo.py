@@ -51,7 +51,9 @@ class ShotMemo:
         self.hits = 0
 
     def key_for(self, raw_entry: Any) -> str:
-        return hashlib.sha256((self.salt + fingerprint(raw_entry)).encode()).hexdigest()
+        # repr of plain YAML data is exact and several times cheaper than canonical JSON; an
+        # entry whose keys were only reordered misses the memo, which costs time, not money.
+        return hashlib.sha256((self.salt + repr(raw_entry)).encode()).hexdigest()
 
     def get(self, memo_key: str, entry: int) -> list[ShotRequest] | None:
         stored = self.memo.get(memo_key)

@@ -56,9 +56,10 @@ def test_prompt_length_limits(slug: str, limit: int) -> None:
     assert messages(slug, {**base, "prompt": "x", "negative_prompt": "n" * (limit + 1)})
 
 
-def test_v16_prompt_must_not_be_empty_but_v30_may_be() -> None:
+def test_empty_prompts_only_where_an_image_says_what_to_show() -> None:
     assert messages("kling-v1.6-i2v", {"image": "https://x/a.png", "prompt": ""})
-    assert messages("kling-v3.0-pro-t2v", {"prompt": ""}) == []
+    assert messages("kling-v3.0-pro-t2v", {"prompt": ""})  # would buy a video of nothing
+    assert messages("kling-v3.0-pro-i2v", {"image": "https://x/a.png", "prompt": ""}) == []
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])

@@ -117,3 +117,11 @@ shots:
     result = CliRunner().invoke(main, ["plan", str(path), "--json"])
     costs = {s["id"]: s["estimated_cost_usd"] for s in json.loads(result.output)["shots"]}
     assert costs == {"a": 8.0, "b": 5.0}
+
+
+def test_a_request_in_flight_under_another_id_is_in_flight(
+        write_storyboard: Callable[[str], Path]) -> None:
+    path = write_storyboard(BOARD % "  - {id: a, prompt: sea}")
+    lock_all(path, status="processing")
+    path.write_text(BOARD % "  - {id: a, prompt: sea}\n  - {id: twin, prompt: sea}")
+    assert plan_of(path) == {"a": "?inflight", "twin": "?inflight"}

@@ -195,3 +195,28 @@ def test_local_images_are_sent_as_data_uris_of_the_planned_bytes(lighthouse: Pat
     (tmp_path / "keeper.png").write_bytes(b"changed since the plan")
     with pytest.raises(ImageProblem, match="changed after it was planned"):
         body_to_send(keeper.body, keeper.local_images)
+
+
+def test_a_shots_own_field_beats_a_default_it_excludes(
+        write_storyboard: Callable[[str], Path], make_image: Callable[..., Path]) -> None:
+    make_image("a.png")
+    path = write_storyboard("""version: 1
+name: excl
+defaults: {model: kling-v3.0-pro-i2v, image: a.png, prompt: default prompt, end_image: a.png}
+shots:
+  - id: multi
+    multi_prompt: [{prompt: one, duration: 3}, {prompt: two, duration: 3}]
+  - id: plain
+""")
+    shots = {s.id: s for s in load_storyboard(path, use_cache=False).shots}
+    assert set(shots["multi"].body) == {"image", "multi_prompt", "duration"}
+    assert set(shots["plain"].body) == {"image", "prompt", "end_image"}
+
+
+def test_lock_and_memo_files_follow_the_umask(tmp_path: Path) -> None:
+    from kling_pipeline.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "f.json", b"{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~mask
