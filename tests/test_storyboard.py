@@ -220,3 +220,16 @@ def test_lock_and_memo_files_follow_the_umask(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_fully_memoised_run_keeps_the_template_memo(lighthouse: Path, tmp_path: Path) -> None:
+    import json
+
+    cache = tmp_path / "cache"
+    load_storyboard(lighthouse, cache_dir=cache)
+    before = json.loads((cache / "templates.json").read_text())["entries"]
+    load_storyboard(lighthouse, cache_dir=cache)  # every entry from shots.json
+    lighthouse.write_text(LIGHTHOUSE.replace("A {{ item.mood }} wave", "A {{ item.mood }} sea"))
+    load_storyboard(lighthouse, cache_dir=cache)  # one entry re-rendered
+    after = json.loads((cache / "templates.json").read_text())["entries"]
+    assert before and set(before) <= set(after)
