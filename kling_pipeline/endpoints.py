@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -185,9 +185,6 @@ ENDPOINTS: Mapping[str, Endpoint] = {
     )
 }
 
-# Every field name any endpoint takes, in a stable order (for the storyboard models).
-ALL_FIELDS: tuple[str, ...] = tuple(
-    dict.fromkeys(f.name for e in ENDPOINTS.values() for f in e.fields))
 
 
 def get_endpoint(slug: str) -> Endpoint | None:
@@ -416,7 +413,3 @@ def effective_duration(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     if isinstance(parts, list) and parts:
         return sum(int(p.get("duration", 0)) for p in parts if isinstance(p, dict))
     return endpoint.default_duration()
-
-
-def known_slugs() -> Iterable[str]:
-    return ENDPOINTS.keys()

@@ -21,7 +21,6 @@ Status = Literal["submitting", "unknown", "queued", "processing", "rendered", "d
 STATUSES: tuple[str, ...] = get_args(Status)
 IN_FLIGHT: frozenset[str] = frozenset({"queued", "processing", "rendered"})
 AMBIGUOUS: frozenset[str] = frozenset({"submitting", "unknown"})
-FINISHED: frozenset[str] = frozenset({"done"})
 
 
 def utc_now() -> str:

@@ -26,7 +26,7 @@ from kling_pipeline.errors import Diagnostic
 from kling_pipeline.hashing import IMAGE_DIGEST_PREFIX, request_key
 from kling_pipeline.images import ImageProblem
 from kling_pipeline.localimages import ImageInspector, LocalImage
-from kling_pipeline.models import Shot, StoryboardHead, is_template
+from kling_pipeline.models import Shot, ShotFields, StoryboardHead, is_template
 from kling_pipeline.templating import (
     Snippets,
     TemplateProblem,
@@ -39,8 +39,7 @@ from kling_pipeline.yamlsource import YamlSource, format_path
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
              *(f"lpt{i}" for i in range(10))}
-_REQUEST_FIELDS = ("model", "prompt", "negative_prompt", "multi_prompt", "image", "end_image",
-                   "duration", "aspect_ratio", "sound", "cfg_scale", "mode")
+_REQUEST_FIELDS = tuple(ShotFields.model_fields)
 _INT = re.compile(r"^[+-]?\d+$")
 _RESERVED_VARS = frozenset({"item", "index", "snippets"})
 

@@ -10,7 +10,6 @@ images still has the digest it had (a stat, through the image memo).
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,3 @@ class ShotMemo:
 
     def put(self, memo_key: str, shots: list[ShotRequest]) -> None:
         self.memo.put(memo_key, [_to_memo(s) for s in shots])
-
-
-def memo_world(base_dir: Path, *parts: Any) -> list[Any]:
-    """What every shot of a storyboard depends on besides its own entry."""
-    return [os.fspath(base_dir), *parts]

@@ -14,7 +14,7 @@ from kling_pipeline.localimages import ImageInspector
 from kling_pipeline.memo import JsonMemo
 from kling_pipeline.models import Shot, Storyboard, StoryboardHead, extension_keys
 from kling_pipeline.render import ShotRequest, StoryboardRenderer
-from kling_pipeline.shotmemo import ShotMemo, memo_world
+from kling_pipeline.shotmemo import ShotMemo
 from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
 from kling_pipeline.validation import diagnostics_from
 from kling_pipeline.yamlsource import YamlSource, load_yaml
@@ -94,7 +94,7 @@ def load_storyboard(path: Path, *, cli_vars: Mapping[str, str] | None = None,
     renderer = TemplateRenderer(template_memo, world)
     inspector = ImageInspector(image_memo)
     defaults = source.data.get("defaults")
-    shot_memo = ShotMemo(shot_memo_file, inspector, memo_world(path.parent, world, defaults))
+    shot_memo = ShotMemo(shot_memo_file, inspector, [str(path.parent), world, defaults])
     shots, render_problems = StoryboardRenderer(
         source, head, entries, variables, renderer, inspector).run(shot_memo)
     for memo in (template_memo, image_memo, shot_memo_file):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from kling_pipeline.simulator.config import SimulatorConfig
+from kling_pipeline.simulator.runner import running_simulator
+
+from simulator_fixtures import SimClient
 
 
 @pytest.fixture
@@ -33,3 +38,17 @@ def write_storyboard(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """A simulator with default settings, one per test module (a module may override it)."""
+    with running_simulator(SimulatorConfig()) as url:
+        yield url
+
+
+@pytest.fixture
+def sim(server: str) -> Iterator[SimClient]:
+    """A client of this module's simulator."""
+    with SimClient(server) as client:
+        yield client

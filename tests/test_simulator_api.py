@@ -41,12 +41,6 @@ def server() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def sim(server: str) -> Iterator[SimClient]:
-    with SimClient(server) as client:
-        yield client
-
-
 @pytest.mark.parametrize("slug", SEED_SLUGS)
 def test_every_seed_slug_accepts_a_valid_body(sim: SimClient, slug: str) -> None:
     answer = sim.post(slug, VALID_BODIES[slug])

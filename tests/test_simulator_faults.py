@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from kling_pipeline.simulator.config import SimulatorConfig
-from kling_pipeline.simulator.runner import running_simulator
 from kling_pipeline.simulator.tasks import body_hash
 
 from simulator_fixtures import KEY, T2V, SimClient, probe, t2v_body
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with running_simulator(SimulatorConfig()) as url:
-        yield url
-
-
-@pytest.fixture
-def sim(server: str) -> Iterator[SimClient]:
-    with SimClient(server) as client:
-        yield client
 
 
 def raw_exchange(base_url: str, request: bytes) -> bytes:

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 
 from kling_pipeline.images import data_uri
-from kling_pipeline.simulator.config import SimulatorConfig
-from kling_pipeline.simulator.runner import running_simulator
 
 from simulator_fixtures import I2V, SimClient, png_bytes, png_uri, probe, t2v_body
 
 TERMINAL = ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with running_simulator(SimulatorConfig()) as url:
-        yield url
-
-
-@pytest.fixture
-def sim(server: str) -> Iterator[SimClient]:
-    with SimClient(server) as client:
-        yield client
 
 
 def video_url(answer: dict[str, object]) -> str:
