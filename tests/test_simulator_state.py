@@ -129,3 +129,12 @@ def test_command_options_become_the_config() -> None:
                                         "forbidden_slugs": ()})
     assert (config.rpm_limit, config.accepted_keys, config.retry_after) == (3, ("a", "b"), False)
     assert config.time_scale == 12.0 and config.balance is None
+
+
+def test_signed_url_lives_at_least_its_ttl() -> None:
+    """Regression: the expiry was rounded down, so a 1 s URL issued at x.9 died 0.1 s later."""
+    signer = Signer.fresh()
+    url = signer.url("http://h", "task", 1, now=1000.9)
+    query = dict(p.split("=") for p in url.split("?")[1].split("&"))
+    assert signer.check("task", query["expires"], query["sig"], now=1001.8) == ""
+    assert signer.check("task", query["expires"], query["sig"], now=1002.0) == "AccessDenied"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
@@ -52,8 +53,10 @@ class Signer:
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
 
     def url(self, base: str, task_id: str, ttl: int, now: float | None = None) -> str:
-        """A URL for the task's video valid `ttl` seconds (ttl 0: without end)."""
-        expires = NEVER if ttl == 0 else int((time.time() if now is None else now) + ttl)
+        """A URL for the task's video valid at least `ttl` seconds (ttl 0: without end).
+
+        The expiry is rounded up: rounding down let a 1-second URL die at once."""
+        expires = NEVER if ttl == 0 else math.ceil((time.time() if now is None else now) + ttl)
         query = urlencode({"X-Amz-Expires": ttl, "expires": expires,
                            "sig": self._sig(task_id, expires)})
         return f"{base.rstrip('/')}{FILES_PREFIX}{task_id}.mp4?{query}"
