@@ -6,18 +6,21 @@ changed shot shows which request fields changed. Nothing here touches the networ
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kling_pipeline.cache import CachedResult
 from kling_pipeline.hashing import KEY_SCHEME
 from kling_pipeline.lockfile import AMBIGUOUS, IN_FLIGHT, LockEntry, LockFile
 from kling_pipeline.pricing import PriceTable
 from kling_pipeline.render import ShotRequest
 
-Action = Literal["create", "update", "noop", "reuse", "inflight", "failed", "unknown", "remove"]
+Action = Literal["create", "update", "noop", "reuse", "inflight", "failed", "unknown", "lost",
+                 "remove"]
 SYMBOLS: dict[Action, str] = {"create": "+", "update": "~", "noop": "=", "reuse": "=",
-                              "inflight": "?", "failed": "!", "unknown": "?", "remove": "-"}
+                              "inflight": "?", "failed": "!", "unknown": "?", "lost": "!",
+                              "remove": "-"}
 PAID: frozenset[Action] = frozenset({"create", "update"})
 
 
@@ -70,7 +73,7 @@ class Plan:
     @property
     def has_work(self) -> bool:
         """True when a run would submit, poll, or drop something."""
-        return any(item.action not in ("noop", "reuse", "failed", "unknown")
+        return any(item.action not in ("noop", "reuse", "failed", "unknown", "lost")
                    for item in self.items)
 
 
@@ -89,18 +92,35 @@ def diff_requests(old: LockEntry, new: ShotRequest) -> tuple[FieldChange, ...]:
     return tuple(changes)
 
 
+def _no_cache(_key: str) -> CachedResult | None:
+    return None
+
+
 def make_plan(storyboard: str, shots: Iterable[ShotRequest], lock: LockFile, prices: PriceTable,
               *, force: Collection[str] = (), retry_failed: bool = False,
-              resubmit_unknown: bool = False) -> Plan:
-    """Decide per shot: create, update, up to date, in flight, failed, unknown; and removals."""
+              resubmit_unknown: bool = False,
+              cached: Callable[[str], CachedResult | None] = _no_cache) -> Plan:
+    """Decide per shot: create, update, up to date, in flight, failed, unknown, lost; removals.
+
+    `cached` looks a request key up in the local store: a request whose video is already
+    there (an undone edit, a shot of another storyboard) is reused, not paid again. Two shots
+    with one request in the same plan pay once: the second reuses the first.
+    """
     by_key = lock.by_key()
     items: list[PlanItem] = []
     seen: set[str] = set()
+    paying: dict[str, str] = {}
     for shot in shots:
         seen.add(shot.id)
         entry = lock.shots.get(shot.id)
-        items.append(_decide(shot, entry, by_key, prices, shot.id in force, retry_failed,
-                             resubmit_unknown))
+        item = _decide(shot, entry, by_key, prices, shot.id in force, retry_failed,
+                       resubmit_unknown, cached)
+        if item.action in PAID:
+            first = paying.setdefault(shot.key, shot.id)
+            if first != shot.id:
+                item = PlanItem(shot.id, "reuse", shot, entry,
+                                note=f"same request as {first!r}, rendered once for both")
+        items.append(item)
     for shot_id in sorted(set(lock.shots) - seen):
         items.append(PlanItem(shot_id, "remove", None, lock.shots[shot_id],
                               note="no longer in the storyboard; nothing is submitted for it"))
@@ -109,7 +129,8 @@ def make_plan(storyboard: str, shots: Iterable[ShotRequest], lock: LockFile, pri
 
 def _decide(shot: ShotRequest, entry: LockEntry | None,
             by_key: dict[str, tuple[str, LockEntry]], prices: PriceTable, forced: bool,
-            retry_failed: bool, resubmit_unknown: bool) -> PlanItem:
+            retry_failed: bool, resubmit_unknown: bool,
+            cached: Callable[[str], CachedResult | None]) -> PlanItem:
     cost = prices.estimate(shot)
     if forced:
         action: Action = "update" if entry is not None else "create"
@@ -135,14 +156,18 @@ def _decide(shot: ShotRequest, entry: LockEntry | None,
             return PlanItem(shot.id, "unknown", shot, entry,
                             note="submission not confirmed; it may have been billed "
                                  "(--resubmit-unknown submits it again)")
-        return PlanItem(shot.id, "create", shot, entry, estimate=cost,
-                        note="its task can no longer be fetched")
+        return PlanItem(shot.id, "lost", shot, entry,
+                        note=f"task {entry.task_id} can no longer be fetched "
+                             f"(--force {shot.id} renders it again, paid)")
     twin = by_key.get(shot.key)
     if twin is not None and twin[1].status == "done":
         return PlanItem(shot.id, "reuse", shot, twin[1], note=f"same request as {twin[0]!r}")
     if twin is not None and twin[1].status in IN_FLIGHT:
         return PlanItem(shot.id, "inflight", shot, twin[1],
                         note=f"same request as {twin[0]!r}, whose task is {twin[1].status}")
+    if cached(shot.key) is not None:
+        return PlanItem(shot.id, "reuse", shot, entry, note="same request as a video in the "
+                                                             "local cache")
     if entry is not None:
         return PlanItem(shot.id, "update", shot, entry, diff_requests(entry, shot), cost)
     return PlanItem(shot.id, "create", shot, None, estimate=cost)

@@ -47,6 +47,8 @@ def summary_line(plan: Plan) -> str:
         parts.append(f"{plan.count('failed')} failed")
     if plan.count("unknown"):
         parts.append(f"{plan.count('unknown')} unknown")
+    if plan.count("lost"):
+        parts.append(f"{plan.count('lost')} lost")
     return "Plan: " + ", ".join(parts) + "."
 
 
@@ -112,7 +114,8 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "summary": {"add": plan.count("create"), "change": plan.count("update"),
                     "unchanged": plan.count("noop", "reuse"),
                     "in_flight": plan.count("inflight"), "remove": plan.count("remove"),
-                    "failed": plan.count("failed"), "unknown": plan.count("unknown")},
+                    "failed": plan.count("failed"), "unknown": plan.count("unknown"),
+                    "lost": plan.count("lost")},
         "estimated_cost_usd": plan.estimated_cost,
         "unpriced_shots": plan.unpriced,
         "estimate_note": ESTIMATE_NOTE,

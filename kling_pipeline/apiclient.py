@@ -1,0 +1,300 @@
+"""The Kling `/v3/async/*` API over one shared httpx.AsyncClient, every answer classified.
+
+Each call is one HTTP request; retrying is the caller's decision, because only the caller knows
+whether a retry could pay twice. What an answer means follows api-notes' error table:
+
+- `NotAccepted`: provably no task was made (connection refused, 429, CREATE_TASK_FAILED, 503);
+  a submit may be sent again.
+- `Ambiguous`: the body may have reached the provider (timeout or reset after sending, a
+  gateway error): the shot may be billed and must not be sent again unasked.
+- `Refused`: this request is wrong (400 INVALID_REQUEST_BODY, ILLEGAL_PROMPT, ...); no retry.
+- `EndpointRefused`: this key may not use this endpoint (403 API_NOT_ALLOWED).
+- `AccountProblem`: a missing or wrong key or an empty balance; stop submitting at once.
+- `TaskNotFound`: the provider does not know the task id.
+- `Transient`: a read (task-result, download) that failed and may be tried again.
+
+The API key goes in one header of API requests only, never to the storage host of a result
+URL, and never into an exception message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# Statuses of the task-result answer, shortened.
+QUEUED, PROCESSING, SUCCEED, FAILED = "queued", "processing", "succeed", "failed"
+_STATUSES = {"TASK_STATUS_QUEUED": QUEUED, "TASK_STATUS_PROCESSING": PROCESSING,
+             "TASK_STATUS_SUCCEED": SUCCEED, "TASK_STATUS_FAILED": FAILED}
+_ACCOUNT_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY",
+                              "BILLING_BALANCE_NOT_ENOUGH"})
+_CHUNK = 1 << 16
+
+
+class ApiError(Exception):
+    """An answer (or no answer) that is not what was asked for."""
+
+    def __init__(self, message: str, *, reason: str = "", status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class NotAccepted(ApiError):
+    """No task was made; sending the same submit again cannot pay twice."""
+
+
+class Ambiguous(ApiError):
+    """The submit may have made a task whose id we never saw."""
+
+
+class Refused(ApiError):
+    """The provider refused this request; it made no task and the same request would fail."""
+
+
+class EndpointRefused(Refused):
+    """The provider refuses this endpoint for this key (403 API_NOT_ALLOWED)."""
+
+
+class AccountProblem(ApiError):
+    """Missing or wrong key, or no balance left: nothing more can be submitted."""
+
+
+class TaskNotFound(ApiError):
+    """The provider does not know this task id (404 TASK_NOT_FOUND)."""
+
+
+class Transient(ApiError):
+    """A read that failed for now (transport error, 429, 5xx); try again later."""
+
+
+class UrlExpired(ApiError):
+    """The storage host refused the result URL (403/404): ask task-result for a fresh one."""
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One task-result answer, types normalised (the API sends numbers as strings or ints)."""
+
+    task_id: str
+    status: str  # QUEUED, PROCESSING, SUCCEED or FAILED
+    progress: int | None
+    eta: float | None
+    reason: str
+    video_url: str | None
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A result file written to disk, with what the transfer proved about it."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class _Bearer(httpx.Auth):
+    """The key as an auth flow: it stays out of the client's repr and default headers."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "_Bearer(<hidden>)"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._key}"
+        yield request
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str]:
+    """(reason, message) from `{reason, message}`, `{error: {message}}` or anything else."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    reason = message = ""
+    if isinstance(body, dict):
+        reason = str(body.get("reason") or "")
+        message = str(body.get("message") or "")
+        error = body.get("error")
+        if isinstance(error, dict):
+            reason = reason or str(error.get("code") or error.get("type") or "")
+            message = message or str(error.get("message") or "")
+        elif isinstance(error, str):
+            message = message or error
+    if not reason:
+        reason = f"HTTP_{response.status_code}"
+    if not message:
+        message = response.reason_phrase or f"HTTP {response.status_code}"
+    return reason, message[:500]
+
+
+def _describe(reason: str, message: str) -> str:
+    return f"{reason}: {message}" if message and message != reason else reason
+
+
+def _classify_submit(response: httpx.Response) -> ApiError:
+    status = response.status_code
+    reason, message = _error_fields(response)
+    text = _describe(reason, message)
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if status == 429:
+        return NotAccepted(text, reason=reason, status=status, retry_after=retry_after)
+    if reason in _ACCOUNT_REASONS or status == 401:
+        return AccountProblem(text, reason=reason, status=status)
+    if status == 403 and reason == "API_NOT_ALLOWED":
+        return EndpointRefused(text, reason=reason, status=status)
+    if 400 <= status < 500:
+        return Refused(text, reason=reason, status=status)
+    if status == 503 or (status == 500 and reason == "CREATE_TASK_FAILED"):
+        return NotAccepted(text, reason=reason, status=status, retry_after=retry_after)
+    return Ambiguous(f"the provider answered {text}; a task may have been made",
+                     reason=reason, status=status)
+
+
+def _classify_read(response: httpx.Response) -> ApiError:
+    status = response.status_code
+    reason, message = _error_fields(response)
+    text = _describe(reason, message)
+    if reason in _ACCOUNT_REASONS or status in (401, 403):
+        return AccountProblem(text, reason=reason, status=status)
+    if status == 404:
+        return TaskNotFound(text, reason=reason, status=status)
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    return Transient(text, reason=reason, status=status, retry_after=retry_after)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_task(task_id: str, body: Any) -> TaskState:
+    """A task-result body as a TaskState; Transient if it is not one (a proxy's page, say)."""
+    task = body.get("task") if isinstance(body, dict) else None
+    if not isinstance(task, dict) or str(task.get("status")) not in _STATUSES:
+        raise Transient("task-result answered without a task status", reason="BAD_RESULT")
+    url = None
+    videos = body.get("videos")
+    if isinstance(videos, list):
+        for video in videos:
+            if isinstance(video, dict) and isinstance(video.get("video_url"), str) \
+                    and video["video_url"].startswith(("http://", "https://")):
+                url = video["video_url"]
+                break
+    progress = _number(task.get("progress_percent"))
+    return TaskState(str(task.get("task_id") or task_id), _STATUSES[str(task["status"])],
+                     None if progress is None else int(progress), _number(task.get("eta")),
+                     str(task.get("reason") or ""), url)
+
+
+class KlingClient:
+    """Submit, ask for results, download; one request per call, classified."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._auth = _Bearer(api_key)
+
+    async def submit(self, slug: str, body: dict[str, Any]) -> str:
+        """POST once; the task id, or the classified reason there is none."""
+        url = f"{self._base}/v3/async/{slug}"
+        try:
+            response = await self._http.post(url, json=body, auth=self._auth)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise NotAccepted(f"could not connect ({type(exc).__name__})",
+                              reason=type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise Ambiguous(f"the connection failed after the request was sent "
+                            f"({type(exc).__name__})", reason=type(exc).__name__) from exc
+        if response.status_code != 200:
+            raise _classify_submit(response)
+        try:
+            task_id = response.json().get("task_id")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            task_id = None
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise Ambiguous("the provider answered 200 without a task id; a task may have "
+                            "been made", reason="NO_TASK_ID", status=200)
+        return task_id.strip()
+
+    async def result(self, task_id: str) -> TaskState:
+        """GET task-result once."""
+        url = f"{self._base}/v3/async/task-result"
+        try:
+            response = await self._http.get(url, params={"task_id": task_id}, auth=self._auth)
+        except httpx.TransportError as exc:
+            raise Transient(f"task-result failed ({type(exc).__name__})",
+                            reason=type(exc).__name__) from exc
+        if response.status_code != 200:
+            raise _classify_read(response)
+        try:
+            body = response.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Transient("task-result answered with something that is not JSON",
+                            reason="BAD_RESULT") from exc
+        return parse_task(task_id, body)
+
+    async def download(self, url: str, dest: Path,
+                       should_stop: Callable[[], bool] = lambda: False) -> Downloaded:
+        """Stream a result URL into `dest` (no API key sent), hashing as it goes.
+
+        UrlExpired for 403/404 from storage, Transient for anything that may work next time
+        (including fewer bytes than Content-Length promised).
+        """
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with self._http.stream("GET", url) as response:
+                if response.status_code in (403, 404, 410):
+                    raise UrlExpired(f"the result URL was refused (HTTP {response.status_code})",
+                                     status=response.status_code)
+                if response.status_code != 200:
+                    raise Transient(f"the download answered HTTP {response.status_code}",
+                                    status=response.status_code)
+                # Content-Length counts encoded bytes; only compare it when nothing is encoded.
+                expected = None if response.headers.get("content-encoding") else \
+                    response.headers.get("content-length")
+                with dest.open("wb") as handle:
+                    async for chunk in response.aiter_bytes(_CHUNK):
+                        if should_stop():
+                            raise Transient("download stopped", reason="STOPPED")
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                if expected is not None and expected.isdigit() and int(expected) != size:
+                    raise Transient(f"the download was cut short ({size} of {expected} bytes)",
+                                    reason="TRUNCATED")
+        except httpx.TransportError as exc:
+            raise Transient(f"the download failed after {size} bytes ({type(exc).__name__})",
+                            reason=type(exc).__name__) from exc
+        return Downloaded(dest, size, digest.hexdigest())
+

@@ -1,0 +1,442 @@
+"""Run jobs against the API: submit once, record the task id, poll, download, verify, store.
+
+The submission protocol of DESIGN.md, step by step: the intent is written to the lock, the POST
+is sent once, and its answer is on disk before anything else runs (lock writes are synchronous,
+so no other coroutine runs between an answer and its record). A POST is sent again only when the
+provider provably made no task; anything ambiguous leaves the shot `unknown`. Polls, downloads
+and the lock all survive a stop: whatever is in flight keeps its task id for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from kling_pipeline.apiclient import (
+    FAILED,
+    SUCCEED,
+    AccountProblem,
+    Ambiguous,
+    ApiError,
+    EndpointRefused,
+    KlingClient,
+    NotAccepted,
+    Refused,
+    TaskNotFound,
+    TaskState,
+    Transient,
+    UrlExpired,
+)
+from kling_pipeline.cache import CachedResult, Store
+from kling_pipeline.images import ImageProblem
+from kling_pipeline.jobs import Job, entry_for
+from kling_pipeline.localimages import body_to_send
+from kling_pipeline.lockfile import LockEntry, Output, Status, utc_now
+from kling_pipeline.lockstore import LockKeeper
+from kling_pipeline.media import MediaError, probe_video
+from kling_pipeline.pacing import SubmitLimiter, backoff_delay, next_poll_delay
+
+Outcome = Literal["done", "failed", "unknown", "in flight", "lost", "not submitted"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How hard and how long to try; the defaults suit the real service."""
+
+    jobs: int = 4
+    requests_per_minute: int = 20
+    max_wait: float = 3600.0  # seconds a shot is polled in one run before it is left in flight
+    min_poll: float = 0.5
+    max_poll: float = 30.0
+    submit_attempts: int = 8  # tries of a POST that provably made no task
+    read_failures: int = 8  # consecutive failed task-result calls before a shot is left
+    download_attempts: int = 5
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+
+
+@dataclass(frozen=True)
+class ShotResult:
+    """How one job ended in this run."""
+
+    shot_ids: tuple[str, ...]
+    outcome: Outcome
+    task_id: str | None = None
+    note: str = ""
+    output: Output | None = None
+    submitted: bool = False
+
+
+class Reporter(Protocol):
+    """Where the executor says what happens (the CLI's live view or plain lines)."""
+
+    def update(self, label: str, state: str, percent: int | None = None,
+               note: str = "") -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def update(self, label: str, state: str, percent: int | None = None,
+               note: str = "") -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class RunReport:
+    results: list[ShotResult] = field(default_factory=list)
+    stop_reason: str = ""  # why submitting stopped early (account problem), if it did
+    interrupted: bool = False
+
+
+def _verify(path: Path, expected: float | None) -> float:
+    """Decode the whole file; its duration, or MediaError if it is not the video asked for."""
+    info = probe_video(path, decode=True)
+    if expected is not None and abs(info.duration - expected) > max(1.0, 0.1 * expected):
+        raise MediaError(f"the video lasts {info.duration:.2f} s; {expected:g} s were asked for")
+    return info.duration
+
+
+class Executor:
+    """Works a list of jobs with at most `options.jobs` at a time."""
+
+    def __init__(self, client: KlingClient | None, keeper: LockKeeper, store: Store,
+                 options: RunOptions, reporter: Reporter,
+                 on_done: Callable[[Job, Output], None] = lambda job, output: None,
+                 rng: random.Random | None = None) -> None:
+        self.client = client
+        self.keeper = keeper
+        self.store = store
+        self.options = options
+        self.reporter = reporter
+        self.on_done = on_done
+        self.rng = rng or random.Random()
+        self.limiter = SubmitLimiter(options.requests_per_minute)
+        self.report = RunReport()
+        self._stop = asyncio.Event()  # Ctrl-C: wind down, keep every task id
+        self._no_submit = False  # an account problem, or a stop
+        self._blocked_endpoints: dict[str, str] = {}
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop submitting now; polls and downloads give up at their next wait."""
+        self.report.interrupted = True
+        self._no_submit = True
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait, or return True at once when the run is stopping."""
+        if seconds <= 0:
+            return self.stopping
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        return backoff_delay(attempt, self.options.backoff_base, self.options.backoff_cap,
+                             retry_after, self.rng)
+
+    # -- the lock --------------------------------------------------------------------------
+
+    def _write(self, job: Job, status: Status, **fields: object) -> None:
+        """Give every shot of the job the same new state, and write the lock at once."""
+        changes: dict[str, LockEntry | None] = {}
+        for shot_id in job.shot_ids:
+            if job.shot is not None:
+                old = self.keeper.get(shot_id)
+                keep: dict[str, object] = {"task_id": job.task_id}
+                if old is not None and old.key == job.key:
+                    keep["submitted_at"] = old.submitted_at
+                changes[shot_id] = entry_for(job.shot, status, **{**keep, **fields})
+        for shot_id in job.removed_ids:
+            old = self.keeper.get(shot_id)
+            if old is not None:
+                changes[shot_id] = old.with_status(status, **fields)
+        self.keeper.put(changes)
+
+    def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
+                submitted: bool = False) -> ShotResult:
+        result = ShotResult(tuple(job.shot_ids or job.removed_ids), outcome, job.task_id, note,
+                            output, submitted)
+        self.report.results.append(result)
+        state = {"in flight": "in flight"}.get(outcome, outcome)
+        self.reporter.update(job.label, state, 100 if outcome == "done" else None, note)
+        return result
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, jobs: list[Job]) -> RunReport:
+        slots = asyncio.Semaphore(max(1, self.options.jobs))
+
+        async def one(job: Job) -> None:
+            async with slots:
+                await self._job(job)
+
+        await asyncio.gather(*(one(job) for job in jobs))
+        return self.report
+
+    async def _job(self, job: Job) -> None:
+        if job.kind == "report":
+            self._report_only(job)
+            return
+        if job.kind == "place":
+            self._place(job)
+            return
+        if self.client is None:  # cannot happen: the caller builds a client when needed
+            self._result(job, "in flight", "no API client")
+            return
+        submitted = False
+        if job.kind == "submit":
+            if not await self._submit(job, self.client):
+                return
+            submitted = True
+        elif self.stopping:
+            self._result(job, "in flight", "stopped before polling; the task id is kept")
+            return
+        state = await self._poll(job, self.client, submitted)
+        if state is None:
+            return
+        await self._download(job, self.client, state, submitted)
+
+    def _report_only(self, job: Job) -> None:
+        item = job.items[0]
+        outcome: Outcome = {"failed": "failed", "unknown": "unknown"}.get(
+            item.action, "not submitted")  # type: ignore[assignment]
+        self._result(job, outcome, item.note)
+
+    def _place(self, job: Job) -> None:
+        """A video the store has: write the entries as done, no network."""
+        output = job.known_output
+        assert output is not None
+        self._write(job, "done", task_id=job.task_id, output=output,
+                    finished_at=self._finished_at(job))
+        self.on_done(job, output)
+        self._result(job, "done", job.note, output)
+
+    def _finished_at(self, job: Job) -> str:
+        for shot_id in job.shot_ids:
+            entry = self.keeper.get(shot_id)
+            if entry is not None and entry.finished_at and entry.key == job.key:
+                return entry.finished_at
+        return utc_now()
+
+    # -- submit ----------------------------------------------------------------------------
+
+    async def _submit(self, job: Job, client: KlingClient) -> bool:
+        """Submit once (again only where no task was made); True when a task id is recorded."""
+        shot = job.shot
+        assert shot is not None
+        if self._no_submit:
+            self._result(job, "not submitted", "submitting stopped: " + (
+                self.report.stop_reason or "the run was interrupted"))
+            return False
+        blocked = self._blocked_endpoints.get(shot.endpoint)
+        if blocked:
+            self._result(job, "failed", blocked)
+            return False
+        try:
+            wire = body_to_send(shot.body, shot.local_images)
+        except (ImageProblem, OSError) as exc:
+            self._result(job, "not submitted", f"{exc}")
+            return False
+        previous = {shot_id: self.keeper.get(shot_id) for shot_id in job.shot_ids}
+        attempt = 0
+        while True:
+            self.reporter.update(job.label, "waiting", None, "")
+            if not await self.limiter.acquire(shot.endpoint, self._sleep) or self._no_submit:
+                return self._unsubmitted(job, previous, "submitting stopped: " + (
+                    self.report.stop_reason or "the run was interrupted"))
+            now = utc_now()
+            self._write(job, "submitting", submitted_at=now, task_id=None)
+            self.reporter.update(job.label, "submitting")
+            try:
+                task_id = await client.submit(shot.endpoint, wire)
+            except NotAccepted as exc:
+                attempt += 1
+                if exc.status == 429 and exc.retry_after is not None:
+                    self.limiter.pause(shot.endpoint, exc.retry_after)
+                if attempt >= self.options.submit_attempts:
+                    return self._unsubmitted(job, previous, f"not accepted after {attempt} "
+                                                            f"tries: {exc}")
+                self._restore(previous)
+                self.reporter.update(job.label, "retrying", None, str(exc))
+                if await self._sleep(self._backoff(attempt, exc.retry_after)):
+                    return self._unsubmitted(job, previous, "stopped before submitting")
+                continue
+            except Ambiguous as exc:
+                self._write(job, "unknown", submitted_at=now,
+                            error=f"submission not confirmed ({exc}); it may have been billed")
+                self._result(job, "unknown", f"{exc}; it may have been billed "
+                                             "(--resubmit-unknown submits it again)")
+                return False
+            except AccountProblem as exc:
+                self.report.stop_reason = self.report.stop_reason or str(exc)
+                self._no_submit = True
+                return self._unsubmitted(job, previous, f"submitting stopped: {exc}")
+            except EndpointRefused as exc:
+                self._blocked_endpoints[shot.endpoint] = f"refused: {exc}"
+                return self._refused(job, exc)
+            except Refused as exc:
+                return self._refused(job, exc)
+            job.task_id = task_id
+            self._write(job, "queued", submitted_at=now, task_id=task_id)
+            self.reporter.update(job.label, "queued", 0, "")
+            return True
+
+    def _restore(self, previous: dict[str, LockEntry | None]) -> None:
+        self.keeper.put(dict(previous))
+
+    def _unsubmitted(self, job: Job, previous: dict[str, LockEntry | None], note: str) -> bool:
+        self._restore(previous)
+        self._result(job, "not submitted", note)
+        return False
+
+    def _refused(self, job: Job, exc: ApiError) -> bool:
+        self._write(job, "failed", error=str(exc), finished_at=utc_now())
+        self._result(job, "failed", f"refused: {exc}")
+        return False
+
+    # -- poll ------------------------------------------------------------------------------
+
+    async def _poll(self, job: Job, client: KlingClient, fresh: bool) -> TaskState | None:
+        """Ask about the task until it ends or the ceiling; its final state if it succeeded."""
+        task_id = job.task_id
+        assert task_id is not None
+        options = self.options
+        deadline = time.monotonic() + options.max_wait
+        polls = failures = 0
+        if fresh and await self._sleep(options.min_poll):
+            self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+            return None
+        last_status = ""
+        while True:
+            try:
+                state = await client.result(task_id)
+            except AccountProblem as exc:
+                self.report.stop_reason = self.report.stop_reason or str(exc)
+                self._no_submit = True
+                self._result(job, "in flight", f"cannot ask about the task: {exc}",
+                             submitted=fresh)
+                return None
+            except TaskNotFound as exc:
+                if not fresh:
+                    self._write(job, "lost", error=f"the provider no longer knows task "
+                                                   f"{task_id} ({exc})")
+                    self._result(job, "lost", f"task {task_id} can no longer be fetched; "
+                                              f"--force {job.label.split()[0]} renders it again "
+                                              "(paid)")
+                    return None
+                failures += 1  # a task made moments ago: the provider may not list it yet
+                last_error: ApiError = exc
+            except Transient as exc:
+                failures += 1
+                last_error = exc
+            else:
+                failures = 0
+                if state.status == SUCCEED:
+                    if state.video_url:
+                        return state
+                    self._write(job, "failed", error="the provider reported success but gave "
+                                                     "no video URL", finished_at=utc_now())
+                    self._result(job, "failed", "succeeded without a video URL "
+                                                "(--retry-failed renders it again)",
+                                 submitted=fresh)
+                    return None
+                if state.status == FAILED:
+                    reason = state.reason or "the task failed without a reason"
+                    self._write(job, "failed", error=reason, finished_at=utc_now())
+                    self._result(job, "failed", f"{reason} (--retry-failed renders it again)",
+                                 submitted=fresh)
+                    return None
+                if state.status != last_status:
+                    self._write(job, state.status)  # type: ignore[arg-type]
+                    last_status = state.status
+                self.reporter.update(job.label, state.status, state.progress, "")
+                polls += 1
+            if failures:
+                if failures >= options.read_failures:
+                    self._result(job, "in flight", f"could not ask about the task ({last_error})"
+                                                   "; the next run picks it up", submitted=fresh)
+                    return None
+                delay = self._backoff(failures, last_error.retry_after)
+            else:
+                delay = next_poll_delay(state.eta, polls, options.min_poll, options.max_poll)
+            if time.monotonic() + delay > deadline:
+                self._result(job, "in flight", f"not finished after {options.max_wait:g} s "
+                                               "(--max-wait); the next run picks it up",
+                             submitted=fresh)
+                return None
+            if await self._sleep(delay):
+                self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+                return None
+
+    # -- download --------------------------------------------------------------------------
+
+    async def _download(self, job: Job, client: KlingClient, state: TaskState,
+                        fresh: bool) -> None:
+        """Fetch, verify and store the video; retried (with a fresh URL if it expired)."""
+        self._write(job, "rendered")
+        url = state.video_url
+        problem = ""
+        for attempt in range(1, self.options.download_attempts + 1):
+            if self.stopping:
+                break
+            if url is None:
+                url = await self._fresh_url(job, client)
+                if url is None:
+                    problem = problem or "no video URL"
+                    continue
+            self.reporter.update(job.label, "downloading", None, "")
+            temp = self.store.temp_file()
+            try:
+                got = await client.download(url, temp, lambda: self.stopping)
+                duration = await asyncio.to_thread(_verify, temp, job.duration)
+                self.store.ingest(temp, got.sha256)
+            except UrlExpired as exc:
+                problem, url = str(exc), None
+                continue
+            except (Transient, MediaError) as exc:
+                problem = str(exc)
+                if await self._sleep(self._backoff(attempt)):
+                    break
+                continue
+            finally:
+                temp.unlink(missing_ok=True)  # gone already when it was moved into the store
+            output = Output(got.sha256, got.size, round(duration, 3))
+            self.store.record(job.key, CachedResult(output, job.task_id, job.endpoint))
+            self._write(job, "done", output=output, error=None, finished_at=utc_now())
+            self.on_done(job, output)
+            note = ""
+            if job.known_output is not None and job.known_output.sha256 != output.sha256:
+                note = "fetched again by task id; the file differs from the one recorded"
+            self._result(job, "done", note, output, submitted=fresh)
+            return
+        note = "stopped before the download finished" if self.stopping else (
+            f"download failed: {problem}")
+        self._write(job, "rendered", error=note)
+        self._result(job, "in flight", f"{note}; the task id is kept and the next run "
+                                       "downloads it", submitted=fresh)
+
+    async def _fresh_url(self, job: Job, client: KlingClient) -> str | None:
+        """Ask task-result again: a presigned URL that expired is replaced by a new one."""
+        assert job.task_id is not None
+        try:
+            state = await client.result(job.task_id)
+        except ApiError:
+            return None
+        return state.video_url if state.status == SUCCEED else None

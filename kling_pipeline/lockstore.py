@@ -1,0 +1,92 @@
+"""The lock file during a run: one writer at a time, rewritten atomically after every change.
+
+`hold_run_lock` makes a second `apply` on the same storyboard wait (then stop, naming the
+holder's pid) instead of racing the first one's writes. `LockKeeper` holds the lock file in
+memory and writes it whole after every change, synchronously: a task id is on disk before the
+event loop runs anything else, so a kill at any moment loses no paid task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from kling_pipeline.errors import KlingPipelineError
+from kling_pipeline.lockfile import LockEntry, LockFile, write_lock
+
+
+class RunLockBusy(KlingPipelineError):
+    """Another run holds the storyboard."""
+
+
+def run_lock_path(lock_path: Path) -> Path:
+    """`lighthouse.lock.json` -> `.lighthouse.lock.json.run` (a hidden file beside it)."""
+    return lock_path.with_name(f".{lock_path.name}.run")
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return text if text.isdigit() else ""
+
+
+@contextlib.contextmanager
+def hold_run_lock(lock_path: Path, timeout: float) -> Iterator[None]:
+    """Hold the storyboard's run lock, waiting up to `timeout` seconds for another run.
+
+    The holder writes its pid into the lock file (filelock >= 4 never truncates a held file),
+    so a waiter can say who it waited for. The kernel drops the lock of a killed process.
+    """
+    import filelock
+
+    path = run_lock_path(lock_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path), timeout=max(0.0, timeout), poll_interval=0.1)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        pid = _holder(path)
+        who = f"pid {pid}" if pid else "another process"
+        raise RunLockBusy(
+            f"another apply ({who}) is working on {lock_path.name}; waited {timeout:g} s "
+            "(--lock-timeout). Let it finish, or stop it, then run again.") from None
+    try:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
+        yield
+    finally:
+        lock.release()
+
+
+class LockKeeper:
+    """The lock file of a run: every change goes to disk before the caller goes on."""
+
+    def __init__(self, path: Path, lock: LockFile) -> None:
+        self.path = path
+        self.lock = lock
+        self.writes = 0
+
+    def get(self, shot_id: str) -> LockEntry | None:
+        return self.lock.shots.get(shot_id)
+
+    def put(self, changes: dict[str, LockEntry | None]) -> None:
+        """Set (or, with None, drop) entries, then write the file atomically."""
+        changed = False
+        for shot_id, entry in changes.items():
+            if entry is None:
+                changed |= self.lock.shots.pop(shot_id, None) is not None
+            elif self.lock.shots.get(shot_id) != entry:
+                self.lock.shots[shot_id] = entry
+                changed = True
+        if changed:
+            write_lock(self.path, self.lock)
+            self.writes += 1

@@ -1,0 +1,75 @@
+"""Pacing requests: a per-endpoint submission limiter, backoff with jitter, eta-guided polls."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None,
+                  rng: random.Random | None = None) -> float:
+    """Seconds before try number `attempt + 1`: exponential with full jitter in its upper
+    half, never shorter than the server's Retry-After (plus a little jitter of its own, so
+    clients told the same second do not all come back in it)."""
+    draw: float = (rng or random).random()
+    delay: float = min(cap, base * (2 ** max(0, attempt - 1))) * (0.5 + 0.5 * draw)
+    if retry_after is not None:
+        delay = max(delay, retry_after + 0.1 * draw * max(base, 0.1))
+    return delay
+
+
+def next_poll_delay(eta: float | None, polls: int, floor: float, ceiling: float) -> float:
+    """When to ask about a task again: most of its eta when it gives one (an eta too short
+    costs one more poll, too long costs waiting), else a growing interval."""
+    if eta is not None and eta > 0:
+        return min(ceiling, max(floor, eta * 0.8))
+    return min(ceiling, floor * (1.5 ** min(polls, 20)))
+
+
+class SubmitLimiter:
+    """At most `per_minute` submissions in any 60 s, per endpoint; a 429 pauses the endpoint."""
+
+    def __init__(self, per_minute: int, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.window = window
+        self._clock = clock
+        self._sent: dict[str, deque[float]] = {}
+        self._paused_until: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def wait_time(self, endpoint: str) -> float:
+        """Seconds until a submission to `endpoint` is allowed (0: now)."""
+        now = self._clock()
+        sent = self._sent.setdefault(endpoint, deque())
+        while sent and sent[0] <= now - self.window:
+            sent.popleft()
+        wait = max(0.0, self._paused_until.get(endpoint, 0.0) - now)
+        if len(sent) >= self.per_minute:
+            wait = max(wait, sent[0] + self.window - now)
+        return wait
+
+    def record(self, endpoint: str) -> None:
+        self._sent.setdefault(endpoint, deque()).append(self._clock())
+
+    def pause(self, endpoint: str, seconds: float) -> None:
+        """The provider said slow down: nobody submits to this endpoint for `seconds`."""
+        until = self._clock() + seconds
+        self._paused_until[endpoint] = max(self._paused_until.get(endpoint, 0.0), until)
+
+    async def acquire(self, endpoint: str, sleep: Callable[[float], Awaitable[bool]]) -> bool:
+        """Wait for a slot and take it; False if `sleep` reports the run is stopping.
+
+        `sleep(seconds)` is awaited and returns True when it was cut short by a stop.
+        """
+        lock = self._locks.setdefault(endpoint, asyncio.Lock())
+        async with lock:  # first come, first served
+            while (wait := self.wait_time(endpoint)) > 0:
+                stopped = await sleep(wait)
+                if stopped:
+                    return False
+            self.record(endpoint)
+            return True
