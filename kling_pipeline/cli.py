@@ -168,6 +168,184 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
         sys.exit(2)
 
 
+def _seconds(text: str) -> float:
+    """`90s`, `45m`, `2h` or a plain number of seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    factor = units.get(text[-1:], 0.0)
+    number = text[:-1] if factor else text
+    try:
+        value = float(number) * (factor or 1.0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 45m or 2h") from None
+    if value <= 0:
+        raise click.BadParameter("must be more than 0")
+    return value
+
+
+def _check_selection(shots: Any, force: tuple[str, ...], only: tuple[str, ...]) -> None:
+    from kling_pipeline.apply import unmatched_globs
+
+    ids = {s.id for s in shots}
+    unknown = sorted(set(force) - ids)
+    if unknown:
+        raise click.BadParameter(f"no shot named {', '.join(unknown)}", param_hint="--force")
+    nothing = unmatched_globs(shots, only)
+    if nothing:
+        raise click.BadParameter(f"{', '.join(nothing)} matches no shot id",
+                                 param_hint="--only")
+
+
+@main.command()
+@storyboard_arg
+@var_option
+@no_cache_option
+@click.option("-y", "--yes", is_flag=True, help="Submit without asking for confirmation.")
+@click.option("--simulate", is_flag=True,
+              help="Render on the built-in local simulator: no key, no network, no charge "
+                   "(its own lock file and output folder).")
+@click.option("--base-url", metavar="URL", help="API server (default: the storyboard's "
+                                                "provider.base_url).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), metavar="N",
+              help="Shots worked on at once (default: provider.concurrency, 4).")
+@click.option("--max-wait", default="60m", show_default=True, metavar="DURATION",
+              help="How long one shot is polled before it is left in flight for the next run.")
+@click.option("--lock-timeout", default="30s", show_default=True, metavar="DURATION",
+              help="How long to wait for another apply on this storyboard to finish.")
+@click.option("--only", multiple=True, metavar="GLOB",
+              help="Work only on shots whose id matches (e.g. 'wave-*'). Repeatable.")
+@click.option("--force", "force", multiple=True, metavar="SHOT",
+              help="Render this shot again even if it is up to date (paid). Repeatable.")
+@click.option("--retry-failed", is_flag=True, help="Render failed shots again (paid).")
+@click.option("--resubmit-unknown", is_flag=True,
+              help="Submit again shots whose submission was never confirmed (may pay twice).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where downloaded videos are stored (default: .kling-cache/ beside the "
+                   "storyboard).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: renders/<name>/ beside the storyboard).")
+def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: bool,
+          simulate: bool, base_url: str | None, jobs: int | None, max_wait: str,
+          lock_timeout: str, only: tuple[str, ...], force: tuple[str, ...],
+          retry_failed: bool, resubmit_unknown: bool, cache_dir: Path | None,
+          out_dir: Path | None) -> None:
+    """Render what changed: submit, poll, download, and fill the output folder.
+
+    Every task id is in the lock file before anything else happens, so an interrupted run
+    (Ctrl-C, a crash, kill -9) is resumed by running apply again, without paying twice.
+    """
+    from kling_pipeline.apply import (
+        SIMULATOR_KEY,
+        OutputFolder,
+        api_key_from_env,
+        needs_network,
+        run_jobs,
+        select,
+        target_for,
+    )
+    from kling_pipeline.cache import Store
+    from kling_pipeline.executor import RunOptions
+    from kling_pipeline.jobs import make_jobs
+    from kling_pipeline.lockfile import read_lock
+    from kling_pipeline.lockstore import LockKeeper, hold_run_lock
+    from kling_pipeline.planner import make_plan
+    from kling_pipeline.planview import render_text
+    from kling_pipeline.pricing import PriceTable
+
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must start with http:// or https://", param_hint="--base-url")
+    if simulate and base_url:
+        raise click.UsageError("--simulate and --base-url choose different servers; "
+                               "give one of them")
+    wait, lock_wait = _seconds(max_wait), _seconds(lock_timeout)
+    loaded = _load(storyboard, variables, no_cache)
+    _check_selection(loaded.shots, force, only)
+    provider = loaded.board.provider
+    target = target_for(storyboard, loaded.board.name, simulate=simulate, cache_dir=cache_dir,
+                        out_dir=out_dir)
+    store = Store(target.store_root)
+    with hold_run_lock(target.lock_path, lock_wait):
+        lock = read_lock(target.lock_path, loaded.board.name)
+        plan = select(make_plan(loaded.board.name, loaded.shots, lock,
+                                PriceTable(provider.prices), force=force,
+                                retry_failed=retry_failed, resubmit_unknown=resubmit_unknown,
+                                cached=store.lookup), only)
+        click.echo(render_text(plan, lambda text, color: click.style(text, fg=color)),
+                   color=_color())
+        if target.simulated:
+            click.echo("Simulated: the local simulator renders animatics of the timing; "
+                       "nothing is billed.")
+        elif plan.to_submit and not yes:
+            _confirm(len(plan.to_submit))
+        work, changes = make_jobs(plan, store)
+        keeper = LockKeeper(target.lock_path, lock)
+        keeper.put(changes)
+        store.clean_tmp()
+        folder = OutputFolder(target.out_dir, loaded.shots, store)
+        options = RunOptions(jobs=jobs or provider.concurrency,
+                             requests_per_minute=provider.requests_per_minute, max_wait=wait)
+        try:
+            report = _execute(work, target.simulated, base_url or provider.base_url,
+                              provider.api_key_env, keeper, store, options, folder,
+                              needs_network(work), api_key_from_env, SIMULATOR_KEY, run_jobs)
+        finally:
+            placed = folder.sync(keeper.lock)
+            store.close()
+    _finish(report, plan, placed, target.out_dir)
+
+
+def _confirm(count: int) -> None:
+    if not sys.stdin.isatty():
+        _fail(f"error: {count} shot(s) would be submitted and billed, and there is no "
+              "terminal to ask for confirmation: run again with --yes to go ahead")
+    if not click.confirm(f"Submit {count} shot(s) now? They are billed", default=False):
+        _fail("nothing was submitted")
+
+
+def _execute(work: Any, simulated: bool, base_url: str, key_env: str, keeper: Any,
+             store: Any, options: Any, folder: Any, network: bool, key_from_env: Any,
+             simulator_key: str, run_jobs: Any) -> Any:
+    """Start the simulator if asked, pick the key, and run the jobs with a progress view."""
+    import contextlib
+
+    from kling_pipeline.progress import LiveReporter, PlainReporter
+
+    live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    total = len(work)
+    reporter = LiveReporter(total, color=_color() is None) if live else PlainReporter(
+        click.echo, total)
+    with contextlib.ExitStack() as stack:
+        key: str | None = None
+        if network and simulated:
+            from kling_pipeline.simulator.config import SimulatorConfig
+            from kling_pipeline.simulator.runner import running_simulator
+
+            state = store.root / "simulator"
+            base_url = stack.enter_context(running_simulator(SimulatorConfig(
+                state_dir=str(state))))
+            key = simulator_key
+        elif network:
+            key = key_from_env(key_env)
+        with reporter:
+            return run_jobs(work, base_url=base_url if network else None, api_key=key,
+                            keeper=keeper, store=store, options=options, reporter=reporter,
+                            on_done=folder.place_job)
+
+
+def _finish(report: Any, plan: Any, placed: list[str], out_dir: Path) -> None:
+    from kling_pipeline.progress import render_summary
+
+    covered = {shot_id for result in report.results for shot_id in result.shot_ids}
+    missing = [item.id for item in plan.items
+               if item.action != "remove" and item.id not in covered]
+    click.echo("")
+    click.echo(render_summary(report, missing, f"{out_dir}/shots ({len(placed)} files)"))
+    if report.interrupted:
+        sys.exit(130)
+    if missing or any(r.outcome not in ("done", "up to date") for r in report.results):
+        sys.exit(EXIT_ERROR)
+
+
 @main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the schema to this file instead of printing it.")

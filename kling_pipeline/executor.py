@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -41,7 +41,8 @@ from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.media import MediaError, probe_video
 from kling_pipeline.pacing import SubmitLimiter, backoff_delay, next_poll_delay
 
-Outcome = Literal["done", "failed", "unknown", "in flight", "lost", "not submitted"]
+Outcome = Literal["done", "up to date", "failed", "unknown", "in flight", "lost",
+                  "not submitted"]
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,11 @@ class Executor:
             old = self.keeper.get(shot_id)
             if old is not None:
                 changes[shot_id] = old.with_status(status, **fields)
+        for shot_id, entry in list(changes.items()):
+            old = self.keeper.get(shot_id)
+            if old is not None and entry is not None and replace(
+                    entry, updated_at=old.updated_at) == old:
+                del changes[shot_id]  # nothing but the time: no rewrite, no noise in git
         self.keeper.put(changes)
 
     def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
@@ -174,8 +180,7 @@ class Executor:
         result = ShotResult(tuple(job.shot_ids or job.removed_ids), outcome, job.task_id, note,
                             output, submitted)
         self.report.results.append(result)
-        state = {"in flight": "in flight"}.get(outcome, outcome)
-        self.reporter.update(job.label, state, 100 if outcome == "done" else None, note)
+        self.reporter.update(job.label, outcome, 100 if outcome == "done" else None, note)
         return result
 
     # -- running ---------------------------------------------------------------------------
@@ -226,7 +231,7 @@ class Executor:
         self._write(job, "done", task_id=job.task_id, output=output,
                     finished_at=self._finished_at(job))
         self.on_done(job, output)
-        self._result(job, "done", job.note, output)
+        self._result(job, "up to date", job.note, output)
 
     def _finished_at(self, job: Job) -> str:
         for shot_id in job.shot_ids:

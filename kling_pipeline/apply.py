@@ -1,0 +1,175 @@
+"""What `apply` does between the plan and the summary: pick the target, select shots, run the
+jobs with Ctrl-C handled, and put the videos into the output folder.
+
+Simulated and real renders never mix: `--simulate` has its own lock file, store and output
+folder, so an animatic can never be taken for a paid render of the same request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import signal
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kling_pipeline.cache import Store, place
+from kling_pipeline.errors import KlingPipelineError
+from kling_pipeline.executor import Executor, Reporter, RunOptions, RunReport
+from kling_pipeline.jobs import Job
+from kling_pipeline.lockfile import LockFile
+from kling_pipeline.lockstore import LockKeeper
+from kling_pipeline.outputs import shot_file_name
+from kling_pipeline.planner import Plan
+from kling_pipeline.render import ShotRequest
+from kling_pipeline.storyboard import default_cache_dir, lock_path_for
+
+SIMULATED = "simulated"
+SIMULATOR_KEY = "simulator"  # the embedded simulator accepts any non-empty key
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run reads and writes."""
+
+    lock_path: Path
+    store_root: Path
+    out_dir: Path
+    simulated: bool
+
+
+def target_for(storyboard: Path, name: str, *, simulate: bool, cache_dir: Path | None = None,
+               out_dir: Path | None = None) -> Target:
+    """Real: `x.lock.json`, `.kling-cache/`, `renders/<name>/`. Simulated: `x.simulated.lock.json`,
+    `.kling-cache/simulated/`, `renders/<name>.simulated/`."""
+    cache = cache_dir or default_cache_dir(storyboard)
+    renders = storyboard.resolve().parent / "renders"
+    if not simulate:
+        return Target(lock_path_for(storyboard), cache, out_dir or renders / name, False)
+    lock = storyboard.with_name(f"{storyboard.stem}.{SIMULATED}.lock.json")
+    return Target(lock, cache / SIMULATED, out_dir or renders / f"{name}.{SIMULATED}", True)
+
+
+def select(plan: Plan, only: Collection[str]) -> Plan:
+    """Keep the shots whose id matches one of the globs; removals wait for a run of them all."""
+    if not only:
+        return plan
+    kept = [item for item in plan.items if item.action != "remove"
+            and any(fnmatch.fnmatchcase(item.id, pattern) for pattern in only)]
+    return replace(plan, items=kept)
+
+
+def unmatched_globs(shots: list[ShotRequest], only: Collection[str]) -> list[str]:
+    return [p for p in only if not any(fnmatch.fnmatchcase(s.id, p) for s in shots)]
+
+
+def api_key_from_env(variable: str) -> str:
+    """The key, from the environment only; a clear message (never the value) when it is not set."""
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise KlingPipelineError(
+            f"no API key: set the environment variable {variable} (named by the storyboard's "
+            "provider.api_key_env), or try the local simulator with --simulate")
+    return key
+
+
+def needs_network(jobs: list[Job]) -> bool:
+    return any(job.kind in ("submit", "follow") for job in jobs)
+
+
+class OutputFolder:
+    """`shots/NNN-<id>.mp4` in storyboard order, linked (or copied) from the store."""
+
+    def __init__(self, out_dir: Path, shots: list[ShotRequest], store: Store) -> None:
+        self.shots_dir = out_dir / "shots"
+        self.store = store
+        total = len(shots)
+        self.names = {s.id: shot_file_name(i, s.id, total) for i, s in enumerate(shots, 1)}
+
+    def place_job(self, job: Job, sha256: str) -> None:
+        for shot_id in job.shot_ids:
+            name = self.names.get(shot_id)
+            if name is not None:
+                place(self.store.object_path(sha256), self.shots_dir / name)
+
+    def sync(self, lock: LockFile) -> list[str]:
+        """Link every done shot, remove videos no shot names any more; the names kept."""
+        wanted: set[str] = set()
+        for shot_id, name in self.names.items():
+            entry = lock.shots.get(shot_id)
+            if entry is None or entry.status != "done" or entry.output is None:
+                continue
+            if self.store.has_object(entry.output):
+                place(self.store.object_path(entry.output.sha256), self.shots_dir / name)
+                wanted.add(name)
+        if self.shots_dir.is_dir():
+            for path in self.shots_dir.glob("*.mp4"):
+                if path.name not in wanted:
+                    path.unlink(missing_ok=True)
+        return sorted(wanted)
+
+
+@contextmanager
+def _interrupts(executor: Executor, reporter: Reporter,
+                main: asyncio.Task[RunReport]) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM): stop submitting, keep task ids, wind down. Second: now."""
+    loop = asyncio.get_running_loop()
+    seen = 0
+
+    def handle() -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            reporter.message("stopping: no new submissions; every task id is kept "
+                             "(Ctrl-C again to quit at once)")
+            executor.stop()
+        else:
+            main.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handle)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or a platform without it: Ctrl-C raises instead
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keeper: LockKeeper,
+               store: Store, options: RunOptions, reporter: Reporter,
+               on_done: Callable[[Job, str], None]) -> RunReport:
+    import httpx
+
+    from kling_pipeline import __version__
+    from kling_pipeline.apiclient import KlingClient
+
+    size = options.jobs * 2 + 4
+    async with httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10.0, read=60.0, write=120.0, pool=None),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            headers={"User-Agent": f"kling-pipeline/{__version__}"}) as http:
+        client = KlingClient(http, base_url, api_key) if base_url and api_key else None
+        executor = Executor(client, keeper, store, options, reporter,
+                            on_done=lambda job, output: on_done(job, output.sha256))
+        main = asyncio.ensure_future(executor.run(jobs))
+        with _interrupts(executor, reporter, main):
+            try:
+                return await main
+            except asyncio.CancelledError:
+                executor.report.interrupted = True
+                return executor.report
+
+
+def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
+             keeper: LockKeeper, store: Store, options: RunOptions, reporter: Reporter,
+             on_done: Callable[[Job, str], None]) -> RunReport:
+    """Run the jobs to the end (or to a stop); every state change is already in the lock."""
+    return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options, reporter, on_done))

@@ -1,0 +1,149 @@
+"""What a person sees while `apply` runs, and the summary it ends with.
+
+On a terminal: a live view (rich) with one line per active shot, a total bar and the elapsed
+time. Elsewhere (CI, a pipe, a log file): one plain line per state change, nothing that
+redraws. Both end with the same summary table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from kling_pipeline.executor import RunReport, ShotResult
+
+FINAL = frozenset({"done", "up to date", "failed", "unknown", "in flight", "lost", "not submitted"})
+_COLORS = {"done": "green", "failed": "red", "unknown": "magenta", "in flight": "cyan",
+           "lost": "red", "not submitted": "yellow", "queued": "blue", "processing": "cyan",
+           "downloading": "green", "submitting": "yellow", "retrying": "yellow"}
+
+
+def _clock(start: float) -> str:
+    seconds = int(time.monotonic() - start)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+class PlainReporter:
+    """One line per state change: `[00:12] keeper-climbs processing 40%`."""
+
+    def __init__(self, echo: Callable[[str], None], total: int) -> None:
+        self._echo = echo
+        self._start = time.monotonic()
+        self._last: dict[str, str] = {}
+        self.total = total
+
+    def update(self, label: str, state: str, percent: int | None = None,
+               note: str = "") -> None:
+        if state in ("waiting", "up to date") or self._last.get(label) == state:
+            return
+        self._last[label] = state
+        shown = f" {percent}%" if percent is not None and state == "processing" else ""
+        self._echo(f"[{_clock(self._start)}] {label} {state}{shown}"
+                   + (f": {note}" if note else ""))
+
+    def message(self, text: str) -> None:
+        self._echo(f"[{_clock(self._start)}] {text}")
+
+    def __enter__(self) -> PlainReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class LiveReporter:
+    """A rich live view: active shots with state and percent, a total bar, elapsed time."""
+
+    def __init__(self, total: int, file: IO[str] | None = None, color: bool = True) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = Console(file=file, no_color=not color, highlight=False)
+        self._progress = Progress(TextColumn("[bold]shots"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=self.console)
+        self._task = self._progress.add_task("shots", total=total)
+        self._active: dict[str, tuple[str, int | None]] = {}
+        self._done = 0
+        self._live = Live(console=self.console, refresh_per_second=4, transient=False,
+                          get_renderable=self._render)
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        for label, (state, percent) in list(self._active.items())[-30:]:
+            shown = f"{percent}%" if percent is not None else ""
+            table.add_row(label, f"[{_COLORS.get(state, 'white')}]{state}", shown)
+        return Group(table, self._progress)
+
+    def update(self, label: str, state: str, percent: int | None = None,
+               note: str = "") -> None:
+        if state in FINAL:
+            self._active.pop(label, None)
+            self._done += 1
+            self._progress.update(self._task, completed=self._done)
+            if state not in ("done", "up to date"):
+                shown = f": {note}" if note else ""
+                self.console.print(f"[{_COLORS.get(state, 'white')}]{state}[/] {label}{shown}",
+                                   markup=True, highlight=False)
+            return
+        self._active[label] = (state, percent)
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def __enter__(self) -> LiveReporter:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active.clear()
+        self._live.stop()
+
+
+def _row(result: ShotResult) -> tuple[str, str, str, str]:
+    ids = ", ".join(result.shot_ids)
+    return ids, result.outcome, result.task_id or "-", result.note
+
+
+def render_summary(report: RunReport, missing: list[str], out_dir: str) -> str:
+    """The table of shots that did not simply finish, and one line of counts."""
+    counts: dict[str, int] = {}
+    rows = []
+    for result in report.results:
+        counts[result.outcome] = counts.get(result.outcome, 0) + len(result.shot_ids)
+        if result.outcome not in ("done", "up to date") or (
+                result.note and result.outcome == "done"):
+            rows.append(_row(result))
+    for shot_id in missing:
+        counts["interrupted"] = counts.get("interrupted", 0) + 1
+        rows.append((shot_id, "interrupted", "-", "the run stopped before this shot ended; "
+                                                  "see `status`"))
+    lines = []
+    if rows:
+        widths = [max(len(r[i]) for r in [*rows, ("shot", "result", "task", "")])
+                  for i in range(3)]
+        lines.append(f"  {'shot':<{widths[0]}}  {'result':<{widths[1]}}  "
+                     f"{'task':<{widths[2]}}  note")
+        for row in rows:
+            lines.append(f"  {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
+                         f"{row[2]:<{widths[2]}}  {row[3]}".rstrip())
+        lines.append("")
+    order = ["done", "up to date", "failed", "unknown", "in flight", "lost", "not submitted",
+             "interrupted"]
+    paid = sum(1 for r in report.results if r.submitted)
+    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
+    lines.append("Apply: " + (", ".join(parts) or "nothing to do") +
+                 f" ({paid} submitted in this run). Videos: {out_dir}")
+    if report.stop_reason:
+        lines.append(f"Submitting stopped: {report.stop_reason}")
+    return "\n".join(lines)
