@@ -192,3 +192,14 @@ def test_lazy_rendering_starts_at_download(sim: SimClient) -> None:
     assert sim.stats()["renders"] == before
     assert httpx.get(video_url(answer)).status_code == 200
     assert sim.stats()["renders"] == before + 1
+
+
+def test_expired_url_rate_hands_out_dead_urls_and_asking_again_can_help(sim: SimClient) -> None:
+    sim.configure(expired_url_rate=1.0)
+    task_id = sim.submit()
+    dead = video_url(sim.wait(task_id))
+    refused = httpx.get(dead)
+    assert refused.status_code == 403 and "<Code>AccessDenied</Code>" in refused.text
+    sim.configure(expired_url_rate=0.0)
+    assert httpx.get(video_url(sim.result(task_id))).status_code == 200
+    assert sim.stats()["faults"]["expired_url"] == 1

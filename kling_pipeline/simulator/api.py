@@ -235,7 +235,12 @@ async def task_result(request: Request) -> Response:
     videos: list[dict[str, Any]] = []
     if view(task, now).status == "TASK_STATUS_SUCCEED" and not task.no_url:
         ttl = config.url_ttl
-        videos.append({"video_url": sim.signer.url(str(request.base_url), task.task_id, ttl, now),
+        signed_at = now
+        if ttl and sim.dice.roll(config.expired_url_rate):  # as if the answer sat in a queue
+            sim.stats.faults["expired_url"] += 1
+            signed_at = now - ttl - 1
+        videos.append({"video_url": sim.signer.url(str(request.base_url), task.task_id, ttl,
+                                                   signed_at),
                        "video_url_ttl": ttl if config.int_fields else str(ttl),
                        "video_type": "mp4"})
     return JSONResponse(result_body(task, now, videos, config.int_fields))

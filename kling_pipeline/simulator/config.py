@@ -67,6 +67,8 @@ class SimulatorConfig:
     # result URLs
     url_ttl: int = _knob(3600, "Seconds a video URL stays valid (0: reported ttl \"0\", "
                                "never expires).")
+    expired_url_rate: float = _knob(0.0, "Fraction of result URLs handed out already expired "
+                                         "(the client must ask task-result again).")
     int_fields: bool = _knob(False, "Send ttl, seed and timings as numbers, not strings.")
     # video
     video_fps: int = _knob(12, "Frames per second of rendered clips.")
@@ -111,7 +113,7 @@ def check_config(config: SimulatorConfig) -> list[str]:
     """Every knob that is out of range, as readable messages."""
     problems: list[str] = []
     for name in ("failure_rate", "no_url_rate", "error_rate", "drop_before_rate",
-                 "drop_after_rate", "truncate_rate"):
+                 "drop_after_rate", "truncate_rate", "expired_url_rate"):
         value = getattr(config, name)
         if not _is_number(value) or not 0.0 <= value <= 1.0:
             problems.append(f"{name} must be a fraction 0..1, got {value!r}")
