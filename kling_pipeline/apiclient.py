@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -192,9 +193,10 @@ def _classify_read(response: httpx.Response) -> ApiError:
 
 def _number(value: Any) -> float | None:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def parse_task(task_id: str, body: Any) -> TaskState:
@@ -224,6 +226,13 @@ class KlingClient:
         self._base = base_url.rstrip("/")
         self._auth = _Bearer(api_key)
 
+    def _hide_key(self, error: ApiError) -> ApiError:
+        key = self._auth._key
+        if key and key in str(error):
+            error.args = (str(error).replace(key, "<api key>"),)
+            error.reason = error.reason.replace(key, "<api key>")
+        return error
+
     async def submit(self, slug: str, body: dict[str, Any]) -> str:
         """POST once; the task id, or the classified reason there is none."""
         url = f"{self._base}/v3/async/{slug}"
@@ -236,7 +245,7 @@ class KlingClient:
             raise Ambiguous(f"the connection failed after the request was sent "
                             f"({type(exc).__name__})", reason=type(exc).__name__) from exc
         if response.status_code != 200:
-            raise _classify_submit(response)
+            raise self._hide_key(_classify_submit(response))
         try:
             task_id = response.json().get("task_id")
         except (ValueError, UnicodeDecodeError, AttributeError):
@@ -255,7 +264,7 @@ class KlingClient:
             raise Transient(f"task-result failed ({type(exc).__name__})",
                             reason=type(exc).__name__) from exc
         if response.status_code != 200:
-            raise _classify_read(response)
+            raise self._hide_key(_classify_read(response))
         try:
             body = response.json()
         except (ValueError, UnicodeDecodeError) as exc:

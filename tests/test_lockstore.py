@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kling_pipeline.errors import KlingPipelineError
+from kling_pipeline.lockfile import LockEntry, LockFile, Output, read_lock
+from kling_pipeline.lockstore import LockKeeper, RunLockBusy, hold_run_lock, run_lock_path
+
+
+def entry(key: str = "a" * 64, **changes: object) -> LockEntry:
+    values: dict[str, object] = {"key": key, "key_scheme": 1, "endpoint": "kling-v3.0-pro-t2v",
+                                 "request": {"prompt": "p", "duration": 5}, "status": "submitting",
+                                 "submitted_at": "2026-11-22T00:00:00Z"}
+    values.update(changes)
+    return LockEntry(**values)  # type: ignore[arg-type]
+
+
+# -- LockKeeper -----------------------------------------------------------------------------------
+
+def test_keeper_writes_only_when_something_changed(tmp_path: Path) -> None:
+    path = tmp_path / "demo.lock.json"
+    keeper = LockKeeper(path, LockFile("demo"))
+
+    def put(changes: dict[str, LockEntry | None], writes: int) -> None:
+        wrote = writes != keeper.writes
+        inode = path.stat().st_ino if path.exists() else None
+        keeper.put(changes)
+        assert keeper.writes == writes
+        if path.exists():
+            assert read_lock(path, "demo") == keeper.lock
+            assert (path.stat().st_ino != inode) == wrote  # each write replaces the file
+
+    put({}, 0)
+    assert not path.exists()
+    put({"gone": None}, 0)
+    assert not path.exists()
+    put({"a": entry()}, 1)
+    assert read_lock(path, "demo").shots == {"a": entry()}
+    put({"a": entry()}, 1)
+    put({"a": entry(status="queued", task_id="t-1")}, 2)
+    assert keeper.get("a") == entry(status="queued", task_id="t-1")
+    put({"a": entry(status="queued", task_id="t-1"), "missing": None}, 2)
+    put({"b": entry("b" * 64), "c": entry("c" * 64)}, 3)
+    assert set(read_lock(path, "demo").shots) == {"a", "b", "c"}
+    done = entry(status="done", task_id="t-1", output=Output("f" * 64, 10, 5.0))
+    put({"a": done, "b": None}, 4)
+    assert read_lock(path, "demo").shots == {"a": done, "c": entry("c" * 64)}
+    assert keeper.get("b") is None
+    put({"c": None}, 5)
+    put({"c": None}, 5)
+    assert read_lock(path, "demo").shots == {"a": done}
+
+
+def test_keeper_starts_from_an_existing_lock(tmp_path: Path) -> None:
+    path = tmp_path / "demo.lock.json"
+    first = LockKeeper(path, LockFile("demo"))
+    first.put({"a": entry(status="queued", task_id="t-1")})
+    keeper = LockKeeper(path, read_lock(path, "demo"))
+    keeper.put({"a": entry(status="queued", task_id="t-1")})
+    assert keeper.writes == 0
+    keeper.put({"a": None})
+    assert keeper.writes == 1
+    assert read_lock(path, "demo") == LockFile("demo")
+
+
+def test_every_put_is_on_disk_before_put_returns(tmp_path: Path) -> None:
+    path = tmp_path / "demo.lock.json"
+    keeper = LockKeeper(path, LockFile("demo"))
+    for n in range(20):
+        keeper.put({f"s{n:02}": entry(f"{n:064}", status="queued", task_id=f"t-{n}")})
+        assert read_lock(path, "demo").shots[f"s{n:02}"].task_id == f"t-{n}"
+    assert keeper.writes == 20
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.lock.json"]
+
+
+# -- hold_run_lock --------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from kling_pipeline.lockstore import hold_run_lock
+with hold_run_lock(Path(sys.argv[1]), timeout=5):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+BARE_HOLDER = """
+import fcntl, sys
+fd = open(sys.argv[1], "a")
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = start(HOLDER, tmp_path / "demo.lock.json")
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+
+
+def start(script: str, arg: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", script, str(arg)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def busy(lock_path: Path, timeout: float = 0.3) -> RunLockBusy:
+    started = time.monotonic()
+    with pytest.raises(RunLockBusy) as caught, hold_run_lock(lock_path, timeout=timeout):
+        pytest.fail("took a lock that another process holds")
+    assert timeout <= time.monotonic() - started < timeout + 2
+    return caught.value
+
+
+def test_run_lock_path_is_a_hidden_file_beside_the_lock(tmp_path: Path) -> None:
+    assert run_lock_path(tmp_path / "lighthouse.lock.json") == \
+        tmp_path / ".lighthouse.lock.json.run"
+
+
+def test_holding_writes_the_pid_and_can_be_taken_again(tmp_path: Path) -> None:
+    lock_path = tmp_path / "sub" / "demo.lock.json"
+    with hold_run_lock(lock_path, timeout=0.3):
+        assert run_lock_path(lock_path).read_text() == f"{os.getpid()}\n"
+    with hold_run_lock(lock_path, timeout=0.3):
+        pass
+    assert not lock_path.exists()
+
+
+def test_another_process_holding_the_lock_is_named(tmp_path: Path,
+                                                   holder: subprocess.Popen[str]) -> None:
+    lock_path = tmp_path / "demo.lock.json"
+    exc = busy(lock_path)
+    assert isinstance(exc, KlingPipelineError)
+    message = str(exc)
+    assert f"pid {holder.pid}" in message
+    assert "--lock-timeout" in message and "demo.lock.json" in message and "0.3 s" in message
+    assert run_lock_path(lock_path).read_text() == f"{holder.pid}\n"  # the waiter wrote nothing
+
+
+def test_the_lock_is_free_after_the_holder_exits(tmp_path: Path,
+                                                 holder: subprocess.Popen[str]) -> None:
+    lock_path = tmp_path / "demo.lock.json"
+    busy(lock_path)
+    assert holder.stdin is not None
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    assert holder.wait(5) == 0
+    with hold_run_lock(lock_path, timeout=0.3):
+        assert run_lock_path(lock_path).read_text() == f"{os.getpid()}\n"
+
+
+def test_the_lock_is_free_after_the_holder_is_killed(tmp_path: Path,
+                                                     holder: subprocess.Popen[str]) -> None:
+    lock_path = tmp_path / "demo.lock.json"
+    busy(lock_path)
+    holder.send_signal(signal.SIGKILL)
+    assert holder.wait(5) == -signal.SIGKILL
+    assert run_lock_path(lock_path).read_text() == f"{holder.pid}\n"  # stale pid, free lock
+    with hold_run_lock(lock_path, timeout=0.3):
+        assert run_lock_path(lock_path).read_text() == f"{os.getpid()}\n"
+
+
+def test_a_waiter_gets_the_lock_when_it_frees_within_the_timeout(
+        tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    lock_path = tmp_path / "demo.lock.json"
+    assert holder.stdin is not None
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    with hold_run_lock(lock_path, timeout=3.0):
+        assert run_lock_path(lock_path).read_text() == f"{os.getpid()}\n"
+
+
+def test_a_holder_without_a_pid_is_another_process(tmp_path: Path) -> None:
+    lock_path = tmp_path / "demo.lock.json"
+    proc = start(BARE_HOLDER, run_lock_path(lock_path))
+    try:
+        message = str(busy(lock_path, timeout=0.2))
+        assert "another apply (another process) is working on demo.lock.json" in message
+        assert "--lock-timeout" in message
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_an_error_inside_releases_the_lock(tmp_path: Path) -> None:
+    lock_path = tmp_path / "demo.lock.json"
+    with pytest.raises(ZeroDivisionError), hold_run_lock(lock_path, timeout=0.3):
+        _ = 1 / 0
+    with hold_run_lock(lock_path, timeout=0.3):
+        pass
