@@ -57,6 +57,7 @@ class RunOptions:
     submit_attempts: int = 8  # tries of a POST that provably made no task
     read_failures: int = 8  # consecutive failed task-result calls before a shot is left
     download_attempts: int = 5
+    download_backoff: float = 0.25  # a re-fetch costs nothing; the shot stays in flight anyway
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
 
@@ -417,7 +418,8 @@ class Executor:
                 continue
             except (Transient, MediaError) as exc:
                 problem = str(exc)
-                if await self._sleep(self._backoff(attempt)):
+                if await self._sleep(backoff_delay(attempt, self.options.download_backoff,
+                                                   self.options.backoff_cap, None, self.rng)):
                     break
                 continue
             finally:

@@ -11,13 +11,16 @@ from collections.abc import Awaitable, Callable
 
 def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None,
                   rng: random.Random | None = None) -> float:
-    """Seconds before try number `attempt + 1`: exponential with full jitter in its upper
-    half, never shorter than the server's Retry-After (plus a little jitter of its own, so
-    clients told the same second do not all come back in it)."""
+    """Seconds before try number `attempt + 1`.
+
+    The server's Retry-After when it gave one (plus up to a tenth of a second, so clients told
+    the same second do not all come back in it); else exponential growth from `base`, capped,
+    with jitter in its upper half.
+    """
     draw: float = (rng or random).random()
-    delay: float = min(cap, base * (2 ** max(0, attempt - 1))) * (0.5 + 0.5 * draw)
     if retry_after is not None:
-        delay = max(delay, retry_after + 0.1 * draw * max(base, 0.1))
+        return min(cap, retry_after) + 0.1 * draw
+    delay: float = min(cap, base * (2 ** max(0, attempt - 1))) * (0.5 + 0.5 * draw)
     return delay
 
 
