@@ -173,3 +173,34 @@ def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
              on_done: Callable[[Job, str], None]) -> RunReport:
     """Run the jobs to the end (or to a stop); every state change is already in the lock."""
     return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options, reporter, on_done))
+
+
+LiveState = tuple[str, int | None, str]
+
+
+async def _ask_all(base_url: str, api_key: str, tasks: dict[str, str]) -> dict[str, LiveState]:
+    import httpx
+
+    from kling_pipeline.apiclient import ApiError, KlingClient
+
+    answers: dict[str, LiveState] = {}
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        client = KlingClient(http, base_url, api_key)
+        gate = asyncio.Semaphore(8)
+
+        async def ask(shot_id: str, task_id: str) -> None:
+            async with gate:
+                try:
+                    state = await client.result(task_id)
+                except ApiError as exc:
+                    answers[shot_id] = ("unreachable", None, str(exc))
+                    return
+                answers[shot_id] = (state.status, state.progress, state.reason)
+
+        await asyncio.gather(*(ask(s, t) for s, t in tasks.items()))
+    return answers
+
+
+def ask_tasks(base_url: str, api_key: str, tasks: dict[str, str]) -> dict[str, LiveState]:
+    """What the API says now about each task (shot id -> task id); reads only, never a submit."""
+    return asyncio.run(_ask_all(base_url, api_key, tasks)) if tasks else {}

@@ -347,6 +347,69 @@ def _finish(report: Any, plan: Any, placed: list[str], out_dir: Path) -> None:
 
 
 @main.command()
+@storyboard_arg
+@var_option
+@no_cache_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--refresh", is_flag=True,
+              help="Ask the API about shots in flight (reads only; nothing is submitted).")
+@click.option("--simulate", is_flag=True, help="The status of the simulated renders.")
+@click.option("--base-url", metavar="URL", help="API server for --refresh (default: the "
+                                                "storyboard's provider.base_url).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where downloaded videos are stored (as given to apply).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (as given to apply).")
+def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
+           refresh: bool, simulate: bool, base_url: str | None, cache_dir: Path | None,
+           out_dir: Path | None) -> None:
+    """Show every shot's state from the lock file, the cache and the output folder.
+
+    Offline unless --refresh is given.
+    """
+    from kling_pipeline.apply import SIMULATOR_KEY, api_key_from_env, ask_tasks, target_for
+    from kling_pipeline.cache import Store
+    from kling_pipeline.lockfile import read_lock
+    from kling_pipeline.statusview import (
+        apply_refresh,
+        collect_status,
+        render_status_json,
+        render_status_text,
+    )
+
+    loaded = _load(storyboard, variables, no_cache)
+    target = target_for(storyboard, loaded.board.name, simulate=simulate, cache_dir=cache_dir,
+                        out_dir=out_dir)
+    store = Store(target.store_root)
+    try:
+        rows = collect_status(loaded.shots, read_lock(target.lock_path, loaded.board.name),
+                              store, target.out_dir)
+    finally:
+        store.close()
+    if refresh:
+        tasks = {row.id: row.task_id for row in rows
+                 if row.task_id and row.state in ("queued", "processing", "rendered")}
+        if tasks and simulate:
+            from kling_pipeline.simulator.config import SimulatorConfig
+            from kling_pipeline.simulator.runner import running_simulator
+
+            with running_simulator(SimulatorConfig(
+                    state_dir=str(target.store_root / "simulator"))) as url:
+                live = ask_tasks(url, SIMULATOR_KEY, tasks)
+        elif tasks:
+            live = ask_tasks(base_url or loaded.board.provider.base_url,
+                             api_key_from_env(loaded.board.provider.api_key_env), tasks)
+        else:
+            live = {}
+        rows = apply_refresh(rows, live)
+    if as_json:
+        click.echo(json.dumps(render_status_json(rows, loaded.board.name), indent=2,
+                              ensure_ascii=False))
+    else:
+        click.echo(render_status_text(rows, loaded.board.name))
+
+
+@main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the schema to this file instead of printing it.")
 def schema(output: Path | None) -> None:

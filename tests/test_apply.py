@@ -292,3 +292,30 @@ def test_the_key_is_never_written_anywhere(tmp_path: Path, sim: SimClient) -> No
             assert key.encode() not in path.read_bytes(), path
     hashed = hashlib.sha256(key.encode()).hexdigest()
     assert all(hashed not in p.name for p in tmp_path.rglob("*"))
+
+
+def test_status_is_offline_and_refresh_asks_about_shots_in_flight(
+        tmp_path: Path, sim: SimClient) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from kling_pipeline.cli import main
+
+    sim.configure(time_scale=2.0)  # 3 s of video take 6 s
+    board = write_board(tmp_path, SHOTS[:2])
+    assert apply(board, sim.base_url, "--max-wait", "1s").exit_code == 1
+    requests = dict(sim.stats()["requests"])
+    runner = CliRunner()
+    offline = runner.invoke(main, ["status", str(board), "--json"], env={"NO_COLOR": "1"})
+    assert offline.exit_code == 0, offline.output
+    rows = {row["id"]: row for row in json.loads(offline.output)["shots"]}
+    assert {row["state"] for row in rows.values()} <= {"queued", "processing"}
+    assert sim.stats()["requests"] == requests  # no network without --refresh
+    live = runner.invoke(main, ["status", str(board), "--refresh", "--base-url", sim.base_url],
+                         env={"NOVITA_API_KEY": "k", "NO_COLOR": "1"})
+    assert live.exit_code == 0, live.output
+    assert "live: processing" in live.output or "live: queued" in live.output
+    assert sim.stats()["requests"]["GET /v3/async/task-result"] == requests[
+        "GET /v3/async/task-result"] + 2
+    assert "POST /v3/async/{slug}" not in set(sim.stats()["requests"]) - set(requests)
