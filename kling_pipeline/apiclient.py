@@ -37,6 +37,7 @@ _STATUSES = {"TASK_STATUS_QUEUED": QUEUED, "TASK_STATUS_PROCESSING": PROCESSING,
 _ACCOUNT_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY",
                               "BILLING_BALANCE_NOT_ENOUGH"})
 _CHUNK = 1 << 16
+MAX_RETRY_AFTER = 3600.0  # a longer (or infinite) Retry-After is read as an hour
 
 
 class ApiError(Exception):
@@ -123,14 +124,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, str]:
@@ -241,7 +244,7 @@ class KlingClient:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotAccepted(f"could not connect ({type(exc).__name__})",
                               reason=type(exc).__name__) from exc
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             raise Ambiguous(f"the connection failed after the request was sent "
                             f"({type(exc).__name__})", reason=type(exc).__name__) from exc
         if response.status_code != 200:
@@ -250,6 +253,8 @@ class KlingClient:
             task_id = response.json().get("task_id")
         except (ValueError, UnicodeDecodeError, AttributeError):
             task_id = None
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            task_id = str(task_id)  # loose types, as elsewhere in this API
         if not isinstance(task_id, str) or not task_id.strip():
             raise Ambiguous("the provider answered 200 without a task id; a task may have "
                             "been made", reason="NO_TASK_ID", status=200)
@@ -260,7 +265,7 @@ class KlingClient:
         url = f"{self._base}/v3/async/task-result"
         try:
             response = await self._http.get(url, params={"task_id": task_id}, auth=self._auth)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             raise Transient(f"task-result failed ({type(exc).__name__})",
                             reason=type(exc).__name__) from exc
         if response.status_code != 200:
@@ -282,7 +287,8 @@ class KlingClient:
         digest = hashlib.sha256()
         size = 0
         try:
-            async with self._http.stream("GET", url) as response:
+            # Storage often answers through a redirect (a CDN); the key is never sent there.
+            async with self._http.stream("GET", url, follow_redirects=True) as response:
                 if response.status_code in (403, 404, 410):
                     raise UrlExpired(f"the result URL was refused (HTTP {response.status_code})",
                                      status=response.status_code)
@@ -302,7 +308,7 @@ class KlingClient:
                 if expected is not None and expected.isdigit() and int(expected) != size:
                     raise Transient(f"the download was cut short ({size} of {expected} bytes)",
                                     reason="TRUNCATED")
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError, httpx.TooManyRedirects) as exc:
             raise Transient(f"the download failed after {size} bytes ({type(exc).__name__})",
                             reason=type(exc).__name__) from exc
         return Downloaded(dest, size, digest.hexdigest())

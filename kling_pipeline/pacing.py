@@ -19,7 +19,7 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     """
     draw: float = (rng or random).random()
     if retry_after is not None:
-        return min(cap, retry_after) + 0.1 * draw
+        return retry_after + 0.1 * draw  # the server knows best; it is bounded when parsed
     delay: float = min(cap, base * (2 ** min(max(0, attempt - 1), 1000))) * (0.5 + 0.5 * draw)
     return delay
 

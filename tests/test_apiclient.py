@@ -609,3 +609,42 @@ NOW = 1_700_000_000.0
 ])
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=NOW) == expected
+
+
+# -- found in review ------------------------------------------------------------------------------
+
+def test_a_download_follows_a_redirect_to_the_cdn_without_the_key(tmp_path: Path) -> None:
+    data = b"video bytes" * 100
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.example":
+            return httpx.Response(302, headers={"location": "https://cdn.example/t-1.mp4"})
+        return httpx.Response(200, content=data)
+
+    recorder = Recorder(answer)
+    got = download(recorder, tmp_path / "out.part")
+    assert got.size == len(data)
+    assert [r.url.host for r in recorder.requests] == ["storage.example", "cdn.example"]
+    assert all("authorization" not in r.headers for r in recorder.requests)
+
+
+def test_a_task_id_sent_as_a_number_is_kept() -> None:
+    assert submit(Recorder(httpx.Response(200, json={"task_id": 123456}))) == "123456"
+
+
+def test_a_garbled_compressed_answer_to_a_submit_is_ambiguous() -> None:
+    answer = httpx.Response(200, stream=httpx.ByteStream(b"not gzip at all"),
+                            headers={"content-encoding": "gzip"})
+    assert type(raised(lambda: submit(Recorder(answer)))) is Ambiguous
+
+
+def test_a_garbled_compressed_task_result_is_transient() -> None:
+    answer = httpx.Response(200, stream=httpx.ByteStream(b"not gzip at all"),
+                            headers={"content-encoding": "gzip"})
+    assert type(raised(lambda: result(Recorder(answer)))) is Transient
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("inf", 3600.0), ("99999", 3600.0),
+                                                 ("nan", None), ("120", 120.0)])
+def test_retry_after_is_bounded_to_an_hour(header: str, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds

@@ -245,3 +245,10 @@ def test_concurrent_acquires_are_served_in_turn() -> None:
     assert [n for n, _ in granted] == [0, 1, 2, 3, 4]
     assert [t for _, t in granted] == [1000.0, 1000.0, pytest.approx(1060.0),
                                        pytest.approx(1060.0), pytest.approx(1120.0)]
+
+
+def test_a_retry_after_longer_than_the_cap_is_still_honoured() -> None:
+    import random as _random
+
+    delay = backoff_delay(1, base=1.0, cap=60.0, retry_after=120.0, rng=_random.Random(1))
+    assert 120.0 <= delay <= 120.1
