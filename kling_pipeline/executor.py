@@ -52,7 +52,7 @@ class RunOptions:
     jobs: int = 4
     requests_per_minute: int = 20
     max_wait: float = 3600.0  # seconds a shot is polled in one run before it is left in flight
-    min_poll: float = 0.5
+    min_poll: float = 0.25
     max_poll: float = 30.0
     submit_attempts: int = 8  # tries of a POST that provably made no task
     read_failures: int = 8  # consecutive failed task-result calls before a shot is left

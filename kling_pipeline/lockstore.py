@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kling_pipeline.errors import KlingPipelineError
-from kling_pipeline.lockfile import LockEntry, LockFile, write_lock
+from kling_pipeline.lockfile import LockEntry, LockFile, LockText, write_lock
 
 
 class RunLockBusy(KlingPipelineError):
@@ -74,6 +74,7 @@ class LockKeeper:
         self.path = path
         self.lock = lock
         self.writes = 0
+        self._text = LockText()
 
     def get(self, shot_id: str) -> LockEntry | None:
         return self.lock.shots.get(shot_id)
@@ -88,5 +89,5 @@ class LockKeeper:
                 self.lock.shots[shot_id] = entry
                 changed = True
         if changed:
-            write_lock(self.path, self.lock)
+            write_lock(self.path, self.lock, self._text)
             self.writes += 1

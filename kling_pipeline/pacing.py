@@ -25,10 +25,14 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
 
 
 def next_poll_delay(eta: float | None, polls: int, floor: float, ceiling: float) -> float:
-    """When to ask about a task again: most of its eta when it gives one (an eta too short
-    costs one more poll, too long costs waiting), else a growing interval."""
+    """When to ask about a task again.
+
+    With an eta: most of it while it is long, then every `floor` seconds over its last second
+    (providers give eta in whole seconds, so a task with eta 1 may be done in 0.1 s); an eta too
+    short costs a poll, too long costs waiting. Without one: an interval growing from `floor`.
+    """
     if eta is not None and eta > 0:
-        return min(ceiling, max(floor, eta * 0.8))
+        return min(ceiling, max(floor, min(eta * 0.8, eta - 1.0)))
     return min(ceiling, floor * (1.5 ** min(polls, 20)))
 
 

@@ -60,3 +60,34 @@ def test_no_temp_file_is_left_behind(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["x.lock.json"]
     data = json.loads((tmp_path / "x.lock.json").read_text())
     assert data["shots"]["a"]["error"] == "ILLEGAL_PROMPT"
+
+
+def _reference_bytes(lock: LockFile) -> bytes:
+    """The format's definition: one json.dumps of the whole document."""
+    data = {"lock_version": 1, "storyboard": lock.storyboard,
+            "shots": {k: {f: (v.__dict__ if isinstance(v, Output) else v)
+                          for f, v in vars(lock.shots[k]).items() if v is not None}
+                      for k in lock.shots}}
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+@pytest.mark.parametrize("shots", [
+    {},
+    {"a": entry()},
+    {"wave-1": entry("1" * 64), "ünï-çødé": entry("2" * 64, request={
+        "prompt": "Ein Leuchtturm \u00fcber\n\"Wellen\"", "multi_prompt": [
+            {"prompt": "x", "duration": 3}], "cfg_scale": 0.5}), "z": entry(status="failed",
+                                                                               error="no")},
+])
+def test_entry_fragments_give_the_bytes_of_one_json_dump(shots: dict[str, LockEntry]) -> None:
+    from kling_pipeline.lockfile import LockText
+
+    lock = LockFile("démo", dict(shots))
+    text = LockText()
+    assert text.render(lock) == _reference_bytes(lock)
+    if shots:  # a changed entry is rendered again, unchanged ones reused
+        first = sorted(shots)[0]
+        lock.shots[first] = lock.shots[first].with_status("processing")
+        assert text.render(lock) == _reference_bytes(lock)
+        del lock.shots[first]
+        assert text.render(lock) == _reference_bytes(lock)

@@ -252,3 +252,10 @@ def test_a_retry_after_longer_than_the_cap_is_still_honoured() -> None:
 
     delay = backoff_delay(1, base=1.0, cap=60.0, retry_after=120.0, rng=_random.Random(1))
     assert 120.0 <= delay <= 120.1
+
+
+@pytest.mark.parametrize(("eta", "delay"), [(1.0, 0.25), (2.0, 1.0), (3.0, 2.0), (10.0, 8.0),
+                                            (100.0, 30.0)])
+def test_polls_tighten_over_the_last_second_of_a_whole_second_eta(eta: float,
+                                                                  delay: float) -> None:
+    assert next_poll_delay(eta, 0, floor=0.25, ceiling=30.0) == pytest.approx(delay)
