@@ -55,7 +55,8 @@ class PlainReporter:
 class LiveReporter:
     """A rich live view: active shots with state and percent, a total bar, elapsed time."""
 
-    def __init__(self, total: int, file: IO[str] | None = None, color: bool = True) -> None:
+    def __init__(self, total: int, file: IO[str] | None = None, color: bool = True,
+                 force_terminal: bool | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
         from rich.progress import (
@@ -66,7 +67,8 @@ class LiveReporter:
             TimeElapsedColumn,
         )
 
-        self.console = Console(file=file, no_color=not color, highlight=False)
+        self.console = Console(file=file, no_color=not color, highlight=False,
+                               force_terminal=force_terminal)
         self._progress = Progress(TextColumn("[bold]shots"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=self.console)
         self._task = self._progress.add_task("shots", total=total)
