@@ -221,6 +221,11 @@ class Executor:
 
     def _report_only(self, job: Job) -> None:
         item = job.items[0]
+        if item.action in ("noop", "reuse"):
+            self._result(job, "lost", "recorded as done, but its video is not in the cache and "
+                                      "there is no task id to fetch it by; --force "
+                                      f"{item.id} renders it again (paid)")
+            return
         outcome: Outcome = {"failed": "failed", "unknown": "unknown"}.get(
             item.action, "not submitted")  # type: ignore[assignment]
         self._result(job, outcome, item.note)
@@ -427,6 +432,8 @@ class Executor:
             output = Output(got.sha256, got.size, round(duration, 3))
             self.store.record(job.key, CachedResult(output, job.task_id, job.endpoint))
             self._write(job, "done", output=output, error=None, finished_at=utc_now())
+            if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
+                self.keeper.put(dict.fromkeys(job.removed_ids))
             self.on_done(job, output)
             note = ""
             if job.known_output is not None and job.known_output.sha256 != output.sha256:

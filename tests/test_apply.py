@@ -319,3 +319,21 @@ def test_status_is_offline_and_refresh_asks_about_shots_in_flight(
     assert sim.stats()["requests"]["GET /v3/async/task-result"] == requests[
         "GET /v3/async/task-result"] + 2
     assert "POST /v3/async/{slug}" not in set(sim.stats()["requests"]) - set(requests)
+
+
+def test_a_shot_removed_while_in_flight_is_still_fetched_into_the_cache(
+        tmp_path: Path, sim: SimClient) -> None:
+    sim.configure(time_scale=1.0)
+    board = write_board(tmp_path, SHOTS[:2])
+    assert apply(board, sim.base_url, "--max-wait", "1s").exit_code == 1
+    sim.configure(time_scale=0.04)
+    write_board(tmp_path, SHOTS[:1])  # gulls removed while its paid task renders
+    result = apply(board, sim.base_url)
+    assert result.exit_code == 0, result.output
+    assert set(lock_of(board)) == {"harbour"}
+    assert list(shot_files(board)) == ["001-harbour.mp4"]
+    write_board(tmp_path, SHOTS[:2])  # back again: from the cache, not paid twice
+    result = apply(board, sim.base_url)
+    assert result.exit_code == 0, result.output
+    assert submissions(sim.stats()) == [1, 1]
+    assert list(shot_files(board)) == ["001-harbour.mp4", "002-gulls.mp4"]
