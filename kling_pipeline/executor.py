@@ -4,7 +4,8 @@ The submission protocol of DESIGN.md, step by step: the intent is written to the
 is sent once, and its answer is on disk before anything else runs (lock writes are synchronous,
 so no other coroutine runs between an answer and its record). A POST is sent again only when the
 provider provably made no task; anything ambiguous leaves the shot `unknown`. Polls, downloads
-and the lock all survive a stop: whatever is in flight keeps its task id for the next run.
+and the lock all survive a stop: whatever is in flight keeps its task id for the next run. A stop
+abandons a poll or a download at once (a read pays nothing); it never abandons a POST.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from kling_pipeline.apiclient import (
     FAILED,
@@ -43,6 +44,11 @@ from kling_pipeline.pacing import SubmitLimiter, backoff_delay, next_poll_delay
 
 Outcome = Literal["done", "up to date", "failed", "unknown", "in flight", "lost",
                   "not submitted"]
+T = TypeVar("T")
+
+
+class _Stopped(Exception):
+    """The run stopped while a read was waiting for the server; the read was abandoned."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,23 @@ class Executor:
         except TimeoutError:
             return False
         return True
+
+    async def _read(self, read: Awaitable[T]) -> T:
+        """Await a poll or a download, abandoning it (`_Stopped`) when the run stops, so that
+        Ctrl-C never waits for a slow or stalled answer. Never used for a submit."""
+        task = asyncio.ensure_future(read)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done():
+            await asyncio.wait({task})  # let it close its connection and file
+        if task.cancelled():
+            raise _Stopped
+        return task.result()
 
     def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
         return backoff_delay(attempt, self.options.backoff_base, self.options.backoff_cap,
@@ -337,7 +360,10 @@ class Executor:
         last_status = ""
         while True:
             try:
-                state = await client.result(task_id)
+                state = await self._read(client.result(task_id))
+            except _Stopped:
+                self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+                return None
             except AccountProblem as exc:
                 self.report.stop_reason = self.report.stop_reason or str(exc)
                 self._no_submit = True
@@ -415,9 +441,11 @@ class Executor:
             self.reporter.update(job.label, "downloading", None, "")
             temp = self.store.temp_file()
             try:
-                got = await client.download(url, temp, lambda: self.stopping)
+                got = await self._read(client.download(url, temp, lambda: self.stopping))
                 duration = await asyncio.to_thread(_verify, temp, job.duration)
                 self.store.ingest(temp, got.sha256)
+            except _Stopped:
+                break
             except UrlExpired as exc:
                 problem, url = str(exc), None
                 continue
@@ -450,7 +478,7 @@ class Executor:
         """Ask task-result again: a presigned URL that expired is replaced by a new one."""
         assert job.task_id is not None
         try:
-            state = await client.result(job.task_id)
-        except ApiError:
+            state = await self._read(client.result(job.task_id))
+        except (ApiError, _Stopped):
             return None
         return state.video_url if state.status == SUCCEED else None

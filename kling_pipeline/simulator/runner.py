@@ -2,6 +2,7 @@
 
 We bind the socket ourselves (port 0 lets the kernel pick a free port, with no race between
 choosing and binding) and hand it to uvicorn, which then never touches logging configuration.
+A test may wrap the app in its own ASGI middleware (`wrap`) to watch or steer requests.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from kling_pipeline.simulator.config import SimulatorConfig
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 START_TIMEOUT = 15.0
 
@@ -31,16 +36,26 @@ def loopback_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 @contextmanager
-def running_simulator(config: SimulatorConfig | None = None) -> Iterator[str]:
-    """Yield the base URL (`http://127.0.0.1:PORT`) of a simulator running until exit."""
+def running_simulator(config: SimulatorConfig | None = None,
+                      wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> Iterator[str]:
+    """Yield the base URL (`http://127.0.0.1:PORT`) of a simulator running until exit.
+
+    `wrap`, if given, is applied to the simulator's ASGI app before uvicorn serves it (a test's
+    middleware). It must pass lifespan messages through. A middleware that replaces `send`
+    hides the connection from the drop faults (`faults.drop_connection` then falls back to
+    failing the response), so pass `send` on unchanged where those faults are used.
+    """
     import uvicorn
 
     from kling_pipeline.simulator.app import create_app
 
+    app: ASGIApp = create_app(config)
+    if wrap is not None:
+        app = wrap(app)
     sock = loopback_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(
-        create_app(config), log_config=None, log_level="warning", lifespan="on",
+        app, log_config=None, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=2, timeout_keep_alive=30))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name=f"simulator-{port}", daemon=True)
