@@ -231,7 +231,7 @@ class KlingClient:
 
     def _hide_key(self, error: ApiError) -> ApiError:
         key = self._auth._key
-        if key and key in str(error):
+        if len(key) >= 8 and key in str(error):  # shorter: would garble words, hides nothing
             error.args = (str(error).replace(key, "<api key>"),)
             error.reason = error.reason.replace(key, "<api key>")
         return error

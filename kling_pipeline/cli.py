@@ -143,20 +143,26 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
          detailed_exitcode: bool, force: tuple[str, ...], retry_failed: bool,
          resubmit_unknown: bool) -> None:
     """Show what a render would do and cost, without touching the network."""
+    from kling_pipeline.cache import Store
     from kling_pipeline.lockfile import read_lock
     from kling_pipeline.planner import make_plan
     from kling_pipeline.planview import render_json, render_text
     from kling_pipeline.pricing import PriceTable
-    from kling_pipeline.storyboard import lock_path_for
+    from kling_pipeline.storyboard import default_cache_dir, lock_path_for
 
     loaded = _load(storyboard, variables, no_cache)
     unknown = sorted(set(force) - {s.id for s in loaded.shots})
     if unknown:
         raise click.BadParameter(f"no shot named {', '.join(unknown)}", param_hint="--force")
     lock = read_lock(lock_path_for(storyboard), loaded.board.name)
-    result = make_plan(loaded.board.name, loaded.shots, lock,
-                       PriceTable(loaded.board.provider.prices), force=force,
-                       retry_failed=retry_failed, resubmit_unknown=resubmit_unknown)
+    store = Store(default_cache_dir(storyboard))  # what apply would reuse instead of paying
+    try:
+        result = make_plan(loaded.board.name, loaded.shots, lock,
+                           PriceTable(loaded.board.provider.prices), force=force,
+                           retry_failed=retry_failed, resubmit_unknown=resubmit_unknown,
+                           cached=store.lookup)
+    finally:
+        store.close()
     if as_json:
         click.echo(json.dumps(render_json(result), indent=2, ensure_ascii=False))
     else:
@@ -272,12 +278,14 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
                                 cached=store.lookup), only)
         click.echo(render_text(plan, lambda text, color: click.style(text, fg=color)),
                    color=_color())
+        work, changes = make_jobs(plan, store)
+        if needs_network(work) and not target.simulated:
+            api_key_from_env(provider.api_key_env)  # fail before asking, and before any write
         if target.simulated:
             click.echo("Simulated: the local simulator renders animatics of the timing; "
                        "nothing is billed.")
         elif plan.to_submit and not yes:
             _confirm(len(plan.to_submit))
-        work, changes = make_jobs(plan, store)
         keeper = LockKeeper(target.lock_path, lock)
         keeper.put(changes)
         store.clean_tmp()

@@ -289,7 +289,8 @@ class Executor:
             self._result(job, "not submitted", f"{exc}")
             return False
         previous = {shot_id: self.keeper.get(shot_id) for shot_id in job.shot_ids}
-        attempt = 0
+        attempt = limited = 0
+        deadline = time.monotonic() + self.options.max_wait
         while True:
             self.reporter.update(job.label, "waiting", None, "")
             if not await self.limiter.acquire(shot.endpoint, self._sleep) or self._no_submit:
@@ -301,22 +302,33 @@ class Executor:
             try:
                 task_id = await client.submit(shot.endpoint, wire)
             except NotAccepted as exc:
-                attempt += 1
-                if exc.status == 429 and exc.retry_after is not None:
-                    self.limiter.pause(shot.endpoint, exc.retry_after)
-                if attempt >= self.options.submit_attempts:
-                    return self._unsubmitted(job, previous, f"not accepted after {attempt} "
-                                                            f"tries: {exc}")
                 self._restore(previous)
+                if exc.status == 429:
+                    # Provably no task, and waiting is free: a rate-limited shot is never given
+                    # up, only slowed (bounded by --max-wait like any wait of a shot).
+                    limited += 1
+                    delay = self._backoff(limited, exc.retry_after)
+                    self.limiter.pause(shot.endpoint, delay)
+                    if time.monotonic() + delay > deadline:
+                        return self._unsubmitted(job, previous, f"still rate limited after "
+                                                                f"{self.options.max_wait:g} s "
+                                                                f"(--max-wait): {exc}")
+                else:
+                    attempt += 1
+                    if attempt >= self.options.submit_attempts:
+                        return self._unsubmitted(job, previous, f"not accepted after "
+                                                                f"{attempt} tries: {exc}")
+                    delay = self._backoff(attempt, exc.retry_after)
                 self.reporter.update(job.label, "retrying", None, str(exc))
-                if await self._sleep(self._backoff(attempt, exc.retry_after)):
+                if await self._sleep(delay):
                     return self._unsubmitted(job, previous, "stopped before submitting")
                 continue
             except Ambiguous as exc:
                 self._write(job, "unknown", submitted_at=now,
                             error=f"submission not confirmed ({exc}); it may have been billed")
                 self._result(job, "unknown", f"{exc}; it may have been billed "
-                                             "(--resubmit-unknown submits it again)")
+                                             "(--resubmit-unknown submits it again)",
+                             submitted=True)
                 return False
             except AccountProblem as exc:
                 self.report.stop_reason = self.report.stop_reason or str(exc)
@@ -372,8 +384,9 @@ class Executor:
                 return None
             except TaskNotFound as exc:
                 if not fresh:
-                    self._write(job, "lost", error=f"the provider no longer knows task "
-                                                   f"{task_id} ({exc})")
+                    self._write(job, "lost", output=job.known_output,
+                                finished_at=self._finished_at(job) if job.known_output else None,
+                                error=f"the provider no longer knows task {task_id} ({exc})")
                     self._result(job, "lost", f"task {task_id} can no longer be fetched; "
                                               f"--force {job.label.split()[0]} renders it again "
                                               "(paid)")
@@ -459,7 +472,9 @@ class Executor:
                 temp.unlink(missing_ok=True)  # gone already when it was moved into the store
             output = Output(got.sha256, got.size, round(duration, 3))
             self.store.record(job.key, CachedResult(output, job.task_id, job.endpoint))
-            self._write(job, "done", output=output, error=None, finished_at=utc_now())
+            same = job.known_output is not None and job.known_output.sha256 == output.sha256
+            self._write(job, "done", output=output, error=None,  # a re-fetch changes nothing
+                        finished_at=self._finished_at(job) if same else utc_now())
             if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
                 self.keeper.put(dict.fromkeys(job.removed_ids))
             self.on_done(job, output)

@@ -74,6 +74,9 @@ def _kind_and_source(item: PlanItem, store: Store) -> tuple[JobKind, LockEntry |
             return "follow", entry, None  # a fresh clone: fetch by task id, never pay again
         return "report", entry, None  # a twin submitted in this same run fills it in
     if item.action in ("inflight", "lost"):
+        cached = store.lookup(item.shot.key) if item.shot is not None else None
+        if cached is not None:  # the video is here already: nothing to fetch
+            return "place", entry, cached
         return "follow", entry, None
     return "report", entry, None
 

@@ -648,3 +648,20 @@ def test_a_garbled_compressed_task_result_is_transient() -> None:
                                                  ("nan", None), ("120", 120.0)])
 def test_retry_after_is_bounded_to_an_hour(header: str, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
+
+
+def test_a_short_key_is_not_hunted_inside_words() -> None:
+    answer = error(403, "INVALID_API_KEY", "The API key is not valid")
+
+    async def call(client: KlingClient) -> str:
+        return await client.submit(SLUG, BODY)
+
+    async def main() -> ApiError:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(Recorder(answer))) as http:
+            try:
+                await call(KlingClient(http, BASE, "k"))
+            except ApiError as exc:
+                return exc
+        raise AssertionError("no error")
+
+    assert "The API key is not valid" in str(asyncio.run(main()))

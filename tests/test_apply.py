@@ -219,11 +219,14 @@ def test_a_fresh_clone_fetches_by_task_id_and_names_what_cannot_be_fetched(
         tmp_path: Path, sim: SimClient) -> None:
     board = write_board(tmp_path, SHOTS)
     assert apply(board, sim.base_url).exit_code == 0
+    lock_file = board.with_name("board.lock.json")
+    recorded = lock_file.read_bytes()
     shutil.rmtree(tmp_path / ".kling-cache")
     shutil.rmtree(tmp_path / "renders")
     result = apply(board, sim.base_url)
     assert result.exit_code == 0, result.output
     assert len(shot_files(board)) == 3 and sim.stats()["submissions_total"] == 3
+    assert lock_file.read_bytes() == recorded  # the same videos again: nothing to commit
     # The provider forgets the tasks: nothing is paid again without --force.
     sim.http.post("/_simulator/reset")
     shutil.rmtree(tmp_path / ".kling-cache")
@@ -231,6 +234,7 @@ def test_a_fresh_clone_fetches_by_task_id_and_names_what_cannot_be_fetched(
     assert result.exit_code == 1
     assert "can no longer be fetched" in result.output and "--force harbour" in result.output
     assert set(statuses(board).values()) == {"lost"}
+    assert all("output" in entry for entry in lock_of(board).values())  # what was paid for
     assert sim.stats()["submissions_total"] == 0
     result = apply(board, sim.base_url, "--force", "harbour")
     assert statuses(board)["harbour"] == "done"
@@ -337,3 +341,24 @@ def test_a_shot_removed_while_in_flight_is_still_fetched_into_the_cache(
     assert result.exit_code == 0, result.output
     assert submissions(sim.stats()) == [1, 1]
     assert list(shot_files(board)) == ["001-harbour.mp4", "002-gulls.mp4"]
+
+
+def test_plan_knows_the_local_cache_and_a_missing_key_stops_before_any_write(
+        tmp_path: Path, sim: SimClient) -> None:
+    from click.testing import CliRunner
+
+    from kling_pipeline.cli import main
+
+    board = write_board(tmp_path, SHOTS)
+    assert apply(board, sim.base_url).exit_code == 0
+    lock_file = board.with_name("board.lock.json")
+    lock_file.unlink()  # e.g. a branch without the lock: the videos are still here
+    planned = CliRunner().invoke(main, ["plan", str(board)], env={"NO_COLOR": "1"})
+    assert planned.exit_code == 0
+    assert planned.output.count("same request as a video in the local cache") == 3
+    assert apply(board, sim.base_url, key=None).exit_code == 0  # nothing to ask: no key needed
+    write_board(tmp_path, [*SHOTS[:2], ("new", "A new shot")])  # one removed, one new
+    before = lock_file.read_bytes()
+    result = apply(board, sim.base_url, key=None)
+    assert result.exit_code == 1 and "NOVITA_API_KEY" in result.output
+    assert lock_file.read_bytes() == before
