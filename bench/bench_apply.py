@@ -18,7 +18,6 @@ import argparse
 import math
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -29,25 +28,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from bench_simulator import server_process
 
 DURATION = 3  # seconds of video per shot
 
 
 @contextmanager
 def simulator(*options: str) -> Iterator[str]:
-    command = [sys.executable, "-m", "kling_pipeline.simulator", "--port", "0", "--quiet",
-               *options]
-    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stderr is not None
-        line = child.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", line)
-        if match is None:
-            raise RuntimeError(f"the simulator did not start: {line}")
-        yield match.group(0)
-    finally:
-        child.terminate()
-        child.wait(timeout=10)
+    with server_process(*options) as (base_url, _pid):
+        yield base_url
 
 
 def write_board(folder: Path, shots: int) -> Path:
@@ -151,6 +140,7 @@ _CLIENT = r"""
 import asyncio, resource, sys, tempfile
 from pathlib import Path
 import httpx
+from bench_simulator import server_process
 from kling_pipeline.apiclient import KlingClient
 async def main():
     async with httpx.AsyncClient(timeout=60) as http:

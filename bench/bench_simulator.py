@@ -49,10 +49,11 @@ class Run:
 
 
 @contextmanager
-def server_process(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
-    """Start the simulator in a child process; yield (base URL, pid)."""
+def server_process(*options: str) -> Iterator[tuple[str, int]]:
+    """Start the simulator with these options in a child process; yield (base URL, pid).
+    (bench_apply.py uses it too.)"""
     command = [sys.executable, "-m", "kling_pipeline.simulator", "--port", "0", "--quiet",
-               "--time-scale", str(args.time_scale), "--queue-delay", "0.5"]
+               *options]
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stderr is not None
@@ -196,7 +197,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def one_run(args: argparse.Namespace) -> Run:
-    with server_process(args) as (base_url, pid):
+    with server_process("--time-scale", str(args.time_scale),
+                        "--queue-delay", "0.5") as (base_url, pid):
         measured = asyncio.run(load(base_url, args))
         stats = httpx.get(f"{base_url}/_simulator/stats").json()
         if not measured.errors and stats["submissions_total"] != args.tasks:

@@ -12,7 +12,7 @@ import fnmatch
 import os
 import signal
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,6 +64,15 @@ def select(plan: Plan, only: Collection[str]) -> Plan:
 
 def unmatched_globs(shots: list[ShotRequest], only: Collection[str]) -> list[str]:
     return [p for p in only if not any(fnmatch.fnmatchcase(s.id, p) for s in shots)]
+
+
+def embedded_simulator(target: Target) -> AbstractContextManager[str]:
+    """The built-in simulator for a simulated target, its tasks kept in the target's store so
+    a later run (or `status --refresh`) still knows them; yields its base URL."""
+    from kling_pipeline.simulator.config import SimulatorConfig
+    from kling_pipeline.simulator.runner import running_simulator
+
+    return running_simulator(SimulatorConfig(state_dir=str(target.store_root / "simulator")))
 
 
 def api_key_from_env(variable: str) -> str:
@@ -135,7 +144,7 @@ def _interrupts(executor: Executor, reporter: Reporter,
             loop.add_signal_handler(sig, handle)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread, or a platform without it: Ctrl-C raises instead
+            continue  # not the main thread, or a platform without it: Ctrl-C raises instead
     try:
         yield
     finally:

@@ -11,9 +11,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from kling_pipeline.apply import OutputFolder, Target
+    from kling_pipeline.cache import Store
+    from kling_pipeline.executor import RunOptions, RunReport
+    from kling_pipeline.jobs import Job
+    from kling_pipeline.lockstore import LockKeeper
 
 EXIT_ERROR = 1
 EXIT_BUG = 3
@@ -78,6 +85,22 @@ no_cache_option = click.option(
     "--no-cache", is_flag=True, help="Do not read or write the render/image memos.")
 
 
+force_option = click.option(
+    "--force", "force", multiple=True, metavar="SHOT",
+    help="Render this shot again even if it is up to date (paid). Repeatable.")
+retry_failed_option = click.option(
+    "--retry-failed", is_flag=True, help="Render failed shots again (paid).")
+resubmit_unknown_option = click.option(
+    "--resubmit-unknown", is_flag=True,
+    help="Submit again shots whose submission was never confirmed (may pay twice).")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Where downloaded videos are stored (default: .kling-cache/ beside the storyboard).")
+out_option = click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: renders/<name>/ beside the storyboard).")
+
+
 def _vars(values: tuple[str, ...]) -> dict[str, str]:
     from kling_pipeline.storyboard import parse_var
 
@@ -134,11 +157,9 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 0 when there is nothing to do, 2 when there is work to do.")
-@click.option("--force", "force", multiple=True, metavar="SHOT",
-              help="Plan to render this shot again even if it is up to date. Repeatable.")
-@click.option("--retry-failed", is_flag=True, help="Plan to render failed shots again.")
-@click.option("--resubmit-unknown", is_flag=True,
-              help="Plan to submit again shots whose submission was never confirmed.")
+@force_option
+@retry_failed_option
+@resubmit_unknown_option
 def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
          detailed_exitcode: bool, force: tuple[str, ...], retry_failed: bool,
          resubmit_unknown: bool) -> None:
@@ -151,9 +172,7 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
     from kling_pipeline.storyboard import default_cache_dir, lock_path_for
 
     loaded = _load(storyboard, variables, no_cache)
-    unknown = sorted(set(force) - {s.id for s in loaded.shots})
-    if unknown:
-        raise click.BadParameter(f"no shot named {', '.join(unknown)}", param_hint="--force")
+    _check_selection(loaded.shots, force, ())
     lock = read_lock(lock_path_for(storyboard), loaded.board.name)
     store = Store(default_cache_dir(storyboard))  # what apply would reuse instead of paying
     try:
@@ -220,16 +239,11 @@ def _check_selection(shots: Any, force: tuple[str, ...], only: tuple[str, ...]) 
               help="How long to wait for another apply on this storyboard to finish.")
 @click.option("--only", multiple=True, metavar="GLOB",
               help="Work only on shots whose id matches (e.g. 'wave-*'). Repeatable.")
-@click.option("--force", "force", multiple=True, metavar="SHOT",
-              help="Render this shot again even if it is up to date (paid). Repeatable.")
-@click.option("--retry-failed", is_flag=True, help="Render failed shots again (paid).")
-@click.option("--resubmit-unknown", is_flag=True,
-              help="Submit again shots whose submission was never confirmed (may pay twice).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where downloaded videos are stored (default: .kling-cache/ beside the "
-                   "storyboard).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: renders/<name>/ beside the storyboard).")
+@force_option
+@retry_failed_option
+@resubmit_unknown_option
+@cache_dir_option
+@out_option
 def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: bool,
           simulate: bool, base_url: str | None, jobs: int | None, max_wait: str,
           lock_timeout: str, only: tuple[str, ...], force: tuple[str, ...],
@@ -241,11 +255,9 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     (Ctrl-C, a crash, kill -9) is resumed by running apply again, without paying twice.
     """
     from kling_pipeline.apply import (
-        SIMULATOR_KEY,
         OutputFolder,
         api_key_from_env,
         needs_network,
-        run_jobs,
         select,
         target_for,
     )
@@ -293,9 +305,8 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
         options = RunOptions(jobs=jobs or provider.concurrency,
                              requests_per_minute=provider.requests_per_minute, max_wait=wait)
         try:
-            report = _execute(work, target.simulated, base_url or provider.base_url,
-                              provider.api_key_env, keeper, store, options, folder,
-                              needs_network(work), api_key_from_env, SIMULATOR_KEY, run_jobs)
+            report = _execute(work, target, base_url or provider.base_url,
+                              provider.api_key_env, keeper, store, options, folder)
         finally:
             placed = folder.sync(keeper.lock)
             store.close()
@@ -310,30 +321,32 @@ def _confirm(count: int) -> None:
         _fail("nothing was submitted")
 
 
-def _execute(work: Any, simulated: bool, base_url: str, key_env: str, keeper: Any,
-             store: Any, options: Any, folder: Any, network: bool, key_from_env: Any,
-             simulator_key: str, run_jobs: Any) -> Any:
+def _execute(work: list[Job], target: Target, base_url: str, key_env: str,
+             keeper: LockKeeper, store: Store, options: RunOptions,
+             folder: OutputFolder) -> RunReport:
     """Start the simulator if asked, pick the key, and run the jobs with a progress view."""
     import contextlib
 
+    from kling_pipeline.apply import (
+        SIMULATOR_KEY,
+        api_key_from_env,
+        embedded_simulator,
+        needs_network,
+        run_jobs,
+    )
     from kling_pipeline.progress import LiveReporter, PlainReporter
 
     live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-    total = len(work)
-    reporter = LiveReporter(total, color=_color() is None) if live else PlainReporter(
-        click.echo, total)
+    reporter = LiveReporter(len(work), color=_color() is None) if live else PlainReporter(
+        click.echo, len(work))
+    network = needs_network(work)
     with contextlib.ExitStack() as stack:
         key: str | None = None
-        if network and simulated:
-            from kling_pipeline.simulator.config import SimulatorConfig
-            from kling_pipeline.simulator.runner import running_simulator
-
-            state = store.root / "simulator"
-            base_url = stack.enter_context(running_simulator(SimulatorConfig(
-                state_dir=str(state))))
-            key = simulator_key
+        if network and target.simulated:
+            base_url = stack.enter_context(embedded_simulator(target))
+            key = SIMULATOR_KEY
         elif network:
-            key = key_from_env(key_env)
+            key = api_key_from_env(key_env)
         with reporter:
             return run_jobs(work, base_url=base_url if network else None, api_key=key,
                             keeper=keeper, store=store, options=options, reporter=reporter,
@@ -364,10 +377,8 @@ def _finish(report: Any, plan: Any, placed: list[str], out_dir: Path) -> None:
 @click.option("--simulate", is_flag=True, help="The status of the simulated renders.")
 @click.option("--base-url", metavar="URL", help="API server for --refresh (default: the "
                                                 "storyboard's provider.base_url).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where downloaded videos are stored (as given to apply).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (as given to apply).")
+@cache_dir_option
+@out_option
 def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
            refresh: bool, simulate: bool, base_url: str | None, cache_dir: Path | None,
            out_dir: Path | None) -> None:
@@ -375,7 +386,13 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
 
     Offline unless --refresh is given.
     """
-    from kling_pipeline.apply import SIMULATOR_KEY, api_key_from_env, ask_tasks, target_for
+    from kling_pipeline.apply import (
+        SIMULATOR_KEY,
+        api_key_from_env,
+        ask_tasks,
+        embedded_simulator,
+        target_for,
+    )
     from kling_pipeline.cache import Store
     from kling_pipeline.lockfile import read_lock
     from kling_pipeline.statusview import (
@@ -398,11 +415,7 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
         tasks = {row.id: row.task_id for row in rows
                  if row.task_id and row.state in ("queued", "processing", "rendered")}
         if tasks and simulate:
-            from kling_pipeline.simulator.config import SimulatorConfig
-            from kling_pipeline.simulator.runner import running_simulator
-
-            with running_simulator(SimulatorConfig(
-                    state_dir=str(target.store_root / "simulator"))) as url:
+            with embedded_simulator(target) as url:
                 live = ask_tasks(url, SIMULATOR_KEY, tasks)
         elif tasks:
             live = ask_tasks(base_url or loaded.board.provider.base_url,

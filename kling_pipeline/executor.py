@@ -89,15 +89,6 @@ class Reporter(Protocol):
     def message(self, text: str) -> None: ...
 
 
-class SilentReporter:
-    def update(self, label: str, state: str, percent: int | None = None,
-               note: str = "") -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-
 @dataclass
 class RunReport:
     results: list[ShotResult] = field(default_factory=list)

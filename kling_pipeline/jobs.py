@@ -31,7 +31,6 @@ class Job:
     removed_ids: list[str] = field(default_factory=list)  # followed into the cache, then dropped
     task_id: str | None = None
     known_output: Output | None = None
-    resumed: bool = False  # the task id comes from an earlier run
     note: str = ""
     items: list[PlanItem] = field(default_factory=list)
 
@@ -94,7 +93,7 @@ def make_jobs(plan: Plan, store: Store) -> tuple[list[Job], dict[str, LockEntry 
                 job.removed_ids.append(item.id)
                 job.items.append(item)
                 if job.task_id is None:
-                    job.task_id, job.resumed = entry.task_id, True
+                    job.task_id = entry.task_id
             else:
                 changes[item.id] = None
             continue
@@ -115,7 +114,6 @@ def make_jobs(plan: Plan, store: Store) -> tuple[list[Job], dict[str, LockEntry 
         elif source is not None and kind in ("place", "follow") and job.kind != "submit":
             if job.task_id is None or kind == "follow":
                 job.task_id = source.task_id
-                job.resumed = True
             if source.output is not None and job.known_output is None:
                 job.known_output = source.output
         if item.note and not job.note:

@@ -49,7 +49,7 @@ class PlainReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        return None  # lines are written as they come: nothing to close
 
 
 class LiveReporter:
