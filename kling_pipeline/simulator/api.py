@@ -54,6 +54,9 @@ async def _gate(request: Request, sim: Simulator, route: str, failed_500: str) -
         await asyncio.sleep(config.latency)
     if sim.dice.roll(config.drop_before_rate):
         sim.stats.faults["drop_before"] += 1
+        # Read the body first: closing a socket with unread bytes makes the kernel send a reset
+        # instead of a clean close, and the client would see either at random.
+        await request.body()
         await drop_connection(request.scope[RAW_SEND])
         return Response()
     if sim.dice.roll(config.error_rate):
