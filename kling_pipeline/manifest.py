@@ -1,0 +1,107 @@
+"""`manifest.json`: what the output folder holds, for people and for programs.
+
+It names every file `apply` put in the folder (the page, the final cut, each shot's video and
+thumbnail), so an editor's script can find the shots without parsing file names, and `apply`
+can tell what it made from what a person dropped there. It holds no time stamp: the same render
+gives the same bytes, so it can be diffed or kept in git like the lock file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kling_pipeline.fsutil import atomic_write_bytes
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ManifestShot:
+    """One shot of the storyboard, in storyboard order, rendered or not."""
+
+    position: int                 # 1-based place in the storyboard
+    id: str
+    status: str                   # the lock's status, or "pending" when never submitted
+    endpoint: str                 # the model's endpoint slug, e.g. kling-v3.0-pro-t2v
+    key: str
+    task_id: str | None
+    prompt: str | None            # as rendered and sent
+    multi_prompt: list[dict[str, Any]] | None
+    planned_duration: float       # seconds asked for
+    file: str | None = None       # "shots/001-<id>.mp4", relative to the folder
+    thumbnail: str | None = None  # "thumbs/001-<id>.jpg"
+    duration: float | None = None  # seconds of the video received
+    size: int | None = None       # bytes
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    start: float | None = None    # seconds into the final cut; None when not in it
+    error: str | None = None      # why it is not rendered, when the lock says
+
+
+@dataclass(frozen=True)
+class ManifestFinal:
+    """The final cut: every rendered shot in storyboard order, normalised to one shape."""
+
+    file: str                     # "final.mp4"
+    duration: float
+    width: int
+    height: int
+    fps: float
+    size: int
+    has_audio: bool
+    stream_copy: bool             # True: the shots' video was copied, not re-encoded
+    built_from: str               # digest of its inputs: unchanged means no rebuild
+    missing: list[str]            # ids of shots left out because they are not rendered
+
+
+@dataclass(frozen=True)
+class Manifest:
+    storyboard: str
+    key_scheme: int
+    simulated: bool               # True: animatics from the local simulator, nothing billed
+    page: str                     # "index.html"
+    final: ManifestFinal | None
+    shots: list[ManifestShot]
+    manifest_version: int = MANIFEST_VERSION
+
+    def files(self) -> set[str]:
+        """Every file (relative path) the manifest names, itself excluded."""
+        named = {self.page}
+        if self.final is not None:
+            named.add(self.final.file)
+        for shot in self.shots:
+            named.update(name for name in (shot.file, shot.thumbnail) if name)
+        return named
+
+
+def manifest_json(manifest: Manifest) -> str:
+    data = asdict(manifest)
+    ordered = {"manifest_version": data.pop("manifest_version"), **data}
+    return json.dumps(ordered, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    atomic_write_bytes(path, manifest_json(manifest).encode("utf-8"))
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    """The manifest a previous run wrote; None when absent, unreadable or of another version.
+
+    It only saves work (thumbnails, the final cut), so a bad one is rebuilt, never an error.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("manifest_version") != MANIFEST_VERSION:
+            return None
+        final = data.get("final")
+        return Manifest(
+            storyboard=str(data["storyboard"]), key_scheme=int(data["key_scheme"]),
+            simulated=bool(data["simulated"]), page=str(data["page"]),
+            final=ManifestFinal(**final) if isinstance(final, dict) else None,
+            shots=[ManifestShot(**shot) for shot in data["shots"]])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
