@@ -110,7 +110,10 @@ def read_lock(path: Path, storyboard: str) -> LockFile:
     except OSError as exc:
         raise LockFileError(f"{path}: cannot read the lock file: {exc.strerror}") from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LockFileError(f"{path}: the lock file is not UTF-8 text (byte {exc.start} is "
+                            f"0x{text[exc.start]:02x}); restore it from git") from exc
     except json.JSONDecodeError as exc:
         raise LockFileError(f"{path}:{exc.lineno}:{exc.colno}: the lock file is not valid "
                             f"JSON ({exc.msg}); if a merge left conflict markers, resolve them "

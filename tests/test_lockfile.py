@@ -53,6 +53,14 @@ def test_bad_lock_files_are_named_and_explained(tmp_path: Path, content: str,
     assert expected in str(caught.value)
 
 
+def test_a_lock_file_that_is_not_utf8_is_named_not_a_crash(tmp_path: Path) -> None:
+    """Regression: invalid UTF-8 raised a bare UnicodeDecodeError (a 'bug', exit 3)."""
+    path = tmp_path / "demo.lock.json"
+    path.write_bytes(b'{"lock_version": 1, "shots": {"caf\xe9": {}}}')
+    with pytest.raises(LockFileError, match="not UTF-8 text .byte 33 is 0xe9"):
+        read_lock(path, "demo")
+
+
 def test_no_temp_file_is_left_behind(tmp_path: Path) -> None:
     write_lock(tmp_path / "x.lock.json", LockFile("x", {"a": entry()}))
     write_lock(tmp_path / "x.lock.json", LockFile("x", {"a": entry(status="failed",
