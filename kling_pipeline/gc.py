@@ -106,7 +106,7 @@ def _read_locks(paths: Iterable[Path]) -> list[tuple[Path, LockFile]]:
     for path in paths:
         try:
             read.append((path, read_lock(path, path.name.removesuffix(LOCK_SUFFIX))))
-        except (LockFileError, ValueError) as exc:  # ValueError: a lock that is not UTF-8
+        except LockFileError as exc:
             reason = str(exc) if isinstance(exc, LockFileError) else f"{path}: {exc}"
             raise KlingPipelineError(
                 f"{reason}\ngc deletes nothing while a lock file cannot be read: fix {path} "
