@@ -16,13 +16,12 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kling_pipeline.cache import Store, place
+from kling_pipeline.cache import Store
 from kling_pipeline.errors import KlingPipelineError
 from kling_pipeline.executor import Executor, Reporter, RunOptions, RunReport
 from kling_pipeline.jobs import Job
-from kling_pipeline.lockfile import LockFile
 from kling_pipeline.lockstore import LockKeeper
-from kling_pipeline.outputs import shot_file_name
+from kling_pipeline.models import StoryboardHead
 from kling_pipeline.planner import Plan
 from kling_pipeline.render import ShotRequest
 from kling_pipeline.storyboard import default_cache_dir, lock_path_for
@@ -41,16 +40,21 @@ class Target:
     simulated: bool
 
 
-def target_for(storyboard: Path, name: str, *, simulate: bool, cache_dir: Path | None = None,
-               out_dir: Path | None = None) -> Target:
-    """Real: `x.lock.json`, `.kling-cache/`, `renders/<name>/`. Simulated: `x.simulated.lock.json`,
-    `.kling-cache/simulated/`, `renders/<name>.simulated/`."""
+def target_for(storyboard: Path, board: StoryboardHead, *, simulate: bool,
+               cache_dir: Path | None = None, out_dir: Path | None = None) -> Target:
+    """Real: `x.lock.json`, `.kling-cache/`, the output folder. Simulated: `x.simulated.lock.json`,
+    `.kling-cache/simulated/`, the output folder's name plus `.simulated` (unless `--out` names
+    one). The output folder is `--out`, else the storyboard's `output:` (relative to the
+    storyboard file), else `renders/<name>/` beside the storyboard."""
     cache = cache_dir or default_cache_dir(storyboard)
-    renders = storyboard.resolve().parent / "renders"
+    home = storyboard.resolve().parent
+    out = out_dir or home / (board.output or f"renders/{board.name}")
     if not simulate:
-        return Target(lock_path_for(storyboard), cache, out_dir or renders / name, False)
+        return Target(lock_path_for(storyboard), cache, out, False)
     lock = storyboard.with_name(f"{storyboard.stem}.{SIMULATED}.lock.json")
-    return Target(lock, cache / SIMULATED, out_dir or renders / f"{name}.{SIMULATED}", True)
+    if out_dir is None and out.name:
+        out = out.with_name(f"{out.name}.{SIMULATED}")
+    return Target(lock, cache / SIMULATED, out, True)
 
 
 def select(plan: Plan, only: Collection[str]) -> Plan:
@@ -87,38 +91,6 @@ def api_key_from_env(variable: str) -> str:
 
 def needs_network(jobs: list[Job]) -> bool:
     return any(job.kind in ("submit", "follow") for job in jobs)
-
-
-class OutputFolder:
-    """`shots/NNN-<id>.mp4` in storyboard order, linked (or copied) from the store."""
-
-    def __init__(self, out_dir: Path, shots: list[ShotRequest], store: Store) -> None:
-        self.shots_dir = out_dir / "shots"
-        self.store = store
-        total = len(shots)
-        self.names = {s.id: shot_file_name(i, s.id, total) for i, s in enumerate(shots, 1)}
-
-    def place_job(self, job: Job, sha256: str) -> None:
-        for shot_id in job.shot_ids:
-            name = self.names.get(shot_id)
-            if name is not None:
-                place(self.store.object_path(sha256), self.shots_dir / name)
-
-    def sync(self, lock: LockFile) -> list[str]:
-        """Link every done shot, remove videos no shot names any more; the names kept."""
-        wanted: set[str] = set()
-        for shot_id, name in self.names.items():
-            entry = lock.shots.get(shot_id)
-            if entry is None or entry.status != "done" or entry.output is None:
-                continue
-            if self.store.has_object(entry.output):
-                place(self.store.object_path(entry.output.sha256), self.shots_dir / name)
-                wanted.add(name)
-        if self.shots_dir.is_dir():
-            for path in self.shots_dir.glob("*.mp4"):
-                if path.name not in wanted:
-                    path.unlink(missing_ok=True)
-        return sorted(wanted)
 
 
 @contextmanager

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 if TYPE_CHECKING:
-    from kling_pipeline.apply import OutputFolder, Target
+    from kling_pipeline.apply import Target
     from kling_pipeline.cache import Store
     from kling_pipeline.executor import RunOptions, RunReport
     from kling_pipeline.jobs import Job
     from kling_pipeline.lockstore import LockKeeper
+    from kling_pipeline.outfolder import FolderResult, OutputFolder
 
 EXIT_ERROR = 1
 EXIT_BUG = 3
@@ -254,18 +255,13 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     Every task id is in the lock file before anything else happens, so an interrupted run
     (Ctrl-C, a crash, kill -9) is resumed by running apply again, without paying twice.
     """
-    from kling_pipeline.apply import (
-        OutputFolder,
-        api_key_from_env,
-        needs_network,
-        select,
-        target_for,
-    )
+    from kling_pipeline.apply import api_key_from_env, needs_network, select, target_for
     from kling_pipeline.cache import Store
     from kling_pipeline.executor import RunOptions
     from kling_pipeline.jobs import make_jobs
     from kling_pipeline.lockfile import read_lock
     from kling_pipeline.lockstore import LockKeeper, hold_run_lock
+    from kling_pipeline.outfolder import OutputFolder, check_output_folder
     from kling_pipeline.planner import make_plan
     from kling_pipeline.planview import render_text
     from kling_pipeline.pricing import PriceTable
@@ -279,8 +275,9 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     loaded = _load(storyboard, variables, no_cache)
     _check_selection(loaded.shots, force, only)
     provider = loaded.board.provider
-    target = target_for(storyboard, loaded.board.name, simulate=simulate, cache_dir=cache_dir,
+    target = target_for(storyboard, loaded.board, simulate=simulate, cache_dir=cache_dir,
                         out_dir=out_dir)
+    check_output_folder(target.out_dir, storyboard)
     store = Store(target.store_root)
     with hold_run_lock(target.lock_path, lock_wait):
         lock = read_lock(target.lock_path, loaded.board.name)
@@ -301,16 +298,20 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
         keeper = LockKeeper(target.lock_path, lock)
         keeper.put(changes)
         store.clean_tmp()
-        folder = OutputFolder(target.out_dir, loaded.shots, store)
+        folder = OutputFolder(target.out_dir, loaded.shots, store,
+                              storyboard=loaded.board.name, simulated=target.simulated)
         options = RunOptions(jobs=jobs or provider.concurrency,
                              requests_per_minute=provider.requests_per_minute, max_wait=wait)
+        report = None
         try:
             report = _execute(work, target, base_url or provider.base_url,
                               provider.api_key_env, keeper, store, options, folder)
         finally:
-            placed = folder.sync(keeper.lock)
+            # Even after a crash the folder shows what is done; only a whole run makes a cut.
+            result = folder.sync(keeper.lock,
+                                 build_final=report is not None and not report.interrupted)
             store.close()
-    _finish(report, plan, placed, target.out_dir)
+    _finish(report, plan, result)
 
 
 def _confirm(count: int) -> None:
@@ -353,14 +354,15 @@ def _execute(work: list[Job], target: Target, base_url: str, key_env: str,
                             on_done=folder.place_job)
 
 
-def _finish(report: Any, plan: Any, placed: list[str], out_dir: Path) -> None:
-    from kling_pipeline.progress import render_summary
+def _finish(report: Any, plan: Any, folder: FolderResult) -> None:
+    from kling_pipeline.progress import render_folder, render_summary
 
     covered = {shot_id for result in report.results for shot_id in result.shot_ids}
     missing = [item.id for item in plan.items
                if item.action != "remove" and item.id not in covered]
     click.echo("")
-    click.echo(render_summary(report, missing, f"{out_dir}/shots ({len(placed)} files)"))
+    click.echo(render_summary(report, missing))
+    click.echo(render_folder(folder))
     if report.interrupted:
         sys.exit(130)
     if missing or any(r.outcome not in ("done", "up to date") for r in report.results):
@@ -403,7 +405,7 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
     )
 
     loaded = _load(storyboard, variables, no_cache)
-    target = target_for(storyboard, loaded.board.name, simulate=simulate, cache_dir=cache_dir,
+    target = target_for(storyboard, loaded.board, simulate=simulate, cache_dir=cache_dir,
                         out_dir=out_dir)
     store = Store(target.store_root)
     try:
@@ -428,6 +430,44 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
                               ensure_ascii=False))
     else:
         click.echo(render_status_text(rows, loaded.board.name))
+
+
+@main.command()
+@storyboard_arg
+@cache_dir_option
+@click.option("--force", is_flag=True,
+              help="Delete the unreferenced videos (without it, gc only lists them).")
+@click.option("--lock-timeout", default="30s", show_default=True, metavar="DURATION",
+              help="How long to wait for an apply in the project to finish before deleting.")
+def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str) -> None:
+    """List the cached videos that no lock file of the project references; --force deletes them.
+
+    The project is the storyboard's folder and every folder below it: each *.lock.json there
+    counts, and a video any of them references is never deleted. Output folders are not
+    touched (their files are links or copies of their own).
+    """
+    import contextlib
+
+    from kling_pipeline.gc import delete_garbage, find_garbage, render_gc_text
+    from kling_pipeline.lockstore import hold_run_lock
+    from kling_pipeline.storyboard import default_cache_dir
+
+    wait = _seconds(lock_timeout)
+    project = storyboard.resolve().parent
+    cache = (cache_dir or default_cache_dir(storyboard)).resolve()
+    if project not in cache.parents:
+        click.echo(f"note: the cache {cache} is outside the project {project}: gc counts the "
+                   f"lock files under {project} only, so videos that other projects sharing "
+                   "this cache need look unreferenced to it", err=True)
+    report = find_garbage(cache, project)
+    if not force or not report.garbage:
+        click.echo(render_gc_text(report), nl=False)
+        return
+    with contextlib.ExitStack() as held:  # no apply may record a video while we delete
+        for lock in report.locks:
+            held.enter_context(hold_run_lock(lock, wait))
+        freed = delete_garbage(report)
+    click.echo(render_gc_text(report, freed=freed), nl=False)
 
 
 @main.command()

@@ -343,8 +343,9 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def render_gc_text(report: GcReport, *, deleted: bool) -> str:
-    """One line per unreferenced object, then the total, and what to do next."""
+def render_gc_text(report: GcReport, *, freed: int | None = None) -> str:
+    """One line per unreferenced object, then the total, and what to do next; `freed` is what
+    `delete_garbage` returned, when it ran."""
     kept = (f"kept {_plural(report.kept, 'object')} ({human_size(report.kept_bytes)}) "
             f"referenced by {_plural(len(report.locks), 'lock file')}")
     lines: list[str] = []
@@ -359,9 +360,14 @@ def render_gc_text(report: GcReport, *, deleted: bool) -> str:
     if report.garbage:
         what = f"{_plural(len(report.garbage), 'unreferenced object')} " \
                f"({human_size(report.total_bytes)})"
-        lines.append(f"deleted {what}; {kept}" if deleted else f"{what} to delete; {kept}")
-        if not deleted:
+        if freed is None:
+            lines.append(f"{what} to delete; {kept}")
             lines.append("run again with --force to delete them")
+        else:
+            lines.append(f"deleted: {human_size(freed)} freed of {what}; {kept}")
+            if freed < report.total_bytes:
+                lines.append("some were kept: a lock file referenced them by the time of "
+                             "deleting (a run finished meanwhile)")
     if report.ignored:
         lines.append(f"left alone: {_plural(len(report.ignored), 'other file')} under objects/, "
                      f"e.g. {report.ignored[0]}")

@@ -146,6 +146,10 @@ class StoryboardHead(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
                       description="Project name: names the output folder")
     description: str | None = None
+    output: str | None = Field(
+        default=None, min_length=1, pattern=r"^[^\x00]+$",
+        description="Output folder, relative to the storyboard file (default: renders/<name>); "
+                    "`apply --simulate` adds `.simulated` to its name")
     provider: Provider = Field(default_factory=Provider)
     defaults: Defaults = Field(default_factory=Defaults)
     vars: dict[Annotated[str, Field(pattern=IDENTIFIER)], Any] = Field(default_factory=dict)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from kling_pipeline.executor import RunReport, ShotResult
+
+if TYPE_CHECKING:
+    from kling_pipeline.outfolder import FolderResult
 
 FINAL = frozenset({"done", "up to date", "failed", "unknown", "in flight", "lost", "not submitted"})
 _COLORS = {"done": "green", "failed": "red", "unknown": "magenta", "in flight": "cyan",
@@ -117,7 +120,7 @@ def _row(result: ShotResult) -> tuple[str, str, str, str]:
     return ids, result.outcome, result.task_id or "-", result.note
 
 
-def render_summary(report: RunReport, missing: list[str], out_dir: str) -> str:
+def render_summary(report: RunReport, missing: list[str]) -> str:
     """The table of shots that did not simply finish, and one line of counts."""
     counts: dict[str, int] = {}
     rows = []
@@ -145,7 +148,36 @@ def render_summary(report: RunReport, missing: list[str], out_dir: str) -> str:
     paid = sum(1 for r in report.results if r.submitted)
     parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
     lines.append("Apply: " + (", ".join(parts) or "nothing to do") +
-                 f" ({paid} submitted in this run). Videos: {out_dir}")
+                 f" ({paid} submitted in this run).")
     if report.stop_reason:
         lines.append(f"Submitting stopped: {report.stop_reason}")
+    return "\n".join(lines)
+
+
+_LISTED = 8  # shots named in a one-line list before "and N more"
+
+
+def render_folder(folder: FolderResult) -> str:
+    """Where the results are, what the final cut holds, and what apply left alone."""
+    manifest = folder.manifest
+    total = len(manifest.shots)
+    lines = [f"Output: {folder.out_dir}/",
+             f"  {manifest.page:<11}  the contact sheet: open it in a browser"]
+    final = manifest.final
+    if final is None:
+        lines.append("  final.mp4    not made: no shot is rendered yet")
+    else:
+        state = "rebuilt" if folder.final_built else "unchanged"
+        lines.append(f"  {final.file:<11}  {final.duration:.1f} s, {total - len(final.missing)}"
+                     f" of {total} shots, {final.width}x{final.height} at {final.fps:g} fps"
+                     f" ({state})")
+    absent = [f"{s.id} ({s.status})" for s in manifest.shots if not s.file]
+    shown = ", ".join(absent[:_LISTED]) + (f" and {len(absent) - _LISTED} more"
+                                           if len(absent) > _LISTED else "")
+    lines.append(f"  {'shots/':<11}  {folder.rendered} of {total} videos"
+                 + (f"; not here: {shown}" if absent else ""))
+    lines.extend(f"warning: {problem}" for problem in folder.problems)
+    if folder.strangers:
+        lines.append(f"note: {folder.out_dir}/ holds files apply did not make (left alone): "
+                     + ", ".join(folder.strangers))
     return "\n".join(lines)

@@ -15,6 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import av
 import pytest
+from PIL import Image, ImageStat
+
+from kling_pipeline.contactsheet import render_contact_sheet
+from kling_pipeline.manifest import Manifest, ManifestFinal, ManifestShot, write_manifest
+from kling_pipeline.media import probe_video
+from kling_pipeline.simulator.video import ClipSpec, render_clip
+
 from browser import (
     REQUIRE_ENV,
     Visit,
@@ -24,13 +31,6 @@ from browser import (
     open_page,
     stable_screenshot,
 )
-from PIL import Image, ImageStat
-
-from kling_pipeline.contactsheet import render_contact_sheet
-from kling_pipeline.manifest import Manifest, ManifestFinal, ManifestShot, write_manifest
-from kling_pipeline.media import probe_video
-from kling_pipeline.simulator.video import ClipSpec, render_clip
-
 from paths import ROOT
 
 if TYPE_CHECKING:

@@ -154,7 +154,7 @@ def test_lists_exactly_the_unreferenced_objects_with_sizes(project: Project) -> 
 def test_finding_changes_nothing(project: Project) -> None:
     before = snapshot(project.root)
     report = find_garbage(project.cache, project.root)
-    render_gc_text(report, deleted=False)
+    render_gc_text(report)
     assert snapshot(project.root) == before
 
 
@@ -190,7 +190,7 @@ def test_delete_keeps_every_referenced_object_byte_for_byte(project: Project) ->
         sim.close()
     again = find_garbage(project.cache, project.root)
     assert again.garbage == () and again.kept == 5
-    assert "nothing to collect" in render_gc_text(again, deleted=False)
+    assert "nothing to collect" in render_gc_text(again)
 
 
 @pytest.mark.parametrize(("content", "expected"), [
@@ -269,7 +269,7 @@ def test_files_that_are_not_objects_are_left_alone(project: Project) -> None:
     assert report.partial_downloads == 1
     assert all(stray.read_bytes() == b"not ours" for stray in strays)
     assert (project.cache / "tmp" / "download-x.part").exists()
-    text = render_gc_text(report, deleted=False)
+    text = render_gc_text(report)
     assert "left alone: 5 other files under objects/, e.g. " in text
     assert "1 partial download in tmp/" in text
 
@@ -290,13 +290,13 @@ def test_a_missing_cache_dir_gives_an_empty_report_and_creates_nothing(tmp_path:
     assert report == GcReport((), (tmp_path / "film.lock.json",), 0, 0, (), tmp_path)
     assert delete_garbage(report) == 0
     assert sorted(tmp_path.rglob("*")) == before
-    assert render_gc_text(report, deleted=False) == (
+    assert render_gc_text(report) == (
         "nothing to collect: kept 0 objects (0 B) referenced by 1 lock file\n")
 
 
 def test_render_lists_sizes_task_ids_and_the_force_hint(project: Project) -> None:
     report = find_garbage(project.cache, project.root)
-    text = render_gc_text(report, deleted=False)
+    text = render_gc_text(report)
     lines = text.splitlines()
     out = project.outputs
     d_line = next(line for line in lines if out["d"].sha256[:12] in line)
@@ -309,8 +309,11 @@ def test_render_lists_sizes_task_ids_and_the_force_hint(project: Project) -> Non
     assert lines[-2] == ("5 unreferenced objects (17.9 KiB) to delete; "
                          "kept 5 objects (7.1 KiB) referenced by 3 lock files")
     assert lines[-1] == "run again with --force to delete them"
-    done = render_gc_text(report, deleted=True)
-    assert "--force" not in done and "deleted 5 unreferenced objects (17.9 KiB)" in done
+    done = render_gc_text(report, freed=report.total_bytes)
+    assert "--force" not in done and "some were kept" not in done
+    assert "deleted: 17.9 KiB freed of 5 unreferenced objects (17.9 KiB)" in done
+    partly = render_gc_text(report, freed=2048)
+    assert "deleted: 2.0 KiB freed of" in partly and "some were kept" in partly
 
 
 def test_human_size() -> None:

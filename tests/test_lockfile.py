@@ -57,7 +57,7 @@ def test_a_lock_file_that_is_not_utf8_is_named_not_a_crash(tmp_path: Path) -> No
     """Regression: invalid UTF-8 raised a bare UnicodeDecodeError (a 'bug', exit 3)."""
     path = tmp_path / "demo.lock.json"
     path.write_bytes(b'{"lock_version": 1, "shots": {"caf\xe9": {}}}')
-    with pytest.raises(LockFileError, match="not UTF-8 text .byte 34 is 0xe9"):
+    with pytest.raises(LockFileError, match=r"not UTF-8 text \(byte 34 is 0xe9\)"):
         read_lock(path, "demo")
 
 

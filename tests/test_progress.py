@@ -47,11 +47,11 @@ def test_the_summary_lists_what_did_not_finish_and_counts_everything() -> None:
         ShotResult(("d",), "failed", "t-3", "ILLEGAL_PROMPT", submitted=True),
         ShotResult(("e",), "unknown", None, "may have been billed", submitted=False),
     ], stop_reason="BILLING_BALANCE_NOT_ENOUGH: top up")
-    text = render_summary(report, ["f"], "renders/demo/shots (3 files)")
+    text = render_summary(report, ["f"])
     assert any(line.split()[:2] == ["d", "failed"] for line in text.splitlines())
     assert "ILLEGAL_PROMPT" in text and "may have been billed" in text
     assert "f" in text and "interrupted" in text
     assert ("Apply: 1 done, 2 up to date, 1 failed, 1 unknown, 1 interrupted "
-            "(2 submitted in this run). Videos: renders/demo/shots (3 files)") in text
+            "(2 submitted in this run).") in text
     assert text.endswith("Submitting stopped: BILLING_BALANCE_NOT_ENOUGH: top up")
     assert "\n  a " not in text  # a shot that simply finished is not listed
