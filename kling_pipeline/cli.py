@@ -99,7 +99,8 @@ cache_dir_option = click.option(
     help="Where downloaded videos are stored (default: .kling-cache/ beside the storyboard).")
 out_option = click.option(
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder (default: renders/<name>/ beside the storyboard).")
+    help="Output folder (default: the storyboard's output:, else renders/<name>/ beside "
+         "the storyboard).")
 
 
 def _vars(values: tuple[str, ...]) -> dict[str, str]:
