@@ -32,11 +32,14 @@ THUMB_BOX = (192, 108)  # CSS pixels of the thumbnail frame; the <img> is fitted
 _TONE: dict[str, str] = {
     "done": "ok", "failed": "bad",
     "queued": "wait", "processing": "wait", "rendered": "wait",
-    "submitting": "none", "unknown": "none", "lost": "none", "pending": "none"}
+    "submitting": "none", "unknown": "none", "lost": "none", "pending": "none",
+    "changed": "none"}
 
 # Why a shot has no video here, and what brings it (the error, when there is one, comes too).
 _REASON: dict[str, str] = {
     "pending": "Not submitted yet: the next apply renders it.",
+    "changed": "Its request changed since its video was made (the old one is in the cache); "
+               "the next apply renders it.",
     "submitting": "Submission not confirmed; it may have been billed. "
                   "apply --resubmit-unknown sends it again.",
     "unknown": "Submission not confirmed; it may have been billed. "

@@ -206,7 +206,7 @@ def test_the_final_poster_is_the_first_rendered_thumbnail() -> None:
 
 
 @pytest.mark.parametrize("status", ["failed", "processing", "queued", "rendered", "unknown",
-                                    "submitting", "lost", "pending", "done"])
+                                    "submitting", "lost", "pending", "changed", "done"])
 def test_a_shot_without_a_file_shows_why_not_a_broken_player(status: str) -> None:
     page = parse(manifest(shot(1, "one"),
                           shot(2, "two", status=status, rendered=False, error="boom (code 7)")))
@@ -215,6 +215,7 @@ def test_a_shot_without_a_file_shows_why_not_a_broken_player(status: str) -> Non
     assert f"Not rendered · {status}" in text
     assert "boom (code 7)" in text
     assert "not in the cut" in text and "5.0 s planned" in text
+    assert "apply" in text  # the reason says what brings the video
 
 
 def test_a_rendered_shot_shows_its_facts() -> None:
