@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import array
+import os
 import re
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,6 +26,34 @@ def _clip(folder: Path, name: str, seconds: float = 1.0, aspect: str = "16:9",
     return path
 
 
+def _late_sound_clip(folder: Path, name: str, late: float) -> Path:
+    """A 1 s clip made with PyAV whose sound (a tone) starts `late` seconds after its picture."""
+    path = folder / name
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=12, options={"preset": "veryfast"})
+        video.width, video.height, video.pix_fmt = 320, 180, "yuv420p"
+        audio = out.add_stream("aac", rate=48_000, layout="mono")
+        for index in range(12):
+            frame = av.VideoFrame(320, 180, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([90 + index]) * plane.buffer_size)
+            frame.pts, frame.time_base = index, Fraction(1, 12)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        position, stop = round(late * 48_000), 48_000
+        while position < stop:
+            count = min(1024, stop - position)
+            tone = array.array("f", [0.3 if (position + i) % 100 < 50 else -0.3
+                                     for i in range(count)])
+            frame = av.AudioFrame(format="fltp", layout="mono", samples=count)
+            frame.planes[0].update(tone.tobytes())
+            frame.sample_rate, frame.pts, frame.time_base = 48_000, position, Fraction(1, 48_000)
+            out.mux(audio.encode(frame))
+            position += count
+        out.mux(audio.encode(None))
+    return path
+
+
 def _video_packets(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
@@ -41,6 +71,26 @@ def _check_timeline(cut: FinalCut, dest: Path) -> None:
     assert (info.width, info.height) == (cut.shape.width, cut.shape.height)
     assert info.fps == pytest.approx(float(cut.shape.fps))
     assert info.has_audio == cut.has_audio
+
+
+def _top_level_boxes(path: Path) -> list[str]:
+    """The MP4's top-level box types, in file order."""
+    kinds = []
+    with path.open("rb") as handle:
+        while header := handle.read(8):
+            size, kind = struct.unpack(">I4s", header)
+            if size == 1:  # a 64-bit size follows
+                (size,) = struct.unpack(">Q", handle.read(8))
+                size -= 8
+            handle.seek(size - 8, os.SEEK_CUR)
+            kinds.append(kind.decode("ascii"))
+    return kinds
+
+
+def _index_first(path: Path) -> bool:
+    """Whether the index (moov) comes before the data, so a browser can start at once."""
+    kinds = _top_level_boxes(path)
+    return kinds.index("moov") < kinds.index("mdat")
 
 
 def _frame_at(path: Path, seconds: float) -> av.VideoFrame:
@@ -77,6 +127,7 @@ def test_clips_of_one_shape_are_copied(tmp_path: Path) -> None:
     assert cut.duration == 4.5
     _check_timeline(cut, dest)
     assert _video_packets(dest) == sum(_video_packets(clip) for clip in clips)
+    assert _index_first(dest)
 
 
 def test_a_clip_of_another_shape_is_pillarboxed(tmp_path: Path) -> None:
@@ -87,6 +138,7 @@ def test_a_clip_of_another_shape_is_pillarboxed(tmp_path: Path) -> None:
     assert not cut.stream_copy
     assert cut.shape == CutShape(320, 180, Fraction(12))
     _check_timeline(cut, dest)
+    assert _index_first(dest)
     image = _frame_at(dest, cut.starts[1] + 0.5).to_image()
     # A 180x320 picture fitted into 320x180 is about 101 px wide, centred.
     for box in ((0, 0, 100, 180), (220, 0, 320, 180)):
@@ -124,6 +176,7 @@ def test_sound_on_some_clips_only(tmp_path: Path) -> None:
     cut = build_final_cut(clips, dest)
     assert cut.stream_copy and cut.has_audio
     _check_timeline(cut, dest)
+    assert _index_first(dest)
     with av.open(str(dest)) as container:
         assert len(container.streams.audio) == 1
         video, audio = container.streams.video[0], container.streams.audio[0]
@@ -151,6 +204,18 @@ def test_sound_stays_in_sync_when_re_encoding(tmp_path: Path) -> None:
         assert audio.duration is not None
         assert abs(float(audio.duration * audio.time_base) - cut.duration) <= 1024 / 48_000
     assert _loudest(dest, cut.starts[1] + 0.05, cut.starts[2] - 0.05) < 0.01
+
+
+def test_sound_that_starts_late_in_its_clip_stays_late_in_the_cut(tmp_path: Path) -> None:
+    clips = [_late_sound_clip(tmp_path, "early.mp4", 0.0),
+             _late_sound_clip(tmp_path, "late.mp4", 0.5)]
+    dest = tmp_path / "final.mp4"
+    cut = build_final_cut(clips, dest)
+    assert cut.stream_copy and cut.starts == [0.0, 1.0]
+    _check_timeline(cut, dest)
+    assert _loudest(dest, 0.05, 0.95) > 0.1
+    assert _loudest(dest, 1.05, 1.45) < 0.01  # the second clip's first half second is silent
+    assert _loudest(dest, 1.55, 1.95) > 0.1
 
 
 def test_no_sound_anywhere_means_no_audio_track(tmp_path: Path) -> None:
