@@ -274,8 +274,8 @@ def _decode_sound(stream: Any, packets: list[Any], sound: _Sound) -> tuple[bytes
         for frame in frames if packet is not None else [*frames, None]:
             if first is None and frame is not None and frame.pts is not None:
                 first = frame.pts * Fraction(frame.time_base)
-            chunks += (bytes(out.planes[0])[: out.samples * sound.width]
-                       for out in resampler.resample(frame))
+            chunks += (bytes(piece.planes[0])[: piece.samples * sound.width]
+                       for piece in resampler.resample(frame))
     return b"".join(chunks), first or Fraction(0)
 
 

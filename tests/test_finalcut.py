@@ -26,13 +26,13 @@ def _clip(folder: Path, name: str, seconds: float = 1.0, aspect: str = "16:9",
     return path
 
 
-def _late_sound_clip(folder: Path, name: str, late: float) -> Path:
+def _late_sound_clip(folder: Path, name: str, late: float, rate: int = 48_000) -> Path:
     """A 1 s clip made with PyAV whose sound (a tone) starts `late` seconds after its picture."""
     path = folder / name
     with av.open(str(path), "w", format="mp4") as out:
         video = out.add_stream("libx264", rate=12, options={"preset": "veryfast"})
         video.width, video.height, video.pix_fmt = 320, 180, "yuv420p"
-        audio = out.add_stream("aac", rate=48_000, layout="mono")
+        audio = out.add_stream("aac", rate=rate, layout="mono")
         for index in range(12):
             frame = av.VideoFrame(320, 180, "yuv420p")
             for plane in frame.planes:
@@ -40,14 +40,14 @@ def _late_sound_clip(folder: Path, name: str, late: float) -> Path:
             frame.pts, frame.time_base = index, Fraction(1, 12)
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
-        position, stop = round(late * 48_000), 48_000
+        position, stop = round(late * rate), rate
         while position < stop:
             count = min(1024, stop - position)
             tone = array.array("f", [0.3 if (position + i) % 100 < 50 else -0.3
                                      for i in range(count)])
             frame = av.AudioFrame(format="fltp", layout="mono", samples=count)
             frame.planes[0].update(tone.tobytes())
-            frame.sample_rate, frame.pts, frame.time_base = 48_000, position, Fraction(1, 48_000)
+            frame.sample_rate, frame.pts, frame.time_base = rate, position, Fraction(1, rate)
             out.mux(audio.encode(frame))
             position += count
         out.mux(audio.encode(None))
@@ -216,6 +216,21 @@ def test_sound_that_starts_late_in_its_clip_stays_late_in_the_cut(tmp_path: Path
     assert _loudest(dest, 0.05, 0.95) > 0.1
     assert _loudest(dest, 1.05, 1.45) < 0.01  # the second clip's first half second is silent
     assert _loudest(dest, 1.55, 1.95) > 0.1
+
+
+def test_sound_of_another_rate_is_resampled(tmp_path: Path) -> None:
+    clips = [_late_sound_clip(tmp_path, "cd.mp4", 0.0, rate=44_100),
+             _clip(tmp_path, "tone.mp4", sound=True), _clip(tmp_path, "quiet.mp4")]
+    dest = tmp_path / "final.mp4"
+    cut = build_final_cut(clips, dest)  # 44.1 and 48 kHz once each: the first clip's wins
+    _check_timeline(cut, dest)
+    with av.open(str(dest)) as container:
+        audio = container.streams.audio[0]
+        assert audio.rate == 44_100 and audio.duration is not None
+        assert abs(float(audio.duration * audio.time_base) - cut.duration) <= 1024 / 44_100
+    assert _loudest(dest, 0.05, 0.95) > 0.1
+    assert _loudest(dest, cut.starts[1] + 0.05, cut.starts[2] - 0.05) > 0.1
+    assert _loudest(dest, cut.starts[2] + 0.05, cut.duration - 0.05) < 0.01
 
 
 def test_no_sound_anywhere_means_no_audio_track(tmp_path: Path) -> None:
