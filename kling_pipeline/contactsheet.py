@@ -24,6 +24,7 @@ from urllib.parse import quote
 import jinja2
 
 from kling_pipeline.manifest import Manifest, ManifestFinal, ManifestShot
+from kling_pipeline.sizes import human_size
 
 TEMPLATE = "contact_sheet.html.j2"
 THUMB_BOX = (192, 108)  # CSS pixels of the thumbnail frame; the <img> is fitted inside it
@@ -170,18 +171,6 @@ def timecode(seconds: float) -> str:
     return f"{minutes}:{rest / 10:04.1f}"
 
 
-def file_size(size: int) -> str:
-    """Bytes in binary units, as the docs measure them: 1536 -> '1.5 KiB'."""
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
 def _seconds_text(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
@@ -229,7 +218,7 @@ def _final_view(final: ManifestFinal, poster: str | None) -> FinalView:
     return FinalView(
         url=url_of(final.file), poster=poster, width=final.width, height=final.height,
         duration=timecode(final.duration), frame_size=f"{final.width}×{final.height}",
-        fps=f"{fps} fps", file_size=file_size(final.size),
+        fps=f"{fps} fps", file_size=human_size(final.size),
         audio="yes" if final.has_audio else "no", missing=tuple(final.missing))
 
 

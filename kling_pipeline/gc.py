@@ -40,6 +40,7 @@ from typing import Any
 
 from kling_pipeline.errors import KlingPipelineError, LockFileError
 from kling_pipeline.lockfile import LockFile, read_lock
+from kling_pipeline.sizes import human_size
 
 SIMULATED = "simulated"  # apply.SIMULATED (importing apply would pull in the executor)
 LOCK_SUFFIX = ".lock.json"
@@ -326,18 +327,6 @@ def delete_garbage(report: GcReport) -> int:
 
 
 # -- text -------------------------------------------------------------------------------------
-
-def human_size(size: int) -> str:
-    """1536 -> "1.5 KiB"; bytes below 1 KiB as they are."""
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"

@@ -14,7 +14,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from kling_pipeline.contactsheet import file_size, render_contact_sheet, timecode, url_of
+from kling_pipeline.contactsheet import render_contact_sheet, timecode, url_of
 from kling_pipeline.manifest import Manifest, ManifestFinal, ManifestShot
 
 HOSTILE = "</p><script>alert(\"pwned\")</script> & 'quotes' <b>bold</b> &amp; {{ x }}"
@@ -302,13 +302,6 @@ def test_the_timeline_links_every_shot_in_order() -> None:
     (0, "0:00.0"), (5.04, "0:05.0"), (59.96, "1:00.0"), (75.26, "1:15.3"), (3600, "60:00.0")])
 def test_timecode(seconds: float, shown: str) -> None:
     assert timecode(seconds) == shown
-
-
-@pytest.mark.parametrize(("size", "shown"), [
-    (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (9_876_543, "9.4 MiB"),
-    (5 * 1024**4, "5120.0 GiB")])
-def test_file_size(size: int, shown: str) -> None:
-    assert file_size(size) == shown
 
 
 def test_quote_matches_the_standard_library() -> None:

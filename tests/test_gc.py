@@ -14,7 +14,6 @@ from kling_pipeline.gc import (
     GcReport,
     delete_garbage,
     find_garbage,
-    human_size,
     project_lock_files,
     render_gc_text,
 )
@@ -314,8 +313,3 @@ def test_render_lists_sizes_task_ids_and_the_force_hint(project: Project) -> Non
     assert "deleted: 17.9 KiB freed of 5 unreferenced objects (17.9 KiB)" in done
     partly = render_gc_text(report, freed=2048)
     assert "deleted: 2.0 KiB freed of" in partly and "some were kept" in partly
-
-
-def test_human_size() -> None:
-    assert [human_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20, 3 * 2**30, 2**42)] == [
-        "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "3.0 GiB", "4096.0 GiB"]
