@@ -26,6 +26,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def size_or_none(path: Path) -> int | None:
+    """The file's size, or None when it is not there (or cannot be read)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def _read_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -27,7 +27,7 @@ from kling_pipeline.cache import Store, place
 from kling_pipeline.contactsheet import render_contact_sheet
 from kling_pipeline.errors import KlingPipelineError
 from kling_pipeline.finalcut import build_final_cut
-from kling_pipeline.fsutil import atomic_write_bytes
+from kling_pipeline.fsutil import atomic_write_bytes, size_or_none
 from kling_pipeline.hashing import KEY_SCHEME
 from kling_pipeline.jobs import Job
 from kling_pipeline.lockfile import LockEntry, LockFile
@@ -168,7 +168,7 @@ class OutputFolder:
         built_from = _digest(shot.sha256 or "" for shot in inputs)
         old = previous.final if previous else None
         if (old is not None and previous is not None and old.built_from == built_from
-                and _size(dest) == old.size):
+                and size_or_none(dest) == old.size):
             starts = [s.start for s in previous.shots if s.start is not None]
             if len(starts) == len(inputs):
                 return replace(old, missing=missing), _with_starts(shots, inputs, starts), False
@@ -228,13 +228,6 @@ def _with_starts(shots: list[ManifestShot], inputs: list[ManifestShot],
 def _digest(digests: Iterable[str]) -> str:
     material = json.dumps({"cut": CUT_VERSION, "videos": list(digests)}, separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
 
 
 def _temp(name: str) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from kling_pipeline.cache import Store
+from kling_pipeline.fsutil import size_or_none
 from kling_pipeline.lockfile import IN_FLIGHT, LockEntry, LockFile, Output, Status
 from kling_pipeline.outputs import shot_file_name
 from kling_pipeline.planner import diff_requests
@@ -47,13 +48,6 @@ class ShotStatus:
     in_cache: bool
     in_output: bool
     note: str = ""
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
 
 
 def _matching_note(entry: LockEntry) -> str:
@@ -99,7 +93,7 @@ def _shot_row(shot: ShotRequest, position: int, entry: LockEntry | None,
             video = twin[1].output or video
         note = _other_note(shot, entry, by_key, cached is not None)
     in_cache = cached is not None or (video is not None and store.has_object(video))
-    size = _size(file)
+    size = size_or_none(file)
     in_output = video is not None and size == video.size
     if state == "done" and not in_output:
         if in_cache:
