@@ -278,7 +278,7 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     provider = loaded.board.provider
     target = target_for(storyboard, loaded.board, simulate=simulate, cache_dir=cache_dir,
                         out_dir=out_dir)
-    check_output_folder(target.out_dir, storyboard)
+    check_output_folder(target.out_dir, storyboard, loaded.board.name)
     store = Store(target.store_root)
     with hold_run_lock(target.lock_path, lock_wait):
         lock = read_lock(target.lock_path, loaded.board.name)

@@ -68,8 +68,9 @@ class FolderResult:
         return sum(1 for shot in self.manifest.shots if shot.file)
 
 
-def check_output_folder(out_dir: Path, storyboard: Path) -> None:
-    """Refuse a folder that apply would share with things it must not touch."""
+def check_output_folder(out_dir: Path, storyboard: Path, name: str) -> None:
+    """Refuse a folder that apply would share with things it must not touch: the storyboard's
+    own folder, someone else's page or video, another storyboard's output."""
     out = out_dir.resolve()
     home = storyboard.resolve().parent
     if out == home or out in home.parents:
@@ -77,7 +78,15 @@ def check_output_folder(out_dir: Path, storyboard: Path) -> None:
             f"the output folder {out_dir} holds the storyboard itself; apply rewrites "
             f"{PAGE}, {FINAL} and {MANIFEST} there: choose a folder of its own "
             "(the default is renders/<name>/)")
-    if (out / MANIFEST).exists() or not out.is_dir():
+    if not out.is_dir():
+        return
+    if (out / MANIFEST).exists():
+        previous = read_manifest(out / MANIFEST)
+        if previous is not None and previous.storyboard != name:
+            raise KlingPipelineError(
+                f"the output folder {out_dir} holds the render of storyboard "
+                f"'{previous.storyboard}'; apply would replace it with '{name}': give each "
+                "storyboard its own output folder")
         return
     foreign = [name for name in (PAGE, FINAL) if (out / name).exists()]
     if foreign:

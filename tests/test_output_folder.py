@@ -237,6 +237,18 @@ def test_a_foreign_page_in_the_chosen_folder_is_not_overwritten(
     assert (site / "index.html").read_text() == "<h1>my site</h1>"
 
 
+def test_two_storyboards_cannot_share_one_output_folder(tmp_path: Path, sim: SimClient) -> None:
+    first = write_board(tmp_path, SHOTS, extra=f"{VARS}\noutput: shared")
+    assert apply(first, sim.base_url).exit_code == 0
+    before = files_in(tmp_path / "shared")
+    second = tmp_path / "other.yaml"
+    second.write_text(first.read_text().replace("name: demo", "name: other"))
+    result = apply(second, sim.base_url)
+    assert result.exit_code == 1
+    assert "holds the render of storyboard 'demo'" in result.output
+    assert files_in(tmp_path / "shared") == before
+
+
 def test_a_cut_that_cannot_be_rebuilt_now_is_removed_not_left_stale(
         tmp_path: Path, sim: SimClient) -> None:
     """An interrupted run makes no cut; it must not leave one that no longer matches."""
