@@ -310,7 +310,8 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
         finally:
             # Even after a crash the folder shows what is done; only a whole run makes a cut.
             result = folder.sync(keeper.lock,
-                                 build_final=report is not None and not report.interrupted)
+                                 build_final=report is not None and not report.interrupted,
+                                 notify=lambda step: click.echo(f"{step} ..."))
             store.close()
     _finish(report, plan, result)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -115,15 +115,17 @@ class OutputFolder:
             if name is not None:
                 place(self.store.object_path(sha256), self.out_dir / SHOTS / name)
 
-    def sync(self, lock: LockFile, *, build_final: bool = True) -> FolderResult:
+    def sync(self, lock: LockFile, *, build_final: bool = True,
+             notify: Callable[[str], None] | None = None) -> FolderResult:
         """Bring the whole folder in line with the lock; `build_final=False` (an interrupted
-        run) keeps a final cut that is still current and removes one that is not."""
+        run) keeps a final cut that is still current and removes one that is not. `notify`
+        hears of the slow step (the final cut) before it starts."""
         previous = read_manifest(self.out_dir / MANIFEST)
         known = {s.file: s for s in previous.shots if s.file} if previous else {}
         problems: list[str] = []
         shots = [self._shot(position, shot, lock.shots.get(shot.id), known, problems)
                  for position, shot in enumerate(self.shots, 1)]
-        final, shots, built = self._final(shots, previous, build_final, problems)
+        final, shots, built = self._final(shots, previous, build_final, problems, notify)
         manifest = Manifest(storyboard=self.storyboard, key_scheme=KEY_SCHEME,
                             simulated=self.simulated, page=PAGE, final=final, shots=shots)
         atomic_write_bytes(self.out_dir / PAGE, render_contact_sheet(manifest).encode("utf-8"))
@@ -168,7 +170,8 @@ class OutputFolder:
         return replace(record, thumbnail=thumb, width=info.width, height=info.height)
 
     def _final(self, shots: list[ManifestShot], previous: Manifest | None, build: bool,
-               problems: list[str]) -> tuple[ManifestFinal | None, list[ManifestShot], bool]:
+               problems: list[str], notify: Callable[[str], None] | None,
+               ) -> tuple[ManifestFinal | None, list[ManifestShot], bool]:
         """The final cut of every rendered shot: kept when its inputs are the same, else
         rebuilt (or, when not allowed to build, removed rather than left stale)."""
         dest = self.out_dir / FINAL
@@ -184,6 +187,8 @@ class OutputFolder:
         if not inputs or not build:
             dest.unlink(missing_ok=True)
             return None, shots, False
+        if notify is not None:
+            notify(f"making {FINAL} from {len(inputs)} shot(s)")
         try:
             cut = build_final_cut([self.out_dir / shot.file for shot in inputs if shot.file],
                                   dest)

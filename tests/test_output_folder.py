@@ -106,7 +106,7 @@ def test_nothing_changed_rebuilds_nothing(tmp_path: Path, sim: SimClient) -> Non
     manifest = (folder / "manifest.json").read_bytes()
     result = apply(board, sim.base_url)
     assert result.exit_code == 0, result.output
-    assert "(unchanged)" in result.output
+    assert "(unchanged)" in result.output and "making final.mp4" not in result.output
     assert {name: stamp(folder / name) for name in before} == before
     assert (folder / "manifest.json").read_bytes() == manifest
 
@@ -122,7 +122,7 @@ def test_an_edit_rebuilds_the_cut_and_only_that_shots_thumbnail(
                 extra=VARS)
     result = apply(board, sim.base_url)
     assert result.exit_code == 0, result.output
-    assert "(rebuilt)" in result.output
+    assert "(rebuilt)" in result.output and "making final.mp4 from 3 shot(s) ..." in result.output
     assert stamp(folder / "final.mp4") != final
     assert stamp(folder / "thumbs/001-harbour.jpg") == kept
     manifest = manifest_of(folder)
