@@ -24,6 +24,7 @@ from urllib.parse import quote
 import jinja2
 
 from kling_pipeline.manifest import Manifest, ManifestFinal, ManifestShot
+from kling_pipeline.outputs import MANIFEST
 from kling_pipeline.sizes import human_size
 
 TEMPLATE = "contact_sheet.html.j2"
@@ -150,7 +151,7 @@ def sheet_view(manifest: Manifest) -> SheetView:
         total=len(shots), runtime=timecode(sum(shot.seconds for shot in shots)),
         tallies=tuple((tone, label, counts[tone]) for tone, label in labels if counts.get(tone)),
         final=_final_view(manifest.final, poster) if manifest.final else None,
-        shots=shots, manifest_file="manifest.json", key_scheme=manifest.key_scheme)
+        shots=shots, manifest_file=MANIFEST, key_scheme=manifest.key_scheme)
 
 
 def url_of(path: str) -> str:

@@ -39,15 +39,10 @@ from kling_pipeline.manifest import (
     write_manifest,
 )
 from kling_pipeline.media import MediaError, probe_video
-from kling_pipeline.outputs import shot_file_name
+from kling_pipeline.outputs import FINAL, MANIFEST, PAGE, SHOTS, THUMBS, shot_file_name
 from kling_pipeline.render import ShotRequest
 from kling_pipeline.thumbnails import write_thumbnail
 
-MANIFEST = "manifest.json"
-PAGE = "index.html"
-FINAL = "final.mp4"
-SHOTS = "shots"
-THUMBS = "thumbs"
 # Bump when the final cut is made differently, so every cut is rebuilt once.
 CUT_VERSION = 1
 _OURS_IN_SUBFOLDER = re.compile(r"^\d{3,}-.+\.(mp4|jpg)$")

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+MANIFEST = "manifest.json"
+PAGE = "index.html"
+FINAL = "final.mp4"
+SHOTS = "shots"    # NNN-<id>.mp4
+THUMBS = "thumbs"  # NNN-<id>.jpg
+
 
 def shot_file_name(position: int, shot_id: str, total: int) -> str:
     """The file of one shot under `<out_dir>/shots/`: `NNN-<id>.mp4`.

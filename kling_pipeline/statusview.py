@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 from kling_pipeline.cache import Store
 from kling_pipeline.fsutil import size_or_none
 from kling_pipeline.lockfile import IN_FLIGHT, LockEntry, LockFile, Output, Status
-from kling_pipeline.outputs import shot_file_name
+from kling_pipeline.outputs import SHOTS, shot_file_name
 from kling_pipeline.planner import diff_requests
 from kling_pipeline.render import ShotRequest
 
@@ -116,7 +116,7 @@ def collect_status(shots: Sequence[ShotRequest], lock: LockFile, store: Store,
     """One row per shot in storyboard order, then lock entries no longer in it; no network."""
     by_key = lock.by_key()
     rows = [_shot_row(shot, position, lock.shots.get(shot.id), by_key, store,
-                      out_dir / "shots" / shot_file_name(position, shot.id, len(shots)))
+                      out_dir / SHOTS / shot_file_name(position, shot.id, len(shots)))
             for position, shot in enumerate(shots, 1)]
     for shot_id in sorted(set(lock.shots) - {shot.id for shot in shots}):
         entry = lock.shots[shot_id]
