@@ -123,6 +123,9 @@ class Executor:
         self._stop = asyncio.Event()  # Ctrl-C: wind down, keep every task id
         self._no_submit = False  # an account problem, or a stop
         self._blocked_endpoints: dict[str, str] = {}
+        # The entries as the run found them: a shot that ends where it began (a fresh clone
+        # fetching its videos by task id) gets its old entry back, time stamps included.
+        self._found = dict(keeper.lock.shots)
 
     # -- control -------------------------------------------------------------------------
 
@@ -184,10 +187,14 @@ class Executor:
             if old is not None:
                 changes[shot_id] = old.with_status(status, **fields)
         for shot_id, entry in list(changes.items()):
+            found = self._found.get(shot_id)
+            if entry is not None and found is not None and replace(
+                    entry, updated_at=found.updated_at) == found:
+                entry = changes[shot_id] = found  # back where it began: no noise in git
             old = self.keeper.get(shot_id)
             if old is not None and entry is not None and replace(
                     entry, updated_at=old.updated_at) == old:
-                del changes[shot_id]  # nothing but the time: no rewrite, no noise in git
+                del changes[shot_id]  # nothing but the time: no rewrite
         self.keeper.put(changes)
 
     def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
@@ -254,10 +261,11 @@ class Executor:
         self._result(job, "up to date", job.note, output)
 
     def _finished_at(self, job: Job) -> str:
+        """When the job's video was first finished: kept across re-fetches and placements."""
         for shot_id in job.shot_ids:
-            entry = self.keeper.get(shot_id)
-            if entry is not None and entry.finished_at and entry.key == job.key:
-                return entry.finished_at
+            for entry in (self.keeper.get(shot_id), self._found.get(shot_id)):
+                if entry is not None and entry.finished_at and entry.key == job.key:
+                    return entry.finished_at
         return utc_now()
 
     # -- submit ----------------------------------------------------------------------------
