@@ -14,6 +14,7 @@ import yaml
 MAX_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 100
 MAX_EXPANDED = 2_000_000
+_TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels; a storyboard never needs that many"
 
 _FLOW = re.compile(rb"[\[\]{}]")
 _COMPACT = re.compile(rb"(?:[-?][ \t]+){%d,}" % MAX_DEPTH)
@@ -37,7 +38,7 @@ def check_text(text: bytes) -> None:
                            f"{MAX_BYTES // (1024 * 1024)} MB")
     compact = _COMPACT.search(text)
     if compact:
-        raise GuardProblem(f"nesting deeper than {MAX_DEPTH} levels", compact.start())
+        raise GuardProblem(_TOO_DEEP, compact.start())
     if text.count(b"[") + text.count(b"{") <= MAX_DEPTH:
         return
     depth = 0
@@ -45,14 +46,37 @@ def check_text(text: bytes) -> None:
         if match.group() in (b"[", b"{"):
             depth += 1
             if depth > MAX_DEPTH:
-                raise GuardProblem(f"nesting deeper than {MAX_DEPTH} levels", match.start())
+                raise GuardProblem(_TOO_DEEP, match.start())
         elif depth:
             depth -= 1
 
 
+def check_depth(root: yaml.Node) -> None:
+    """Refuse collections nested deeper than MAX_DEPTH below the top-level mapping.
+
+    check_text sees flow brackets only: block (indented) nesting reaches libyaml's own limit
+    of 1,000 levels, deep enough to overflow Python's recursion in json, repr and Jinja.
+    For a tree without aliases; check_aliases measures the height of trees with them.
+    """
+    stack: list[tuple[yaml.Node, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise GuardProblem(_TOO_DEEP, node=node)
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value
+                         if not isinstance(child, yaml.ScalarNode))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair
+                         if not isinstance(child, yaml.ScalarNode))
+
+
+
 def check_aliases(root: yaml.Node) -> None:
-    """Refuse alias bombs and recursive aliases; linear in the number of distinct nodes."""
+    """Refuse alias bombs, recursive aliases and aliases nested too deep; linear in the
+    number of distinct nodes."""
     sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}
     active: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -66,6 +90,12 @@ def check_aliases(root: yaml.Node) -> None:
                 raise GuardProblem(f"aliases expand this document to more than "
                                    f"{MAX_EXPANDED:,} values (an alias bomb?)", node=node)
             sizes[key] = size
+            # a collection's height: 1 + its tallest child (a scalar's is 0)
+            height = 1 + max((heights[id(c)] for c in children), default=0) if isinstance(
+                node, yaml.CollectionNode) else 0
+            if height > MAX_DEPTH + 1:
+                raise GuardProblem(_TOO_DEEP, node=node)
+            heights[key] = height
             continue
         if key in sizes:
             continue

@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError
+from yaml.reader import ReaderError
 
 from kling_pipeline.errors import Diagnostic, StoryboardError
-from kling_pipeline.yamlguard import GuardProblem, check_aliases, check_text, path_of
+from kling_pipeline.yamlguard import (
+    GuardProblem,
+    check_aliases,
+    check_depth,
+    check_text,
+    path_of,
+)
 
 try:
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -43,6 +51,21 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
         result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return result
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Construct one value; a scalar the safe constructor chokes on becomes a located error.
+
+        `!!int abc`, `!!bool maybe`, a date such as 2001-13-45 or an integer of more than
+        4300 digits make PyYAML raise plain ValueError/KeyError/AttributeError, which carry
+        no position and would surface as a crash.
+        """
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, LookupError, AttributeError, TypeError, ArithmeticError) as exc:
+            raise ConstructorError(
+                None, None, _unreadable(node, exc), node.start_mark) from exc
+
     @staticmethod
     def _may_repeat(node: yaml.MappingNode) -> bool:
         """Cheap first look: are any two key values equal? (the common answer is no)"""
@@ -51,6 +74,27 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
             return len(set(keys)) != len(keys)
         except TypeError:  # a non-scalar key: look closely
             return True
+
+
+_READABLE = {
+    "tag:yaml.org,2002:int": "a whole number (digits, or 0x/0o/0b and digits; at most 4300 "
+                             "digits)",
+    "tag:yaml.org,2002:float": "a number such as 0.5, 1e3, .inf or .nan",
+    "tag:yaml.org,2002:bool": "true or false",
+    "tag:yaml.org,2002:timestamp": "a date YYYY-MM-DD (optionally with a time); quote it to "
+                                   "keep it as text",
+}
+
+
+def _unreadable(node: yaml.Node, exc: Exception) -> str:
+    """Why a value could not be constructed, and what its tag allows."""
+    value = node.value if isinstance(node, yaml.ScalarNode) else ""
+    shown = repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
+    tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+    allowed = _READABLE.get(str(node.tag))
+    if allowed is not None:
+        return f"{shown} cannot be read as {tag}: it must be {allowed}"
+    return f"{shown} cannot be read as {tag} ({type(exc).__name__}: {exc})"
 
 
 def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
@@ -105,7 +149,7 @@ class YamlSource:
             key_node: yaml.Node | None = None
             if isinstance(node, yaml.MappingNode):
                 for k, v in node.value:
-                    if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    if _key_matches(k, part):
                         key_node, child = k, v
             elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
                   and 0 <= part < len(node.value)):
@@ -125,6 +169,18 @@ class YamlSource:
                           format_path(path) if location is None else location, message)
 
 
+def _key_matches(node: yaml.Node, part: str | int) -> bool:
+    """Is `node` the key named `part`? pydantic names a `null:` key 'None', `true:` 'True'."""
+    if not isinstance(node, yaml.ScalarNode):
+        return False
+    if node.value == str(part):
+        return True
+    tag = str(node.tag)
+    if part == "None":
+        return tag.endswith(":null")
+    return tag.endswith(":bool") and node.value.lower() == str(part).lower()
+
+
 def format_path(path: Sequence[str | int]) -> str:
     """`shots[2].multi_prompt[0].prompt` from ('shots', 2, 'multi_prompt', 0, 'prompt')."""
     out = ""
@@ -137,6 +193,11 @@ def _line_col(text: bytes, offset: int) -> tuple[int, int]:
     line_start = text.rfind(b"\n", 0, offset) + 1
     column = len(text[line_start:offset].decode("utf-8", errors="replace")) + 1
     return text.count(b"\n", 0, offset) + 1, column
+
+
+def _char(character: object) -> str:
+    code = character if isinstance(character, int) else ord(str(character)[:1] or "\0")
+    return f"U+{code:04X}"
 
 
 def _decode(text: bytes, shown: str) -> str:
@@ -168,11 +229,16 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
         root = loader.get_single_node()
         if root is not None and b"*" in text:
             check_aliases(root)
+        elif root is not None:
+            check_depth(root)
         data = loader.construct_document(root) if root is not None else None
     except GuardProblem as exc:
         mark = exc.node.start_mark if exc.node is not None else None
+        where = path_of(root, exc.node) if root is not None and exc.node is not None else None
         raise StoryboardError([Diagnostic(shown, mark.line + 1 if mark else None,
-                                          mark.column + 1 if mark else None, "",
+                                          mark.column + 1 if mark else None,
+                                          format_path((where or [])[:4])
+                                          + ("..." if len(where or []) > 4 else ""),
                                           exc.message)]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -183,6 +249,15 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
         context = f" ({exc.context})" if exc.context else ""
         raise StoryboardError([Diagnostic(shown, line, column, "",
                                           f"YAML syntax error: {problem}{context}")]) from exc
+    except ReaderError as exc:
+        # libyaml counts bytes of the UTF-8 text it was given (after any byte order mark)
+        bom = 3 if text.startswith(b"\xef\xbb\xbf") else 0
+        line, column = _line_col(text, exc.position + bom) if isinstance(exc.position, int) \
+            else (None, None)
+        raise StoryboardError([Diagnostic(
+            shown, line, column, "", f"character {_char(exc.character)} is not allowed in YAML "
+                                     f"({exc.reason}); remove it or write it as an escape "
+                                     "in a double-quoted string")]) from exc
     except yaml.YAMLError as exc:
         raise StoryboardError([Diagnostic(shown, None, None, "",
                                           f"YAML error: {exc}")]) from exc

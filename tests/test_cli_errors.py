@@ -342,3 +342,78 @@ def test_json_for_yaml_errors_and_missing_files(tmp_path: Path, text: str | None
     assert set(errors[0]) == {"file", "line", "column", "location", "message"}
     assert errors[0]["file"] == str(path)
     assert (errors[0]["line"], errors[0]["column"]) == ((4, 1) if text else (None, None))
+
+
+# --- 10. found by fuzzing: YAML the safe loader reads but cannot build ------------------------
+
+UNREADABLE = [
+    ("tagged int", HEAD + "shots:\n  - {id: a, duration: !!int abc}\n", "duration: ^!!int",
+     "'abc' cannot be read as !!int: it must be a whole number"),
+    ("tagged float", HEAD + "shots:\n  - {id: a, cfg_scale: !!float x}\n", "cfg_scale: ^!!float",
+     "must be a number such as 0.5"),
+    ("tagged bool", HEAD + "shots:\n  - {id: a, sound: !!bool maybe}\n", "sound: ^!!bool",
+     "'maybe' cannot be read as !!bool: it must be true or false"),
+    ("tagged timestamp", HEAD + "shots:\n  - {id: a, prompt: !!timestamp x}\n",
+     "prompt: ^!!timestamp", "a date YYYY-MM-DD"),
+    ("impossible date", HEAD + "description: 2001-13-45\nshots: [{id: a}]\n", "^2001-13-45",
+     "quote it to keep it as text"),
+    ("empty binary int", HEAD + "shots:\n  - {id: a, duration: 0b_}\n", "duration: ^0b_",
+     "'0b_' cannot be read as !!int"),
+    ("empty octal int", HEAD + "shots:\n  - {id: a, duration: 0o_}\n", "duration: ^0o_",
+     "'0o_' cannot be read as !!int"),
+    ("5000 digits", HEAD + "shots:\n  - {id: a, duration: " + "9" * 5000 + "}\n",
+     "duration: ^999", "at most 4300 digits"),
+]
+
+
+@pytest.mark.parametrize("text,needle,allowed", [u[1:] for u in UNREADABLE],
+                         ids=[u[0] for u in UNREADABLE])
+def test_values_yaml_cannot_build_are_located(tmp_path: Path, text: str, needle: str,
+                                              allowed: str) -> None:
+    """PyYAML raises plain ValueError/KeyError/AttributeError for these: once exit code 3."""
+    path = write(tmp_path, text)
+    expect(validate(path), path, needle, "", allowed)
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf"], ids=["plain", "byte order mark"])
+def test_a_control_character_is_located(tmp_path: Path, prefix: bytes) -> None:
+    """Once `file: YAML error: unacceptable character ...` over three lines, with no place."""
+    path = write(tmp_path, prefix + (HEAD + 'description: "caf\u00e9 \x07"\nshots: [{id: a}]\n')
+                 .encode())
+    result = validate(path)
+    expect(result, path, "caf\u00e9 ^\x07", "", "U+0007 is not allowed in YAML")
+    assert len(result.output.splitlines()) == 2, result.output
+
+
+BLOCK_DEPTH = 990  # libyaml itself stops at 1,000; json and repr overflowed before that
+
+
+def _deep(where: str) -> str:
+    if where == "vars":
+        nested = "".join(" " * (i + 2) + f"k{i}:\n" for i in range(BLOCK_DEPTH))
+        return HEAD + "vars:\n" + nested + " " * (BLOCK_DEPTH + 2) + "v\n" \
+            "shots: [{id: a, model: kling-v3.0-pro-t2v, prompt: p}]\n"
+    nested = "".join(" " * (i + 6) + "-\n" for i in range(BLOCK_DEPTH))
+    return HEAD + "shots:\n  - id: \"a{{ index }}\"\n    model: kling-v3.0-pro-t2v\n" \
+        "    prompt: \"{{ item }}\"\n    foreach:\n" + nested
+
+
+@pytest.mark.parametrize("where", ["vars", "foreach"])
+def test_deep_block_nesting_is_refused_with_the_place(tmp_path: Path, where: str) -> None:
+    """Indented nesting escaped the flow-bracket guard: RecursionError, exit 3."""
+    path = write(tmp_path, _deep(where))
+    result = validate(path)
+    location = "vars.k0.k1.k2..." if where == "vars" else "shots[0].foreach[0]..."
+    needle = "^k100:" if where == "vars" else "\n" + " " * 104 + "^-"
+    expect(result, path, needle, location, "nesting deeper than 100 levels")
+
+
+def test_nesting_built_from_aliases_is_refused(tmp_path: Path) -> None:
+    """Each anchor wraps the one before: 150 short lines, 150 levels."""
+    chain = "".join(f"x-a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 150))
+    path = write(tmp_path, HEAD + "x-a0: &a0 [1]\n" + chain
+                 + "vars: {v: *a149}\nshots: [{id: a, model: kling-v3.0-pro-t2v, prompt: p}]\n")
+    result = validate(path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "nesting deeper than 100 levels" in result.output
+    assert result.output.startswith(f"{path}:"), result.output
