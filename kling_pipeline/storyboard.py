@@ -65,7 +65,8 @@ def _structure(source: YamlSource) -> tuple[StoryboardHead | None, list[tuple[in
         if elsewhere & _RENDER_INPUTS or not isinstance(data.get("shots"), list):
             return None, [], problems  # shots cannot be rendered without these
         # Keep checking the shots: an error in the provider block must not hide theirs.
-        kept = {k: v for k, v in data.items() if k not in elsewhere and k != "shots"}
+        kept = {k: v for k, v in data.items()  # a key that is not text is an error itself
+                if isinstance(k, str) and k not in elsewhere and k != "shots"}
         head = StoryboardHead.model_validate({**kept, "version": 1,
                                               "name": kept.get("name", "storyboard")})
         good = [(i, Shot.model_validate(raw)) for i, raw in enumerate(data["shots"])

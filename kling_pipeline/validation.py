@@ -78,11 +78,14 @@ def model_at(path: Iterable[str | int]) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _unknown_key(source: YamlSource, parent: tuple[str | int, ...], key: str) -> Diagnostic:
+def _unknown_key(source: YamlSource, parent: tuple[str | int, ...], key: str,
+                 not_text: bool = False) -> Diagnostic:
     model = model_at(parent)
     allowed = list(model.model_fields) if model else []
     hint = f" (did you mean {WIRE_NAMES[key]!r}?)" if key in WIRE_NAMES else suggest(key, allowed)
     message = f"unknown key {key!r}{hint}"
+    if not_text:  # YAML reads `1:`, `true:` and `null:` as a number, a boolean and null
+        message = f"unknown key {key} (not text: keys here are names)"
     if allowed:
         message += "; allowed here: " + ", ".join(allowed)
     return source.diagnostic((*parent, key), message, key=True)
@@ -130,9 +133,17 @@ def diagnostics_from(errors: Iterable[ErrorDetails], source: YamlSource) -> list
         if error["type"] == "extra_forbidden":
             found.append(_unknown_key(source, loc[:-1], str(loc[-1])))
             continue
+        if error["type"] == "invalid_key" and loc:
+            key = error.get("input")  # the key as YAML read it: 1, true, null
+            found.append(_unknown_key(source, loc[:-1], str(key), not_text=True))
+            continue
         if loc and loc[-1] == "[key]":
             where = loc[:-1]
-            found.append(source.diagnostic(where, _message(error, "[key]"), key=True,
+            message = _message(error, "[key]")
+            if error["type"] == "string_type":
+                message = (f"key {where[-1]} is {type_name(error.get('input'))}, not a name: "
+                           "names use letters, digits and _, not starting with a digit")
+            found.append(source.diagnostic(where, message, key=True,
                                            location=format_path(where[:-1])))
             continue
         field = str(loc[-1]) if loc else ""

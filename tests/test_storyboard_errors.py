@@ -324,3 +324,30 @@ def test_an_unquoted_aspect_ratio_is_understood(tmp_path: Path) -> None:
     if result.exit_code != 0:
         found = lines_at(result, path, "aspect_ratio: ^9:16", "shots[0].aspect_ratio")
         assert any('"9:16"' in x for x in found), found
+
+
+# --- 6. found by fuzzing ----------------------------------------------------------------------
+
+NOT_TEXT_KEYS = [
+    ("int key at the top", "^1: x\nshots: [{id: a, prompt: p}]\n", "1", "unknown key 1"),
+    ("null key at the top", "^null: x\nshots: [{id: a, prompt: p}]\n", "None",
+     "unknown key None"),
+    ("bool key at the top", "^true: x\nshots: [{id: a, prompt: p}]\n", "True",
+     "unknown key True"),
+    ("int key beside a provider error", "^1: x\nprovider: {concurrency: 0}\n"
+     "shots: [{id: a, prompt: p}]\n", "1", "allowed here: version, name"),
+    ("int key in a shot", "shots: [{id: a, prompt: p, ^2: x}]\n", "shots[0].2",
+     "allowed here: model, prompt"),
+    ("int key in vars", "vars: {^1: x}\nshots: [{id: a, prompt: p}]\n", "vars",
+     "key 1 is integer, not a name: names use letters, digits and _"),
+]
+
+
+@pytest.mark.parametrize("text,location,allowed", [k[1:] for k in NOT_TEXT_KEYS],
+                         ids=[k[0] for k in NOT_TEXT_KEYS])
+def test_keys_that_are_not_text(tmp_path: Path, text: str, location: str, allowed: str) -> None:
+    """`1:`, `null:` and `true:` are YAML keys that are not text; once a pydantic crash."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\n" + text.replace("^", ""))
+    needle = next(x for x in text.split("\n") if "^" in x)
+    result = expect(path, needle, location, allowed, "not")
+    assert "Traceback" not in result.output
