@@ -85,7 +85,7 @@ def simulator_command(host: str, port: int, realistic: bool, quiet: bool,
     import uvicorn
 
     from kling_pipeline.simulator.app import create_app
-    from kling_pipeline.simulator.runner import loopback_socket
+    from kling_pipeline.simulator.runner import KEEP_ALIVE_SECONDS, loopback_socket
 
     address = "::1" if host == "::1" else "127.0.0.1"
     try:
@@ -97,7 +97,8 @@ def simulator_command(host: str, port: int, realistic: bool, quiet: bool,
                "(Ctrl-C to stop)", err=True)
     server = uvicorn.Server(uvicorn.Config(create_app(config),
                                           log_level="warning" if quiet else "info",
-                                          access_log=not quiet, timeout_graceful_shutdown=3))
+                                          access_log=not quiet, timeout_graceful_shutdown=3,
+                                          timeout_keep_alive=KEEP_ALIVE_SECONDS))
     server.run(sockets=[sock])
 
 

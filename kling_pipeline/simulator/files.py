@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
+from email.utils import formatdate
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +20,7 @@ from kling_pipeline.simulator.tasks import view
 from kling_pipeline.simulator.urls import s3_error
 
 FILES_ROUTE = "GET /_simulator/files"
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes\s*=\s*(\d*)\s*-\s*(\d*)$", re.IGNORECASE)
 _S3_MESSAGES = {"AccessDenied": "Request has expired",
                 "SignatureDoesNotMatch": "The request signature we calculated does not match "
                                          "the signature you provided.",
@@ -57,10 +59,12 @@ async def download(request: Request) -> Response:
     except Exception:  # the render failed (logged by the renderer); S3 would say 500
         sim.stats.errors["InternalError"] += 1
         return _xml("InternalError", 500, request.url.path)
+    if request.method == "HEAD":  # a player or download manager asking the size first
+        return _ranged(request, data, task.finished_at)
     sim.stats.downloads += 1
     if sim.dice.roll(config.truncate_rate):
         return await _truncated(request, sim, data)
-    return _ranged(request, data)
+    return _ranged(request, data, task.finished_at)
 
 
 async def _truncated(request: Request, sim: Simulator, data: bytes) -> Response:
@@ -77,20 +81,33 @@ async def _truncated(request: Request, sim: Simulator, data: bytes) -> Response:
     return Response()
 
 
-def _ranged(request: Request, data: bytes) -> Response:
-    """Whole file, or one `bytes=a-b` range (206), or 416 for a range beyond the end."""
-    headers = {"Accept-Ranges": "bytes"}
+def _ranged(request: Request, data: bytes, made_at: float) -> Response:
+    """Whole file, or one `bytes=a-b` range (206), or 416 for a range beyond the end.
+
+    ETag and Last-Modified are S3's (md5, time made), so a download manager resuming with
+    If-Range gets its range only while the file is the same; a Range that is not one valid
+    byte range (several ranges, last < first) is ignored, as RFC 9110 allows: 200, whole file.
+    """
+    etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+    modified = formatdate(made_at, usegmt=True)
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Last-Modified": modified}
     match = _RANGE.match(request.headers.get("range", "").strip())
-    if not match or match.groups() == ("", ""):
+    if_range = request.headers.get("if-range", "").strip()
+    if not match or match.groups() == ("", "") or if_range not in ("", etag, modified):
         return Response(data, media_type="video/mp4", headers=headers)
     size = len(data)
     first, last = match.groups()
+    if first and last and int(last) < int(first):
+        return Response(data, media_type="video/mp4", headers=headers)
     if first:
         start, end = int(first), min(int(last) if last else size - 1, size - 1)
     else:
         start, end = max(0, size - int(last)), size - 1
     if start >= size or start > end:
-        return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        return Response(s3_error("InvalidRange", "The requested range is not satisfiable",
+                                 request.url.path), status_code=416,
+                        media_type="application/xml",
+                        headers={"Content-Range": f"bytes */{size}", **headers})
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return Response(data[start:end + 1], status_code=206, media_type="video/mp4",
                     headers=headers)

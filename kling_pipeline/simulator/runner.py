@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 START_TIMEOUT = 15.0
+# How long an idle kept-alive connection stays open: nginx's default, as at the routers.
+# Uvicorn's 5 s made pooled clients that poll every ~5 s (undici keeps sockets 4 s, requests
+# forever) send requests into a socket the server was closing ("connection reset").
+KEEP_ALIVE_SECONDS = 75
 
 
 def loopback_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -56,7 +60,7 @@ def running_simulator(config: SimulatorConfig | None = None,
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, log_level="warning", lifespan="on",
-        timeout_graceful_shutdown=2, timeout_keep_alive=30))
+        timeout_graceful_shutdown=2, timeout_keep_alive=KEEP_ALIVE_SECONDS))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name=f"simulator-{port}", daemon=True)
     thread.start()
