@@ -66,8 +66,21 @@ def _compile(source: str) -> jinja2.Template:
 
 def fingerprint(value: Any) -> str:
     """A stable digest of JSON-like data (YAML dates and the like via str)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except TypeError:  # YAML allows mixed key types ({1: a, b: c}), which cannot be sorted
+        text = "typed-keys:" + json.dumps(_typed_keys(value), sort_keys=True,
+                                          separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _typed_keys(value: Any) -> Any:
+    """`value` with every mapping key turned into text that keeps its type (1 and "1" differ)."""
+    if isinstance(value, dict):
+        return {f"{type(k).__name__}:{k}": _typed_keys(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_typed_keys(v) for v in value]
+    return value
 
 
 class Snippets(Mapping[str, str]):
@@ -150,7 +163,8 @@ class TemplateRenderer:
                 raise TemplateProblem("include, import and extends are not available: use "
                                       "snippets ({{ snippets.name }}) to share text") from exc
             raise TemplateProblem(f"template error: TypeError: {exc}") from exc
-        except (ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        except Exception as exc:  # a filter fed bad values may raise anything
+            # (`'x'|truncate(-5)` fails an assert inside Jinja): the template's fault, not ours
             raise TemplateProblem(f"template error: {type(exc).__name__}: {exc}") from exc
 
 

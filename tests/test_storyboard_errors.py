@@ -351,3 +351,27 @@ def test_keys_that_are_not_text(tmp_path: Path, text: str, location: str, allowe
     needle = next(x for x in text.split("\n") if "^" in x)
     result = expect(path, needle, location, allowed, "not")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("where", ["vars: {v: {1: x, b: y}}\nshots:\n  - {id: a, prompt: p}\n",
+                                   "shots:\n  - {id: a, prompt: p, vars: {v: {1: x, b: y}}}\n",
+                                   "shots:\n  - id: \"a{{ index }}\"\n    prompt: p\n"
+                                   "    foreach: [{1: x, b: y}]\n"],
+                         ids=["storyboard vars", "shot vars", "foreach item"])
+def test_mixed_key_types_in_your_own_data_are_fine(tmp_path: Path, where: str) -> None:
+    """{1: x, b: y} is valid YAML data; sorting its keys for the memo fingerprint crashed."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\n" + where)
+    result = validate(path)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("template,raised", [
+    ("{{ 'abc' | truncate(-5) }}", "AssertionError"),
+    ("{{ 'abc' | wordwrap(0) }}", "ValueError"),
+])
+def test_a_filter_that_fails_inside_jinja_is_a_template_error(tmp_path: Path, template: str,
+                                                              raised: str) -> None:
+    """truncate(-5) trips an assert inside Jinja: once exit code 3."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n"
+                 f"  - id: a\n    prompt: \"{template}\"\n")
+    expect(path, 'prompt: ^"{{', "shots[0] (a).prompt", "template error", raised)
