@@ -67,9 +67,11 @@ class _Problems:
     items: list[Diagnostic] = field(default_factory=list)
     from_defaults: dict[tuple[tuple[str | int, ...], str], list[str]] = field(
         default_factory=dict)
+    added: int = 0
 
     def add(self, path: tuple[str | int, ...], message: str, label: str | None = None,
             key: bool = False) -> None:
+        self.added += 1
         if path[:1] == ("defaults",):
             self.from_defaults.setdefault((path, message), []).append(label or "?")
             return
@@ -81,7 +83,8 @@ class _Problems:
         self.items.append(self.source.diagnostic(path, message, key=key, location=location))
 
     def count(self) -> int:
-        return len(self.items) + len(self.from_defaults)
+        """Problems added so far; a broken default counts once for every shot it breaks."""
+        return self.added
 
     def finish(self) -> list[Diagnostic]:
         for (path, message), labels in self.from_defaults.items():
@@ -302,7 +305,7 @@ class StoryboardRenderer:
                 return text
             converted = _convert(kind, text.strip())
             if converted is _MISSING:
-                self.problems.add(path, f"renders to {text!r}, which is not "
+                self.problems.add(path, f"renders to {_short(text)}, which is not "
                                         + {"integer": "a whole number", "number": "a number",
                                            "boolean": "true or false"}[kind], label)
             return converted
@@ -329,9 +332,16 @@ class StoryboardRenderer:
                 self.problems.add(path, "must be a local .png/.jpg path or an http(s) URL",
                                   label)
                 continue
-            file = (self.base_dir / reference).resolve()
+            if "\0" in reference:  # the OS refuses such a path with ValueError, not OSError
+                self.problems.add(path, "must be a local .png/.jpg path or an http(s) URL; a "
+                                        "path cannot hold a NUL character", label)
+                continue
             try:
-                image = self.inspector.inspect(file)
+                image = self.inspector.inspect((self.base_dir / reference).resolve())
+            except RuntimeError:  # Path.resolve on a symlink loop
+                self.problems.add(path, f"cannot read image {reference}: symbolic link loop; "
+                                        "give a path to a .png/.jpg file", label)
+                continue
             except FileNotFoundError:
                 self.problems.add(path, f"image file not found: {reference} (paths are "
                                         f"relative to the storyboard's folder)", label)
@@ -366,9 +376,21 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """repr of a rendered value, cut short: a template can render megabytes."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def _convert(kind: str, text: str) -> Any:
     if kind == "integer":
-        return int(text) if _INT.match(text) else _MISSING
+        if not _INT.match(text):
+            return _MISSING
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts (4300): no duration has them
+            return _MISSING
     if kind == "number":
         try:
             return float(text)

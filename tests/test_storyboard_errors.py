@@ -375,3 +375,36 @@ def test_a_filter_that_fails_inside_jinja_is_a_template_error(tmp_path: Path, te
     path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n"
                  f"  - id: a\n    prompt: \"{template}\"\n")
     expect(path, 'prompt: ^"{{', "shots[0] (a).prompt", "template error", raised)
+
+
+def test_a_bad_default_stops_every_shot_it_breaks(tmp_path: Path) -> None:
+    """The second shot a broken default broke was built anyway: .inf reached the key (exit 3)."""
+    path = write(tmp_path, HEAD + "defaults: {model: kling-v1.6-t2v, cfg_scale: .inf}\nshots:\n"
+                 "  - {id: a, prompt: p}\n  - {id: b, prompt: q}\n")
+    found = lines_at(validate(path), path, "cfg_scale: ^.inf", "defaults.cfg_scale")
+    assert any("must be a number" in x and "a, b" in x for x in found), found
+
+
+def test_a_template_rendering_thousands_of_digits(tmp_path: Path) -> None:
+    """int() refuses more than 4300 digits with ValueError: once exit code 3."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n"
+                 "  - id: a\n    prompt: p\n    duration: \"{{ '9' * 5000 }}\"\n")
+    found = lines_at(validate(path), path, 'duration: ^"{{', "shots[0] (a).duration")
+    assert any("not a whole number" in x and "(5,000 characters)" in x for x in found), found
+    assert all(len(x) < 400 for x in found), found
+
+
+def test_an_image_path_with_a_nul_character(tmp_path: Path) -> None:
+    """The OS refuses such a path with ValueError, which was not caught (exit 3)."""
+    path = write(tmp_path, HEAD + "shots:\n  - {id: a, model: kling-v3.0-pro-i2v, prompt: p, "
+                 "image: \"a\\0.png\"}\n")
+    expect(path, 'image: ^"a', "shots[0] (a).image", "local .png/.jpg path or an http(s) URL",
+           "NUL")
+
+
+def test_an_image_that_is_a_symlink_loop(tmp_path: Path) -> None:
+    (tmp_path / "one.png").symlink_to(tmp_path / "two.png")
+    (tmp_path / "two.png").symlink_to(tmp_path / "one.png")
+    path = write(tmp_path, HEAD + "shots:\n  - {id: a, model: kling-v3.0-pro-i2v, prompt: p, "
+                 "image: one.png}\n")
+    expect(path, "image: ^one.png", "shots[0] (a).image", "symbolic link loop", ".png/.jpg")
