@@ -97,7 +97,7 @@ class _Problems:
 
 def shot_is_safe_id(shot_id: str) -> str | None:
     """Why `shot_id` cannot be a file name, or None when it can."""
-    if not SAFE_ID.match(shot_id):
+    if not SAFE_ID.fullmatch(shot_id):  # fullmatch: `$` would let a final newline through
         return ("must be a safe file name: 1..100 of letters, digits, '.', '_' and '-', "
                 "starting with a letter or digit")
     if shot_id.endswith("."):

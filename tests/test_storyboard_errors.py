@@ -408,3 +408,11 @@ def test_an_image_that_is_a_symlink_loop(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + "shots:\n  - {id: a, model: kling-v3.0-pro-i2v, prompt: p, "
                  "image: one.png}\n")
     expect(path, "image: ^one.png", "shots[0] (a).image", "symbolic link loop", ".png/.jpg")
+
+
+@pytest.mark.parametrize("shot_id", ['"a\\n"', "|\n      a\n"], ids=["escaped", "block scalar"])
+def test_an_id_ending_in_a_newline_is_not_a_file_name(tmp_path: Path, shot_id: str) -> None:
+    """`$` matches before a final newline: 'a\\n' passed as a safe file name."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, prompt: p}}\nshots:\n"
+                 f"  - id: {shot_id}\n")
+    expect(path, "id: ^" + shot_id[:2], "shots[0].id", "safe file name")
