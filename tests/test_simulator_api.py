@@ -11,6 +11,7 @@ import pytest
 from kling_pipeline.images import data_uri
 from kling_pipeline.simulator.config import SimulatorConfig
 from kling_pipeline.simulator.runner import running_simulator
+from kling_pipeline.simulator.tasks import body_hash
 
 from simulator_fixtures import (
     I2V,
@@ -21,6 +22,7 @@ from simulator_fixtures import (
     error_of,
     png_bytes,
     png_uri,
+    probe,
     t2v_body,
 )
 
@@ -99,6 +101,54 @@ def test_bad_body_is_400_naming_the_field(sim: SimClient, body: dict[str, Any],
     payload = answer.json()
     assert payload["message"].startswith(field), payload
     assert field in [p["field"] for p in payload["metadata"]["problems"]]
+
+
+def test_null_means_not_given(sim: SimClient) -> None:
+    """Generated clients send every optional field, unset ones as null; the simulator used
+    to refuse each ("must be text, got null")."""
+    nulls = {"negative_prompt": None, "cfg_scale": None, "sound": None, "aspect_ratio": None,
+             "duration": None}
+    task_id = sim.submit(body={"prompt": "p", "multi_prompt": None, **nulls})
+    assert sim.wait(task_id)["task"]["status"] == "TASK_STATUS_SUCCEED"
+    parts = [{"prompt": "a", "duration": 2}, {"prompt": "b", "duration": 2}]
+    assert sim.post(T2V, {"prompt": None, "multi_prompt": parts, "duration": 4}).status_code \
+        == 200
+    assert sim.stats()["submissions"] == {body_hash({"prompt": "p"}): 1,
+                                          body_hash({"multi_prompt": parts, "duration": 4}): 1}
+    answer = sim.post("kling-v1.6-i2v", {"image_url": None, "prompt": "p"})
+    assert error_of(answer) == (400, "INVALID_REQUEST_BODY")
+    assert answer.json()["message"] == "image_url: is required by kling-v1.6-i2v"
+
+
+def test_extra_webhook_envelope_is_accepted_and_checked(sim: SimClient) -> None:
+    """The V3 protocol's `extra: {webhook: {url}}`; it does not change the video."""
+    hook = {"webhook": {"url": "https://example.com/hook"}}
+    assert sim.post(T2V, t2v_body(extra=hook)).status_code == 200
+    assert sim.stats()["submissions"] == {body_hash(t2v_body()): 1}
+    for extra, field in (("yes", "extra"), ({"webhook": {"url": "mailto:x"}},
+                                            "extra.webhook.url")):
+        answer = sim.post(T2V, t2v_body(extra=extra))
+        assert error_of(answer) == (400, "INVALID_REQUEST_BODY")
+        assert answer.json()["message"].startswith(field)
+
+
+def test_a_lone_surrogate_is_a_400_not_a_crash(sim: SimClient) -> None:
+    answer = sim.http.post(f"/v3/async/{T2V}", content=b'{"prompt": "a \\ud800 b"}')
+    assert error_of(answer) == (400, "INVALID_REQUEST_BODY")
+    assert "surrogate" in answer.json()["message"]
+
+
+def test_base64_wrapped_in_lines_is_accepted(sim: SimClient) -> None:
+    """`base64 img.png` and Python's encodebytes wrap at 76 columns; the decoders behind the
+    real APIs skip the line breaks, and the simulator refused them as INVALID_IMAGE_FORMAT."""
+    import base64
+
+    wrapped = "data:image/png;base64," + base64.encodebytes(png_bytes(400, 400)).decode()
+    assert "\n" in wrapped
+    task_id = sim.submit(I2V, {"image": wrapped, "prompt": "p", "duration": 3})
+    url = sim.wait(task_id)["videos"][0]["video_url"]
+    facts = probe(httpx.get(url).content)
+    assert facts.width == facts.height  # drawn from the square image, not a 16:9 title card
 
 
 def test_body_that_is_not_a_json_object_is_400(sim: SimClient) -> None:
@@ -199,6 +249,7 @@ def test_result_rate_limit(sim: SimClient) -> None:
     (500, "submit", "CREATE_TASK_FAILED"),
     (500, "result", "GET_RESULT_FAILED"),
     (503, "submit", "SERVICE_UNAVAILABLE"),
+    (503, "result", "SERVICE_UNAVAILABLE"),
 ])
 def test_server_errors_make_no_task(sim: SimClient, code: int, route: str, reason: str) -> None:
     task_id = sim.submit()
@@ -211,14 +262,87 @@ def test_server_errors_make_no_task(sim: SimClient, code: int, route: str, reaso
     assert sim.stats()["submissions_total"] == 1
 
 
+@pytest.mark.parametrize("route", ["submit", "result"])
 @pytest.mark.parametrize("code", [502, 504])
-def test_gateway_errors_are_html_pages(sim: SimClient, code: int) -> None:
+def test_gateway_errors_are_html_pages(sim: SimClient, code: int, route: str) -> None:
     sim.configure(error_rate=1.0, error_codes=[code])
-    answer = sim.post(T2V, t2v_body())
+    if route == "submit":
+        answer = sim.post(T2V, t2v_body())
+    else:
+        answer = sim.http.get("/v3/async/task-result", params={"task_id": "x"})
     assert answer.status_code == code
     assert answer.headers["content-type"].startswith("text/html")
     assert str(code) in answer.text
     assert sim.stats()["submissions_total"] == 0
+
+
+# Every row of api-notes' error table, as (HTTP status, reason); 502 and 504 come from the
+# gateway as HTML pages, so their "reason" is what the stats count them as.
+ERROR_TABLE = {
+    (400, "INVALID_REQUEST_BODY"), (400, "INVALID_IMAGE_FORMAT"),
+    (400, "IMAGE_FILE_EXCEEDS_MAX_SIZE"), (400, "INVALID_IMAGE_SIZE"), (400, "ILLEGAL_PROMPT"),
+    (400, "ILLEGAL_IMAGE_CONTENT"), (400, "BILLING_BALANCE_NOT_ENOUGH"),
+    (400, "MISSING_API_KEY"), (401, "MISSING_API_KEY"),
+    (403, "INVALID_API_KEY"), (403, "FEATURE_NOT_ALLOWED"), (403, "API_NOT_ALLOWED"),
+    (404, "API_NOT_FOUND"), (404, "TASK_NOT_FOUND"),
+    (429, "RATE_LIMIT_EXCEEDED"),
+    (500, "CREATE_TASK_FAILED"), (500, "GET_RESULT_FAILED"),
+    (502, "BAD_GATEWAY"), (503, "SERVICE_UNAVAILABLE"), (504, "GATEWAY_TIMEOUT"),
+}
+
+
+def test_the_whole_error_table_is_walked(sim: SimClient) -> None:
+    """One request per row; each answer is checked for its shape, and nothing is billed."""
+    import os
+
+    seen: set[tuple[int, str]] = set()
+    api = f"{sim.base_url}/v3/async"
+
+    def expect(answer: httpx.Response, code: int, reason: str) -> None:
+        if code in (502, 504):
+            assert answer.status_code == code and "nginx" in answer.text
+        else:
+            assert error_of(answer) == (code, reason)
+        seen.add((code, reason))
+
+    def image(uri: str) -> dict[str, Any]:
+        return {"image": uri, "prompt": "p"}
+
+    expect(sim.post(T2V, {"prompt": "p", "duration": 99}), 400, "INVALID_REQUEST_BODY")
+    expect(sim.post(I2V, image("ftp://x/a.png")), 400, "INVALID_IMAGE_FORMAT")
+    big = png_bytes() + os.urandom(10 * 1024 * 1024)
+    expect(sim.post(I2V, image(data_uri(big, "image/png"))), 400, "IMAGE_FILE_EXCEEDS_MAX_SIZE")
+    expect(sim.post(I2V, image(png_uri(100, 100))), 400, "INVALID_IMAGE_SIZE")
+    expect(sim.post(T2V, t2v_body("SIMULATE_ILLEGAL_PROMPT")), 400, "ILLEGAL_PROMPT")
+    expect(sim.post(I2V, image("https://x/SIMULATE_ILLEGAL_IMAGE.png")), 400,
+           "ILLEGAL_IMAGE_CONTENT")
+    for status in (401, 400):
+        sim.configure(missing_key_status=status)
+        expect(httpx.post(f"{api}/{T2V}", json=t2v_body()), status, "MISSING_API_KEY")
+    expect(httpx.post(f"{api}/{T2V}", json=t2v_body(), headers={"Authorization": "Basic x"}),
+           403, "INVALID_API_KEY")
+    expect(sim.post("kling-v0-none", t2v_body()), 404, "API_NOT_FOUND")
+    expect(sim.http.get("/v3/async/task-result", params={"task_id": "lost"}), 404,
+           "TASK_NOT_FOUND")
+    sim.configure(forbidden_slugs=[I2V], forbidden_fields=["sound"])
+    expect(sim.post(I2V, image(png_uri())), 403, "API_NOT_ALLOWED")
+    expect(sim.post(T2V, t2v_body(sound=True)), 403, "FEATURE_NOT_ALLOWED")
+    sim.configure(balance=0)
+    expect(sim.post(T2V, t2v_body()), 400, "BILLING_BALANCE_NOT_ENOUGH")
+    sim.configure(rpm_limit=1, balance=None)
+    task_id = sim.submit()
+    expect(sim.post(T2V, t2v_body("again")), 429, "RATE_LIMIT_EXCEEDED")
+    for code, submit_reason, result_reason in (
+            (500, "CREATE_TASK_FAILED", "GET_RESULT_FAILED"),
+            (502, "BAD_GATEWAY", "BAD_GATEWAY"),
+            (503, "SERVICE_UNAVAILABLE", "SERVICE_UNAVAILABLE"),
+            (504, "GATEWAY_TIMEOUT", "GATEWAY_TIMEOUT")):
+        sim.configure(error_rate=1.0, error_codes=[code])
+        expect(sim.post(T2V, t2v_body()), code, submit_reason)
+        expect(sim.http.get("/v3/async/task-result", params={"task_id": task_id}), code,
+               result_reason)
+    assert seen == ERROR_TABLE
+    assert sim.stats()["submissions_total"] == 1
 
 
 def test_error_rate_is_seeded_and_partial(sim: SimClient) -> None:
@@ -234,3 +358,18 @@ def test_unknown_paths_answer_json(sim: SimClient) -> None:
     assert error_of(answer)[0] == 404
     answer = sim.http.get(f"/v3/async/{T2V}")
     assert error_of(answer)[0] == 405
+
+
+def test_a_bug_of_ours_still_answers_in_the_error_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client reads reason/message of every error; an unhandled exception used to answer
+    a text/plain "Internal Server Error"."""
+    from kling_pipeline.simulator import api
+
+    def broken(*args: object) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api, "result_body", broken)
+    with running_simulator(SimulatorConfig()) as url, SimClient(url) as client:
+        task_id = client.submit()
+        answer = client.http.get("/v3/async/task-result", params={"task_id": task_id})
+        assert error_of(answer) == (500, "INTERNAL_ERROR")

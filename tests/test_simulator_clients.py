@@ -109,7 +109,7 @@ def test_urllib_client_with_a_trailing_slash_base_runs_the_whole_lifecycle(sim: 
     """base "http://host:port/" + "/v3/async/...": the path starts with "//"; nginx merges the
     slashes, so the routers serve it (the simulator answered 404 NOT_FOUND before)."""
     base = sim.base_url + "/"
-    body = json.dumps({"prompt": "urllib", "duration": 3.0}).encode()
+    body = json.dumps({"prompt": "urllib", "duration": 3.0, "negative_prompt": None}).encode()
     status, headers, raw = _urlopen(urllib.request.Request(
         base + "/v3/async/" + T2V, data=body, method="POST",
         headers={"Authorization": f"bearer  {KEY}",
@@ -348,7 +348,7 @@ const [base, key, slug] = process.argv.slice(2);
 const auth = {Authorization: `Bearer ${key}`};
 const post = await fetch(base + "/v3/async/" + slug, {method: "POST",
   headers: {...auth, "Content-Type": "application/json"},
-  body: JSON.stringify({prompt: "from node", duration: 3})});
+  body: JSON.stringify({prompt: "from node", duration: 3, cfg_scale: null})});
 if (post.status !== 200) throw new Error(`submit ${post.status} ${await post.text()}`);
 const {task_id} = await post.json();
 let result;

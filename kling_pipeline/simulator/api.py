@@ -23,9 +23,9 @@ from kling_pipeline.endpoints import (
     get_endpoint,
     validate_body,
 )
-from kling_pipeline.images import ImageProblem, check_image_bytes, decode_data_uri
+from kling_pipeline.images import ImageProblem, check_image_bytes
 from kling_pipeline.simulator.faults import drop_connection, retry_after_value
-from kling_pipeline.simulator.renderer import clip_spec
+from kling_pipeline.simulator.renderer import clip_spec, data_uri_bytes
 from kling_pipeline.simulator.state import RAW_SEND, Simulator, simulator_of
 from kling_pipeline.simulator.tasks import (
     MODERATION_REASON,
@@ -86,6 +86,32 @@ def _rate_limited(sim: Simulator, key: str, limit: int) -> Response | None:
                      f"{sim.config.rate_window:g} s.", headers=headers)
 
 
+def _is_unicode(body: dict[str, Any]) -> bool:
+    """JSON may escape half a surrogate pair (`"\\ud800"`); such text has no UTF-8 form."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _wire_body(body: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """The body as the task sees it: `null` means "not given" (generated clients send every
+    optional field), and `extra` (the V3 protocol's webhook envelope) is set aside."""
+    problems: list[Problem] = []
+    extra = body.get("extra")
+    if extra is not None:
+        webhook = extra.get("webhook") if isinstance(extra, dict) else None
+        url = webhook.get("url") if isinstance(webhook, dict) else None
+        if not isinstance(extra, dict):
+            problems.append(Problem(("extra",), "must be an object such as "
+                                                '{"webhook": {"url": "https://..."}}'))
+        elif webhook is not None and not (isinstance(url, str)
+                                          and url.startswith(("https://", "http://"))):
+            problems.append(Problem(("extra", "webhook", "url"), "must be an http(s) URL"))
+    return {k: v for k, v in body.items() if v is not None and k != "extra"}, problems
+
+
 def _where(path: tuple[str | int, ...]) -> str:
     text = ""
     for part in path:
@@ -111,7 +137,7 @@ async def _image_problems(endpoint: Endpoint, body: dict[str, Any]) -> list[Prob
 
 
 def _check_data_uri(value: str) -> None:
-    check_image_bytes(decode_data_uri(value))
+    check_image_bytes(data_uri_bytes(value))
 
 
 def _prompts(body: dict[str, Any]) -> list[str]:
@@ -167,7 +193,12 @@ async def submit(request: Request) -> Response:
         return sim.error(400, "INVALID_REQUEST_BODY", "The body is not valid JSON.")
     if not isinstance(body, dict):
         return sim.error(400, "INVALID_REQUEST_BODY", "The body must be a JSON object.")
-    problems = validate_body(endpoint, body)
+    if not _is_unicode(body):
+        return sim.error(400, "INVALID_REQUEST_BODY",
+                         "The body holds a \\u escape that is not Unicode text (a lone "
+                         "surrogate).")
+    body, problems = _wire_body(body)
+    problems += validate_body(endpoint, body)
     problems += await _image_problems(endpoint, body)
     if problems:
         return sim.error(400, problems[0].reason,
