@@ -10,14 +10,18 @@ memoised on disk, keyed by the template and a fingerprint of everything it can s
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from kling_pipeline.memo import JsonMemo
@@ -30,24 +34,119 @@ class TemplateProblem(Exception):
 
 
 MAX_TEXT = 100_000
+_TOO_LONG = f"making text longer than {MAX_TEXT:,} characters is not allowed in templates"
+# A width or precision of 7+ digits in a format spec (`'%09999999d'`, `'{:>9999999}'`)
+_WIDE = re.compile(r"%[-#0 +]*(?:\d{7,}|\d*\.\d{7,})|\{[^{}]*:[^{}]*\d{7,}")
+# Filters and str methods whose result can be far larger than their inputs.
+_GROWING = frozenset({"center", "ljust", "rjust", "zfill", "indent", "expandtabs", "format",
+                      "format_map", "replace", "join", "wordwrap", "truncate"})
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | tuple) else 0
+
+
+def _check_growth(name: str, subject: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> None:
+    """Refuse, before it runs, a call that would build more than MAX_TEXT characters."""
+    values = [*args, *kwargs.values()]
+    if any(isinstance(v, int) and not isinstance(v, bool) and v > MAX_TEXT for v in values):
+        raise SecurityError(_TOO_LONG)
+    if name in ("format", "format_map") and isinstance(subject, str) and _WIDE.search(subject):
+        raise SecurityError(_TOO_LONG)
+    if not isinstance(subject, str):
+        return
+    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) \
+            and isinstance(args[1], str):
+        hits = subject.count(args[0])
+        if len(subject) + hits * max(len(args[1]) - len(args[0]), 0) > MAX_TEXT:
+            raise SecurityError(_TOO_LONG)
+    lines = subject.count("\n") + 1
+    if name == "indent":  # the width may be text put before every line
+        width = args[0] if args else kwargs.get("width", 4)
+        if len(subject) + lines * _size(width) > MAX_TEXT:
+            raise SecurityError(_TOO_LONG)
+    if name == "wordwrap":  # the text put between wrapped lines
+        wrap = args[3] if len(args) > 3 else kwargs.get("wrapstring", "")
+        if len(subject) * (1 + _size(wrap)) > MAX_TEXT:
+            raise SecurityError(_TOO_LONG)
+
+
+def _checked(value: Any) -> Any:
+    if _size(value) > MAX_TEXT:
+        raise SecurityError(_TOO_LONG)
+    return value
+
+
+def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that refuses to build huge text (`'x' | center(10**8)`)."""
+
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        # environment/context-passing filters get those first; the subject is the first str
+        plain = [a for a in args if not isinstance(a, jinja2.Environment | Context
+                                                   | EvalContext)]
+        subject = plain[0] if plain else None
+        if name == "join" and plain and not isinstance(subject, str):
+            items = list(subject) if subject is not None else []
+            joiner = plain[1] if len(plain) > 1 else kwargs.get("d", "")
+            if sum(len(str(i)) for i in items) + len(str(joiner)) * len(items) > MAX_TEXT:
+                raise SecurityError(_TOO_LONG)
+            plain[0] = items
+            args = (*args[:len(args) - len(plain)], *plain)
+        _check_growth(name, subject, tuple(plain[1:]), kwargs)
+        return _checked(func(*args, **kwargs))
+
+    return bounded
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with `*` and `**` refused when the result would be huge."""
+    """The immutable sandbox, refusing operations whose result would be huge.
 
-    intercepted_binops = frozenset({"*", "**"})
+    Jinja's sandbox stops attribute tricks, not memory: `'x' | center(10**8)`, a `replace`
+    of every character by 100,000 more, or `'%0999999999d' % 1` each build gigabytes from a
+    line of YAML (one such prompt took 23 GB before it was killed). Every rendered template
+    is also cut off past MAX_TEXT characters (see `render_raw`).
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > 64:
                 raise SecurityError("exponents above 64 are not allowed in templates")
             return left**right
+        if operator == "+":
+            if _size(left) + _size(right) > MAX_TEXT:
+                raise SecurityError(_TOO_LONG)
+            return left + right
+        if operator == "%":
+            if isinstance(left, str):
+                widths = right if isinstance(right, tuple) else (right,)
+                if _WIDE.search(left) or any(isinstance(w, int) and w > MAX_TEXT
+                                             for w in widths):
+                    raise SecurityError(_TOO_LONG)
+            return _checked(left % right)
         for seq, count in ((left, right), (right, left)):
             if isinstance(seq, str | list | tuple) and isinstance(count, int) \
                     and len(seq) * count > MAX_TEXT:
                 raise SecurityError(f"repeating text to more than {MAX_TEXT:,} characters is "
                                     "not allowed in templates")
         return left * right
+
+    def call(__self, __context: Context, __obj: Any, *args: Any,
+             **kwargs: Any) -> Any:
+        """Method calls such as `'x'.ljust(10**8)` are checked like the filters."""
+        name = getattr(__obj, "__name__", "")
+        subject = getattr(__obj, "__self__", None)
+        if name in _GROWING and isinstance(subject, str):
+            if name == "join":
+                items = [str(i) for i in (args[0] if args else [])]
+                if sum(map(len, items)) + len(subject) * len(items) > MAX_TEXT:
+                    raise SecurityError(_TOO_LONG)
+                args = (items, *args[1:])
+            _check_growth(name, subject, args, kwargs)
+        return _checked(super().call(__context, __obj, *args, **kwargs))
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +155,8 @@ def environment() -> ImmutableSandboxedEnvironment:
                           keep_trailing_newline=False)
     env.filters.pop("random", None)
     env.globals.pop("lipsum", None)
+    for name in _GROWING & set(env.filters):
+        env.filters[name] = _bounded_filter(name, env.filters[name])
     return env
 
 
@@ -143,7 +244,15 @@ class TemplateRenderer:
         try:
             template = _compile(source)
             self.compiled += 1
-            return template.render(context)
+            parts: list[str] = []
+            length = 0
+            for part in template.generate(context):  # a loop can print without end
+                length += len(part)
+                if length > MAX_TEXT:
+                    raise SecurityError(f"the template renders more than {MAX_TEXT:,} "
+                                        "characters")
+                parts.append(part)
+            return "".join(parts)
         except TemplateProblem:
             raise
         except jinja2.TemplateSyntaxError as exc:

@@ -416,3 +416,36 @@ def test_an_id_ending_in_a_newline_is_not_a_file_name(tmp_path: Path, shot_id: s
     path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, prompt: p}}\nshots:\n"
                  f"  - id: {shot_id}\n")
     expect(path, "id: ^" + shot_id[:2], "shots[0].id", "safe file name")
+
+
+MEMORY_BOMBS = [
+    ("center filter", "{{ 'x' | center(10**9) }}"),
+    ("ljust method", "{{ 'x'.ljust(10**9) }}"),
+    ("percent width", "{{ '%01000000000d' % 1 }}"),
+    ("format width", "{{ '{:>1000000000}'.format(1) }}"),
+    ("replace", "{{ ('x' * 100000) | replace('x', 'x' * 100000) }}"),
+    ("join", "{{ range(100000) | join(range(100000) | join) }}"),
+    ("indent by text", "{{ ('a\\n' * 50000) | indent('x' * 100000) }}"),
+    ("concatenation", "{{ ('x' * 90000) + ('x' * 90000) }}"),
+    ("a loop printing", "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}"),
+]
+
+
+@pytest.mark.parametrize("template", [m[1] for m in MEMORY_BOMBS],
+                         ids=[m[0] for m in MEMORY_BOMBS])
+def test_templates_that_would_build_gigabytes_are_refused(tmp_path: Path,
+                                                          template: str) -> None:
+    """One line each; `replace` took 23 GB of memory before it was killed."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n"
+                 f"  - id: a\n    prompt: \"{template}\"\n")
+    expect(path, 'prompt: ^"', "shots[0] (a).prompt", "100,000 characters")
+
+
+def test_growing_filters_still_work_on_ordinary_text(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n  - id: a\n"
+                 "    prompt: \"{{ 'ab' | replace('a', 'c') }} {{ [1, 2] | join(',') }} "
+                 "{{ 'x' | center(5) }} {{ 'a {} b'.format(1) }} {{ '%s-%03d' % ('q', 7) }}"
+                 " {{ ','.join(['m', 'n']) }}\"\n")
+    result = CliRunner().invoke(main, ["validate", "--no-cache", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    assert '"prompt": "cb 1,2   x   a 1 b q-007 m,n"' in result.output
