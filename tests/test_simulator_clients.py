@@ -341,6 +341,20 @@ def test_browser_preflight_and_cors_headers(sim: SimClient, conn: socket.socket)
     assert answer.status == 405 and "access-control-allow-origin" not in answer.headers
 
 
+def test_a_web_page_cannot_reset_or_reconfigure_the_simulator(
+        sim: SimClient, conn: socket.socket) -> None:
+    """A page's form POST (text/plain, no preflight) to the admin routes changes nothing."""
+    task_id = sim.submit()
+    page = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
+    conn.sendall(request("POST", "/_simulator/reset", b"", page))
+    answer = read_answer(conn)
+    assert answer.status == 403 and json.loads(answer.body)["reason"] == "CROSS_ORIGIN_REFUSED"
+    conn.sendall(request("POST", "/_simulator/config", b'{"failure_rate": 1}', page))
+    assert read_answer(conn).status == 403
+    assert sim.configure()["failure_rate"] == 0
+    assert sim.result(task_id)["task"]["task_id"] == task_id, "the task survived"
+
+
 # --- Node's built-in fetch -------------------------------------------------------------------
 
 NODE_CLIENT = r"""

@@ -1,7 +1,10 @@
 """Admin routes under /_simulator/: what happened, change the knobs, start over.
 
 They live on their own path (never under /v3) and need no key, so a test can read the
-counters without disturbing them; the simulator only ever binds to loopback.
+counters without disturbing them; the simulator only ever binds to loopback. Loopback is not
+enough for the routes that change things: any web page the user has open may send a "simple"
+cross-origin POST to 127.0.0.1 (no preflight, the answer unread), so those refuse a request
+that carries an `Origin` header, which browsers add and test clients do not.
 """
 
 from __future__ import annotations
@@ -46,10 +49,21 @@ async def tasks(request: Request) -> Response:
                          for t in listing])
 
 
+def _from_a_web_page(request: Request) -> Response | None:
+    """403 for a state-changing request sent by a browser page (see the module docstring)."""
+    if "origin" not in request.headers:
+        return None
+    return JSONResponse({"code": 403, "reason": "CROSS_ORIGIN_REFUSED",
+                         "message": "the simulator's admin routes do not take requests from "
+                                    "web pages", "metadata": {}}, status_code=403)
+
+
 async def config(request: Request) -> Response:
     """GET: the knobs. POST a JSON object of knobs to change them now (400 names bad ones)."""
     sim = simulator_of(request)
     if request.method == "POST":
+        if (refusal := _from_a_web_page(request)) is not None:
+            return refusal
         try:
             changes = json.loads(await request.body() or b"{}")
             if not isinstance(changes, dict):
@@ -65,5 +79,7 @@ async def config(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     """POST /_simulator/reset: forget tasks (on disk too), counters, rate windows, balance."""
+    if (refusal := _from_a_web_page(request)) is not None:
+        return refusal
     simulator_of(request).reset()
     return JSONResponse({"reset": True})
