@@ -76,6 +76,14 @@ class LockFile:
 _ENTRY_FIELDS = {f.name for f in fields(LockEntry)}
 _REQUIRED = ("key", "key_scheme", "endpoint", "request", "status")
 _REQ_SET = frozenset(_REQUIRED)
+# Field types a hand-edited or corrupted lock must still have (the planner hashes and
+# compares them: a list as `key` or `request` crashed it).
+_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("key", str, "text"), ("key_scheme", int, "a whole number"), ("endpoint", str, "text"),
+    ("request", dict, "a mapping"), ("take", int, "a whole number"),
+    *((name, (str, type(None)), "text or null")
+      for name in ("task_id", "submitted_at", "updated_at", "finished_at", "error")),
+)
 
 
 def _entry(shot_id: str, raw: Any, where: str) -> LockEntry:
@@ -87,7 +95,12 @@ def _entry(shot_id: str, raw: Any, where: str) -> LockEntry:
         raise LockFileError(f"{where}: shots.{shot_id}: "
                             + (f"unknown fields {unknown} " if unknown else "")
                             + (f"missing fields {missing}" if missing else ""))
-    if raw["status"] not in STATUSES:
+    for name, kinds, what in _TYPES:
+        value = raw.get(name)
+        if name in raw and not (isinstance(value, kinds) and not isinstance(value, bool)):
+            raise LockFileError(f"{where}: shots.{shot_id}.{name}: must be {what}, got "
+                                f"{json.dumps(value)[:60]}; restore the lock file from git")
+    if not isinstance(raw["status"], str) or raw["status"] not in STATUSES:
         raise LockFileError(f"{where}: shots.{shot_id}.status: {raw['status']!r} is not one of "
                             + ", ".join(STATUSES))
     output = raw.get("output")
@@ -114,6 +127,9 @@ def read_lock(path: Path, storyboard: str) -> LockFile:
     except UnicodeDecodeError as exc:
         raise LockFileError(f"{path}: the lock file is not UTF-8 text (byte {exc.start} is "
                             f"0x{text[exc.start]:02x}); restore it from git") from exc
+    except RecursionError as exc:
+        raise LockFileError(f"{path}: the lock file nests too deeply to be a lock file; "
+                            "restore it from git") from exc
     except json.JSONDecodeError as exc:
         raise LockFileError(f"{path}:{exc.lineno}:{exc.colno}: the lock file is not valid "
                             f"JSON ({exc.msg}); if a merge left conflict markers, resolve them "

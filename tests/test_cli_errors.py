@@ -417,3 +417,41 @@ def test_nesting_built_from_aliases_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "nesting deeper than 100 levels" in result.output
     assert result.output.startswith(f"{path}:"), result.output
+
+
+ENTRY = {"key": "k", "key_scheme": 1, "endpoint": "kling-v3.0-pro-t2v", "status": "done",
+         "request": {"prompt": "q"}}
+BAD_LOCKS = [
+    ("key a list", {**ENTRY, "key": []}, "shots.a.key: must be text"),
+    ("key a mapping", {**ENTRY, "key": {}}, "shots.a.key: must be text"),
+    ("request a list", {**ENTRY, "request": []}, "shots.a.request: must be a mapping"),
+    ("request text", {**ENTRY, "status": "failed", "request": "x"},
+     "shots.a.request: must be a mapping"),
+    ("status a list", {**ENTRY, "status": []}, "is not one of"),
+    ("take as text", {**ENTRY, "take": "2"}, "shots.a.take: must be a whole number"),
+    ("task id a mapping", {**ENTRY, "status": "queued", "task_id": {}},
+     "shots.a.task_id: must be text or null"),
+]
+
+
+@pytest.mark.parametrize("entry,message", [b[1:] for b in BAD_LOCKS],
+                         ids=[b[0] for b in BAD_LOCKS])
+def test_plan_with_a_lock_file_of_the_wrong_shape(tmp_path: Path, entry: dict[str, object],
+                                                  message: str) -> None:
+    """Valid JSON, wrong types: the planner hashed and compared them and crashed (exit 3)."""
+    path = write(tmp_path, BOARD + "  - {id: a, prompt: p}\n")
+    lock = tmp_path / "board.lock.json"
+    lock.write_text(json.dumps({"lock_version": 1, "storyboard": "t",
+                                "shots": {"a": entry, "gone": entry}}))
+    result = CliRunner().invoke(main, ["plan", "--no-cache", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"error: {lock}: " in result.output and message in result.output, result.output
+
+
+def test_plan_with_a_lock_file_nested_too_deep(tmp_path: Path) -> None:
+    path = write(tmp_path, BOARD + "  - {id: a, prompt: p}\n")
+    (tmp_path / "board.lock.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(main, ["plan", "--no-cache", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "nests too deeply" in result.output and "Traceback" not in result.output
