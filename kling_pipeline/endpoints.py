@@ -165,6 +165,9 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         _v3_i2v("kling-v3.0-std-i2v", "Kling v3.0 Standard image-to-video", "kling-v3.0-std"),
         _v3_t2v("kling-v3.0-pro-t2v", "Kling v3.0 Pro text-to-video", "kling-v3.0-pro"),
         _v3_t2v("kling-v3.0-std-t2v", "Kling v3.0 Standard text-to-video", "kling-v3.0-std"),
+        # api-notes: the 4K members take the same fields as pro.
+        _v3_i2v("kling-v3.0-4k-i2v", "Kling v3.0 4K image-to-video", "kling-v3.0-4k"),
+        _v3_t2v("kling-v3.0-4k-t2v", "Kling v3.0 4K text-to-video", "kling-v3.0-4k"),
         Endpoint(
             "kling-v1.6-i2v", "Kling v1.6 image-to-video", "i2v", None,
             (_MODE_V16,
@@ -278,6 +281,8 @@ def _check_multi_prompt(rule: MultiPromptRule, items: Any, duration: Any, slug: 
                                                        f"{slug} allows at most "
                                                        f"{rule.item_prompt_max}"))
         seconds = item.get("duration")
+        if isinstance(seconds, float) and seconds.is_integer():
+            seconds = int(seconds)  # 3.0, as Python's json writes it: as the duration field takes
         if not isinstance(seconds, int) or isinstance(seconds, bool):
             problems.append(Problem((*here, "duration"), "is required and must be a whole "
                                                          "number of seconds"))
@@ -401,7 +406,12 @@ def _to_wire_path(endpoint: Endpoint, problem: Problem) -> Problem:
 
 def is_image_reference(value: str) -> bool:
     """True for what an image field may carry on the wire: a URL or a data URI."""
-    return value.startswith(("https://", "http://")) or bool(_DATA_URI.match(value))
+    return is_url(value) or bool(_DATA_URI.match(value))
+
+
+def is_url(value: str) -> bool:
+    """An http(s) URL; the scheme in any case, as URLs allow (`HTTPS://...`)."""
+    return value[:8].lower().startswith(("https://", "http://"))
 
 
 def effective_duration(endpoint: Endpoint, body: Mapping[str, Any]) -> int:

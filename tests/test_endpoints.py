@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from kling_pipeline.endpoints import (
@@ -20,6 +24,14 @@ def messages(slug: str, values: dict[str, object]) -> list[str]:
 
 def test_seed_endpoints_and_the_two_added_ones_are_registered() -> None:
     assert set(SEEDS) | {"kling-v3.0-std-t2v", "kling-v1.6-t2v"} <= set(ENDPOINTS)
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_the_4k_members_take_what_pro_takes(task: str) -> None:
+    four_k, pro = ENDPOINTS[f"kling-v3.0-4k-{task}"], ENDPOINTS[f"kling-v3.0-pro-{task}"]
+    assert (four_k.fields, four_k.exclusive, four_k.one_of) == (pro.fields, pro.exclusive,
+                                                                 pro.one_of)
+    assert four_k.price_family == "kling-v3.0-4k"
 
 
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS.values()), ids=list(ENDPOINTS))
@@ -91,6 +103,14 @@ def test_multi_prompt_parts_are_checked_and_add_up() -> None:
     assert "multi_prompt.0.duration: must be at least 1" in found
 
 
+def test_a_part_lasting_3_0_seconds_is_a_whole_number_as_duration_5_0_is() -> None:
+    # Regression: Python's json writes 3.0; the top-level duration took 5.0, a part did not.
+    parts = [{"prompt": "a", "duration": 3.0}, {"prompt": "b", "duration": 2.0}]
+    assert messages("kling-v3.0-pro-t2v", {"multi_prompt": parts, "duration": 5.0}) == []
+    assert any("whole number" in m for m in messages(
+        "kling-v3.0-pro-t2v", {"multi_prompt": [{"prompt": "a", "duration": 3.5}]}))
+
+
 def test_v30_i2v_takes_no_aspect_ratio_and_t2v_takes_no_image() -> None:
     assert any("takes no aspect_ratio" in m for m in messages(
         "kling-v3.0-pro-i2v", {"image": "https://x/a.png", "prompt": "p",
@@ -140,3 +160,22 @@ def test_validate_body_speaks_wire_names_and_image_reasons() -> None:
     assert "unknown field" in by_field["bogus"].message
     assert validate_body(ENDPOINTS["kling-v3.0-pro-i2v"],
                          {"image": "data:image/png;base64,AAAA", "prompt": "p"}) == []
+
+
+def test_an_image_url_scheme_may_be_in_capitals() -> None:
+    assert validate_body(ENDPOINTS["kling-v3.0-pro-i2v"],
+                         {"image": "HTTPS://example.com/a.png", "prompt": "p"}) == []
+    assert validate_body(ENDPOINTS["kling-v3.0-pro-i2v"],
+                         {"image": "ftp://example.com/a.png", "prompt": "p"})
+
+
+def test_the_endpoint_table_in_the_docs_is_what_its_snippet_prints(
+        pytestconfig: pytest.Config) -> None:
+    """docs/storyboard.md says its table is generated from the registry: keep it so."""
+    doc = (pytestconfig.rootpath / "docs" / "storyboard.md").read_text(encoding="utf-8")
+    snippet = re.search(r"The snippet that produced the table[^\n]*\n\n```python\n(.*?)```",
+                        doc, re.S)
+    assert snippet is not None
+    printed = subprocess.run([sys.executable, "-c", snippet.group(1)], capture_output=True,
+                             text=True, check=True).stdout
+    assert printed.strip() and printed in doc, "regenerate the table with the snippet"
