@@ -9,16 +9,20 @@ memoised on disk, keyed by the template and a fingerprint of everything it can s
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import functools
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
@@ -40,6 +44,114 @@ _WIDE = re.compile(r"%[-#0 +]*(?:\d{7,}|\d*\.\d{7,})|\{[^{}]*:[^{}]*\d{7,}")
 # Filters and str methods whose result can be far larger than their inputs.
 _GROWING = frozenset({"center", "ljust", "rjust", "zfill", "indent", "expandtabs", "format",
                       "format_map", "replace", "join", "wordwrap", "truncate"})
+
+
+# CPU: a template may take this many steps (loop iterations, calls, filters) and this long.
+# An empty loop in a loop (`range(100000)` twice) prints nothing, so the output cap never stops
+# it; these do. The storyboard-wide limits stop a slow template repeated over many shots.
+MAX_STEPS = 1_000_000
+MAX_SECONDS = 1.0
+MAX_RUN_STEPS = 10_000_000
+MAX_RUN_SECONDS = 5.0
+# Whole numbers: `*` and `**` may not build one of more than about this many digits.
+MAX_DIGITS = 10_000
+_MAX_BITS = int(MAX_DIGITS * 3.33) + 1
+_STEP = "_step"  # the filter every loop iteration calls (inserted by _StepCounting)
+
+
+class Budget:
+    """The steps and seconds left to the templates of one storyboard, and to the current one.
+
+    One Budget belongs to a TemplateRenderer (one load of a storyboard). The outermost
+    `render_raw` starts a template's allowance; snippets it uses share it.
+    """
+
+    def __init__(self) -> None:
+        self.run_steps = 0
+        self.run_seconds = 0.0
+        self.steps = 0
+        self.started = 0.0
+        self.deadline = 0.0
+
+    def start(self) -> None:
+        self.steps = 0
+        self.started = time.perf_counter()
+        left = MAX_RUN_SECONDS - self.run_seconds
+        self.deadline = self.started + min(MAX_SECONDS, left)
+
+    def stop(self) -> None:
+        if self.steps:  # only templates that loop or call count against the storyboard's time
+            self.run_steps += self.steps
+            self.run_seconds += time.perf_counter() - self.started
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TemplateProblem(
+                f"the template takes more than {MAX_STEPS:,} steps (loop iterations, calls "
+                f"and filters); a template may take at most {MAX_STEPS:,}")
+        if self.run_steps + self.steps > MAX_RUN_STEPS:
+            raise TemplateProblem(
+                f"the storyboard's templates take more than {MAX_RUN_STEPS:,} steps (loop "
+                f"iterations, calls and filters) together; that is the most allowed")
+        if time.perf_counter() > self.deadline:
+            if self.run_seconds + MAX_SECONDS > MAX_RUN_SECONDS:
+                raise TemplateProblem(
+                    f"the storyboard's templates take longer than {MAX_RUN_SECONDS:g} s "
+                    "together; that is the most allowed")
+            raise TemplateProblem(f"the template takes longer than {MAX_SECONDS:g} s to "
+                                  f"render; a template may take at most {MAX_SECONDS:g} s")
+
+
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("template_budget",
+                                                                       default=None)
+
+
+def _step() -> None:
+    """Count one step of the template being rendered (none is counted outside a render)."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.step()
+
+
+@jinja2.pass_context  # a context filter is never run at compile time (constant folding)
+def _step_filter(context: Context, value: Any) -> Any:
+    """The `_step` filter loops are compiled with; returns `value` unchanged."""
+    _step()
+    return value
+
+
+class _StepCounting(CodeGenerator):
+    """Compiles every `for` so that each iteration, and each item its `if` tests, is a step.
+
+    A loop whose body calls nothing (`{% for j in range(100000) %}{% endfor %}`) passes no
+    sandbox hook, so the count has to be in the loop itself: the body starts with `_step`.
+    """
+
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        for loop in node.find_all(nodes.For):
+            tick = nodes.Filter(nodes.Const(None), _STEP, [], [], None, None,
+                                lineno=loop.lineno)
+            loop.body = [nodes.ExprStmt(tick, lineno=loop.lineno), *loop.body]
+            if loop.test is not None:
+                loop.test = nodes.Filter(loop.test, _STEP, [], [], None, None,
+                                         lineno=loop.lineno)
+        super().visit_Template(node, frame)
+
+
+def _counted_filter(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter whose every use is a step (`range(100000) | list | sort` a thousand times)."""
+
+    @functools.wraps(func)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        _step()
+        return result
+
+    return counted
+
+
+_TOO_BIG = f"numbers of more than {MAX_DIGITS:,} digits are not allowed in templates"
 
 
 def _size(value: Any) -> int:
@@ -110,11 +222,15 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _StepCounting
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > 64:
                 raise SecurityError("exponents above 64 are not allowed in templates")
+            if isinstance(left, int) and isinstance(right, int) \
+                    and left.bit_length() * right > _MAX_BITS:  # ((10**64)**64)**64)**64
+                raise SecurityError(_TOO_BIG)
             return left**right
         if operator == "+":
             if _size(left) + _size(right) > MAX_TEXT:
@@ -132,11 +248,18 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                     and len(seq) * count > MAX_TEXT:
                 raise SecurityError(f"repeating text to more than {MAX_TEXT:,} characters is "
                                     "not allowed in templates")
+        if isinstance(left, int) and isinstance(right, int) \
+                and left.bit_length() + right.bit_length() > _MAX_BITS + 1:
+            raise SecurityError(_TOO_BIG)  # squaring a number 30 times
         return left * right
 
     def call(__self, __context: Context, __obj: Any, *args: Any,
              **kwargs: Any) -> Any:
-        """Method calls such as `'x'.ljust(10**8)` are checked like the filters."""
+        """Method calls such as `'x'.ljust(10**8)` are checked like the filters.
+
+        Every call (a macro, `loop(...)`, `caller()`, a method) is a step of the budget.
+        """
+        _step()
         name = getattr(__obj, "__name__", "")
         subject = getattr(__obj, "__self__", None)
         if name in _GROWING and isinstance(subject, str):
@@ -157,6 +280,9 @@ def environment() -> ImmutableSandboxedEnvironment:
     env.globals.pop("lipsum", None)
     for name in _GROWING & set(env.filters):
         env.filters[name] = _bounded_filter(name, env.filters[name])
+    for name, func in env.filters.items():
+        env.filters[name] = _counted_filter(func)
+    env.filters[_STEP] = _step_filter
     return env
 
 
@@ -226,6 +352,7 @@ class TemplateRenderer:
         self.memo = memo
         self.global_fingerprint = global_fingerprint
         self.compiled = 0
+        self.budget = Budget()
 
     def render(self, source: str, context: dict[str, Any], context_fingerprint: str) -> str:
         """Render `source`; text without template syntax is returned as it is."""
@@ -241,6 +368,18 @@ class TemplateRenderer:
         return text
 
     def render_raw(self, source: str, context: dict[str, Any]) -> str:
+        """Render `source` within the budget: a snippet shares its caller's steps and time."""
+        if _BUDGET.get() is self.budget:
+            return self._render_raw(source, context)
+        token = _BUDGET.set(self.budget)
+        self.budget.start()
+        try:
+            return self._render_raw(source, context)
+        finally:
+            self.budget.stop()
+            _BUDGET.reset(token)
+
+    def _render_raw(self, source: str, context: dict[str, Any]) -> str:
         try:
             template = _compile(source)
             self.compiled += 1

@@ -1,0 +1,123 @@
+"""Templates, snippets and fan-out cannot make `validate` run for ever or run out of memory.
+
+Each test writes a real storyboard in tmp_path and runs the real CLI in a subprocess with a
+timeout, so a template that never finishes fails the test instead of hanging the suite. Every
+refusal must be a located `file:line:col: location: message` line, exit 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HEAD = "version: 1\nname: t\ndefaults: {model: kling-v3.0-pro-t2v}\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "board.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(*args: str | Path, timeout: float = 15) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "kling_pipeline", *map(str, args)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"kling-pipeline {' '.join(map(str, args))} still running after {timeout} s")
+    return done, time.perf_counter() - start
+
+
+def at(path: Path, needle: str) -> str:
+    """`file:line:col` of the `^` in `needle` as found in the file."""
+    text = path.read_text(encoding="utf-8")
+    index = text.index(needle.replace("^", "")) + max(needle.find("^"), 0)
+    line = text.count("\n", 0, index) + 1
+    return f"{path}:{line}:{index - (text.rfind(chr(10), 0, index) + 1) + 1}"
+
+
+def refused(done: subprocess.CompletedProcess[str], place: str, location: str,
+            *fragments: str) -> list[str]:
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    found = [x for x in done.stderr.splitlines() if x.startswith(f"{place}: {location}: ")]
+    assert found, f"no line at {place}: {location}: in\n{done.stderr}"
+    for fragment in fragments:
+        assert any(fragment in x for x in found), f"{fragment!r} not in {found}"
+    return found
+
+
+# --- 1. templates that never finish -----------------------------------------------------------
+
+# A template stops at whichever comes first, 1,000,000 steps or 1 s: both messages say so.
+LIMIT = "a template may take at most"
+SPIN = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+CPU_BOMBS = [
+    ("nested ranges", SPIN, "1,000,000 steps"),
+    ("nested loops over text",
+     '{% set s = "x" * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}',
+     LIMIT),
+    ("a loop whose if is never true",
+     "{% for i in range(100000) %}{% for j in range(100000) if j < 0 %}{% endfor %}{% endfor %}",
+     LIMIT),
+    ("a macro calling itself twice",
+     "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+     LIMIT),
+    ("a recursive loop",
+     "{% for x in [1, 2] recursive %}{% if loop.depth < 60 %}{{ loop([1, 2]) }}{% endif %}"
+     "{% endfor %}", LIMIT),
+    ("slow filters in a loop",
+     "{% for i in range(100000) %}{% set x = range(100000) | list | sort %}{% endfor %}",
+     LIMIT),
+    ("a huge power", "{{ (((10 ** 64) ** 64) ** 64) ** 64 % 7 }}", "10,000 digits"),
+    ("squaring in a loop",
+     "{% set ns = namespace(n=3) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}"
+     "{% endfor %}{{ ns.n % 7 }}", "10,000 digits"),
+]
+
+
+@pytest.mark.parametrize("template,allowed", [b[1:] for b in CPU_BOMBS],
+                         ids=[b[0] for b in CPU_BOMBS])
+def test_a_template_that_never_finishes_is_stopped(tmp_path: Path, template: str,
+                                                   allowed: str) -> None:
+    path = write(tmp_path, HEAD + f"shots:\n  - id: a\n    prompt: '{template}x'\n")
+    done, seconds = run("validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt", allowed)
+    assert seconds < 10
+
+
+def test_a_snippet_that_never_finishes_is_stopped_at_the_template_using_it(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + f"snippets: {{spin: '{SPIN}'}}\nshots:\n"
+                 "  - id: a\n    prompt: '{{ snippets.spin }}x'\n")
+    done, _ = run("validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt", LIMIT)
+
+
+def test_slow_templates_over_many_shots_stop_at_the_storyboard_limit(tmp_path: Path) -> None:
+    """Each shot's template stays under the per-template limit; 60 of them do not."""
+    loop = "{% for i in range(600) %}{% for j in range(1000) %}{% endfor %}{% endfor %}"
+    path = write(tmp_path, HEAD + "shots:\n  - id: 's{{ item }}'\n    foreach: "
+                 f"{list(range(60))}\n    prompt: '{loop}x'\n")
+    done, seconds = run("validate", "--no-cache", path, timeout=30)
+    found = refused(done, at(path, "prompt: ^'"), "shots[0] (s59).prompt", "together")
+    assert "the storyboard's templates take more than 10,000,000 steps" in found[0] \
+        or "longer than 5 s" in found[0]
+    assert seconds < 15
+
+
+def test_loops_macros_and_numbers_of_real_use_still_render(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "vars: {cast: [ana, bo, cy]}\n"
+                 "snippets: {names: '{% for c in cast %}{{ c | capitalize }}"
+                 "{{ \", \" if not loop.last }}{% endfor %}'}\nshots:\n"
+                 "  - id: a\n    prompt: '{% macro two(x) %}{{ x }}{{ x }}{% endmacro %}"
+                 "{{ snippets.names }}: {{ two(\"ha\") }} {{ 2 ** 64 }} "
+                 "{{ range(1000) | sum }}'\n")
+    done, _ = run("validate", "--no-cache", "--json", path)
+    assert done.returncode == 0, done.stderr
+    assert '"prompt": "Ana, Bo, Cy: haha 18446744073709551616 499500"' in done.stdout
