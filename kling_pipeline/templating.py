@@ -56,6 +56,7 @@ MAX_RUN_SECONDS = 5.0
 # Whole numbers: `*` and `**` may not build one of more than about this many digits.
 MAX_DIGITS = 10_000
 _MAX_BITS = int(MAX_DIGITS * 3.33) + 1
+MAX_SNIPPET_DEPTH = 50  # snippet using snippet ...; deeper would exhaust Python's stack
 _STEP = "_step"  # the filter every loop iteration calls (inserted by _StepCounting)
 
 
@@ -319,24 +320,41 @@ class Snippets(Mapping[str, str]):
         self._context: dict[str, Any] = {}
         self._fingerprint = ""
         self._active: list[str] = []
+        self._rendered: dict[str, str] = {}
 
     def bind(self, context: dict[str, Any], context_fingerprint: str) -> None:
         self._context = context
         self._fingerprint = context_fingerprint
+        self._rendered = {}
 
     def __getitem__(self, name: str) -> str:
+        """The snippet rendered in the bound context, once per context.
+
+        A snippet sees only the bound context (not the caller's loop variables), so its text
+        is the same at every use: without this, 30 snippets each using the next one twice
+        rendered 2**30 times.
+        """
+        known = self._rendered.get(name)
+        if known is not None:
+            return known
         if name not in self._sources:
-            known = ", ".join(self._sources) or "none are defined"
+            names = ", ".join(self._sources) or "none are defined"
             raise TemplateProblem(f"no snippet named {name!r}" + suggest(name, self._sources)
-                                  + f"; snippets: {known}")
+                                  + f"; snippets: {names}")
         if name in self._active:
             cycle = " -> ".join([*self._active, name])
             raise TemplateProblem(f"snippet {name!r} uses itself ({cycle})")
+        if len(self._active) >= MAX_SNIPPET_DEPTH:
+            raise TemplateProblem(f"snippets use snippets more than {MAX_SNIPPET_DEPTH} deep "
+                                  f"({self._active[0]} -> ... -> {name}); at most "
+                                  f"{MAX_SNIPPET_DEPTH} levels are allowed")
         self._active.append(name)
         try:
-            return self._renderer.render_raw(self._sources[name], self._context)
+            text = self._renderer.render_raw(self._sources[name], self._context)
         finally:
             self._active.pop()
+        self._rendered[name] = text
+        return text
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._sources)

@@ -121,3 +121,46 @@ def test_loops_macros_and_numbers_of_real_use_still_render(tmp_path: Path) -> No
     done, _ = run("validate", "--no-cache", "--json", path)
     assert done.returncode == 0, done.stderr
     assert '"prompt": "Ana, Bo, Cy: haha 18446744073709551616 499500"' in done.stdout
+
+
+# --- 2. snippets that explode -----------------------------------------------------------------
+
+def _chain(count: int, uses: int, last: str) -> str:
+    """Snippets s0..s<count>, each using the next one `uses` times; the last is `last`."""
+    lines = ["snippets:"]
+    lines += [f"  s{i}: '" + f"{{{{ snippets.s{i + 1} }}}}" * uses + "'" for i in range(count)]
+    return "\n".join([*lines, f"  s{count}: '{last}'"]) + "\n"
+
+
+def test_snippets_used_twice_each_render_once(tmp_path: Path) -> None:
+    """s0 uses s1 twice, s1 uses s2 twice, ...: 2**30 renders unless each renders once."""
+    path = write(tmp_path, HEAD + _chain(30, 2, "") + "shots:\n  - id: a\n"
+                 "    prompt: 'x{{ snippets.s0 }}'\n")
+    done, seconds = run("validate", "--no-cache", "--json", path)
+    assert done.returncode == 0, done.stderr
+    assert '"prompt": "x"' in done.stdout
+    assert seconds < 10
+
+
+def test_a_snippet_renders_once_per_shot_not_once_per_storyboard(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "snippets: {who: '{{ item }}-{{ index }}'}\nshots:\n"
+                 "  - id: 's{{ item }}'\n    foreach: [a, b]\n"
+                 "    prompt: '{{ snippets.who }} {{ snippets.who }}'\n"
+                 "    negative_prompt: 'not {{ snippets.who }}'\n")
+    done, _ = run("validate", "--no-cache", "--json", path)
+    assert done.returncode == 0, done.stderr
+    for text in ('"prompt": "a-1 a-1"', '"negative_prompt": "not a-1"',
+                 '"prompt": "b-2 b-2"', '"negative_prompt": "not b-2"'):
+        assert text in done.stdout
+
+
+@pytest.mark.parametrize("snippets,message", [
+    ("snippets: {s0: '{{ snippets.s1 }}', s1: '{{ snippets.s0 }}'}\n",
+     "snippet 's0' uses itself (s0 -> s1 -> s0)"),
+    (_chain(200, 1, "x"), "snippets use snippets more than 50 deep (s0 -> ... -> s50)"),
+], ids=["cycle", "200 deep"])
+def test_snippets_that_nest_without_end_are_located(tmp_path: Path, snippets: str,
+                                                    message: str) -> None:
+    path = write(tmp_path, HEAD + snippets + "shots:\n  - id: a\n    prompt: '{{ snippets.s0 }}'\n")
+    done, _ = run("validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt", message)
