@@ -30,14 +30,26 @@ class Diagnostic:
             f"{place}: {self.message}"
 
 
+# Error lines a person is shown; a fan-out with an error in every shot makes thousands.
+MAX_SHOWN = 200
+
+
 class StoryboardError(KlingPipelineError):
-    """Everything wrong with a storyboard, all at once."""
+    """Everything wrong with a storyboard, all at once.
+
+    `diagnostics` holds every problem (`validate --json` prints them all); the message shows
+    the first MAX_SHOWN in file order and says how many more there are.
+    """
 
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics = sorted(set(diagnostics), key=_order)
         count = len(self.diagnostics)
-        lines = [str(d) for d in self.diagnostics]
-        lines.append(f"{count} error{'s' if count != 1 else ''} in the storyboard")
+        lines = [str(d) for d in self.diagnostics[:MAX_SHOWN]]
+        if count > MAX_SHOWN:
+            more = count - MAX_SHOWN
+            lines.append(f"... and {more:,} more error{'s' if more != 1 else ''} (validate "
+                         "--json lists them all)")
+        lines.append(f"{count:,} error{'s' if count != 1 else ''} in the storyboard")
         super().__init__("\n".join(lines))
 
 

@@ -8,6 +8,7 @@ Every problem is collected with its place in the YAML file; nothing stops at the
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
 _REQUEST_FIELDS = tuple(ShotFields.model_fields)
 _INT = re.compile(r"^[+-]?\d+$")
 _RESERVED_VARS = frozenset({"item", "index", "snippets"})
+# Shots a storyboard may make after foreach/matrix: far above real use (the plan benchmark has
+# 10,000), far below what a 100 x 100 x 100 matrix makes in one line (1,000,000 shots, each
+# rendered, checked and perhaps reported, took more than 4 GB).
+MAX_SHOTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,15 @@ def shot_is_safe_id(shot_id: str) -> str | None:
     return None
 
 
+def _fan_out_size(shot: Shot) -> int:
+    """How many shots an entry makes, counted without making them."""
+    if shot.foreach is not None:
+        return len(shot.foreach)
+    if shot.matrix is not None:
+        return math.prod(len(values) for values in shot.matrix.values())
+    return 1
+
+
 def _fan_out(shot: Shot) -> Iterator[Any]:
     if shot.foreach is not None:
         yield from shot.foreach
@@ -155,7 +169,10 @@ class StoryboardRenderer:
             return shots, self.problems.finish()
         raw_entries = self.source.data.get("shots") if isinstance(self.source.data, dict) \
             else None
+        too_many = self._over_the_shot_limit()
         for entry, shot in self.entries:
+            if entry in too_many:
+                continue
             if shot.foreach is not None and shot.matrix is not None:
                 self.problems.add(("shots", entry, "matrix"), "cannot be used together with "
                                   "foreach on one shot: use one of them")
@@ -179,6 +196,40 @@ class StoryboardRenderer:
             shots += good
         self._check_unique_ids(shots)
         return shots, self.problems.finish()
+
+    def _over_the_shot_limit(self) -> set[int]:
+        """Entries not expanded because the storyboard would pass MAX_SHOTS with them.
+
+        Counted before anything is expanded; the entries that fit are still checked, so
+        their errors are reported too.
+        """
+        made = 0
+        refused: set[int] = set()
+        limit = f"a storyboard may make at most {MAX_SHOTS:,} shots after foreach and matrix"
+        for position, (entry, shot) in enumerate(self.entries):
+            size = _fan_out_size(shot)
+            if made + size <= MAX_SHOTS:
+                made += size
+                continue
+            if shot.foreach is None and shot.matrix is None:
+                later = self.entries[position:]
+                refused.update(e for e, _ in later)
+                after = f" and the {len(later) - 1:,} after it" if len(later) > 1 else ""
+                self.problems.add(("shots", entry), f"would be shot {made + 1:,}: {limit}; "
+                                  f"this entry{after} not checked")
+                break
+            refused.add(entry)
+            if shot.foreach is not None:
+                key, how = "foreach", f"{size:,} items"
+            else:
+                key = "matrix"
+                how = " x ".join(f"{len(v):,}" for v in (shot.matrix or {}).values()) \
+                    + " combinations"
+            before = f" and the entries before it {made:,}, {made + size:,} in all" if made \
+                else ""
+            self.problems.add(("shots", entry, key), f"makes {size:,} shots ({how}){before}: "
+                              f"{limit}", key=True)
+        return refused
 
     # --- one shot --------------------------------------------------------------------------
 

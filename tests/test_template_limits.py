@@ -7,6 +7,8 @@ refusal must be a located `file:line:col: location: message` line, exit 1, no tr
 
 from __future__ import annotations
 
+import json
+import resource
 import subprocess
 import sys
 import time
@@ -23,11 +25,17 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def _limit_memory() -> None:
+    """A bomb that gets through must not take the machine's memory with it."""
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
 def run(*args: str | Path, timeout: float = 15) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "kling_pipeline", *map(str, args)],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=_limit_memory)
     except subprocess.TimeoutExpired:
         pytest.fail(f"kling-pipeline {' '.join(map(str, args))} still running after {timeout} s")
     return done, time.perf_counter() - start
@@ -164,3 +172,44 @@ def test_snippets_that_nest_without_end_are_located(tmp_path: Path, snippets: st
     path = write(tmp_path, HEAD + snippets + "shots:\n  - id: a\n    prompt: '{{ snippets.s0 }}'\n")
     done, _ = run("validate", "--no-cache", path)
     refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt", message)
+
+
+
+# --- 3. fan-out that makes too many shots -----------------------------------------------------
+
+def test_a_huge_matrix_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """100 x 100 x 100 is 1,000,000 shots (and 1,000,000 error lines: over 4 GB)."""
+    hundred = list(range(100))
+    path = write(tmp_path, HEAD + "shots:\n  - id: a\n    prompt: '{{ nope }}'\n"
+                 "  - id: 's{{ item.a }}-{{ item.b }}-{{ item.c }}'\n"
+                 f"    matrix: {{a: {hundred}, b: {hundred}, c: {hundred}}}\n"
+                 "    prompt: '{{ nope }}'\n")
+    done, seconds = run("validate", "--no-cache", path)
+    refused(done, at(path, "^matrix:"), "shots[1].matrix",
+            "makes 1,000,000 shots (100 x 100 x 100 combinations) and the entries before it "
+            "1, 1,000,001 in all: a storyboard may make at most 20,000 shots after foreach "
+            "and matrix")
+    refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt", "undefined variable 'nope'")
+    assert len(done.stderr.splitlines()) == 3
+    assert seconds < 10
+
+
+def test_thousands_of_errors_print_200_lines_and_json_lists_them_all(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "shots:\n  - id: 'f{{ item }}'\n"
+                 f"    foreach: {list(range(20_000))}\n    prompt: '{{{{ nope }}}}'\n"
+                 "  - id: z\n    prompt: p\n  - id: y\n    prompt: p\n")
+    done, _ = run("validate", "--no-cache", path, timeout=30)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert len(lines) == 202, lines[-5:]
+    assert all(x.startswith(f"{path}:7:13: shots[0] (f") for x in lines[:200])
+    assert lines[200:] == ["... and 19,801 more errors (validate --json lists them all)",
+                           "20,001 errors in the storyboard"]
+    done, _ = run("validate", "--no-cache", "--json", path, timeout=30)
+    errors = json.loads(done.stdout)["errors"]
+    assert len(errors) == 20_001
+    line, column = map(int, at(path, "- ^id: z").split(":")[1:])
+    assert {"file": str(path), "line": line, "column": column, "location": "shots[1]",
+            "message": "would be shot 20,001: a storyboard may make at most 20,000 shots "
+                       "after foreach and matrix; this entry and the 1 after it not checked"
+            } in errors
