@@ -139,6 +139,12 @@ class _StepCounting(CodeGenerator):
                                          lineno=loop.lineno)
         super().visit_Template(node, frame)
 
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        """`a ~ b` passes no sandbox hook either: its result is checked like `a + b`."""
+        self.write("environment.checked_text(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
 
 def _counted_filter(func: Callable[..., Any]) -> Callable[..., Any]:
     """A filter whose every use is a step (`range(100000) | list | sort` a thousand times)."""
@@ -224,6 +230,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     code_generator_class = _StepCounting
+    checked_text = staticmethod(_checked)  # called by `~` (see _StepCounting.visit_Concat)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":

@@ -428,6 +428,8 @@ MEMORY_BOMBS = [
     ("indent by text", "{{ ('a\\n' * 50000) | indent('x' * 100000) }}"),
     ("concatenation", "{{ ('x' * 90000) + ('x' * 90000) }}"),
     ("a loop printing", "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}"),
+    ("doubling with ~", "{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+                        "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}"),
 ]
 
 
@@ -445,7 +447,7 @@ def test_growing_filters_still_work_on_ordinary_text(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n  - id: a\n"
                  "    prompt: \"{{ 'ab' | replace('a', 'c') }} {{ [1, 2] | join(',') }} "
                  "{{ 'x' | center(5) }} {{ 'a {} b'.format(1) }} {{ '%s-%03d' % ('q', 7) }}"
-                 " {{ ','.join(['m', 'n']) }}\"\n")
+                 " {{ ','.join(['m', 'n']) }} {{ 'a' ~ 1 ~ 'b' }}\"\n")
     result = CliRunner().invoke(main, ["validate", "--no-cache", "--json", str(path)])
     assert result.exit_code == 0, result.output
-    assert '"prompt": "cb 1,2   x   a 1 b q-007 m,n"' in result.output
+    assert '"prompt": "cb 1,2   x   a 1 b q-007 m,n a1b"' in result.output
