@@ -86,7 +86,8 @@ CATEGORIES = [
     ("exclusive", "  - id: a\n    prompt: p\n    multi_prompt: ^[{prompt: q, duration: 5}]\n",
      "shots[0] (a).multi_prompt", "cannot be used together with prompt"),
     ("unknown model", "  - id: a\n    prompt: p\n    model: ^kling-v9\n", "shots[0] (a).model",
-     "known: kling-v1.6-i2v, kling-v1.6-t2v, kling-v3.0-pro-i2v"),
+     "known: kling-v1.6-i2v, kling-v1.6-t2v, kling-v3.0-4k-i2v, kling-v3.0-4k-t2v, "
+     "kling-v3.0-pro-i2v"),
     ("unsafe id", "  - id: ^a/b\n    prompt: p\n", "shots[0].id", "safe file name"),
     ("template syntax", "  - id: a\n    prompt: ^\"{{ x \"\n", "shots[0] (a).prompt",
      "template syntax error"),
