@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from kling_pipeline.endpoints import ENDPOINTS, type_name
@@ -22,6 +22,16 @@ _TEMPLATE = re.compile(r"\{\{|\{%")
 _TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\{|\{%",
                     "description": "A Jinja template that renders to the value"}
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# The endpoint pages' own names for fields a storyboard names alike on every model: the v1.6
+# pages say image_url, end_image_url and guidance_scale where v3.0 says image, end_image and
+# cfg_scale. A shot may use either spelling (not both); the request is the same either way.
+FIELD_ALIASES: dict[str, str] = {
+    "image_url": "image", "end_image_url": "end_image", "guidance_scale": "cfg_scale"}
+
+
+def _also(name: str) -> AliasChoices:
+    """Accept a field under its storyboard name or the API name of `FIELD_ALIASES`."""
+    return AliasChoices(name, *(a for a, c in FIELD_ALIASES.items() if c == name))
 
 
 def is_template(value: object) -> bool:
@@ -104,13 +114,17 @@ class ShotFields(_Strict):
     negative_prompt: str | None = Field(default=None, description="Template")
     multi_prompt: list[MultiPromptPart] | None = Field(
         default=None, description="Multi-shot parts; excludes prompt and end_image")
-    image: str | None = Field(default=None, description="First frame: a path relative to the "
-                                                        "storyboard, or an http(s) URL")
-    end_image: str | None = Field(default=None, description="End frame: path or URL")
+    image: str | None = Field(default=None, validation_alias=_also("image"),
+                              description="First frame: a path relative to the storyboard, or "
+                                          "an http(s) URL (also spelled image_url)")
+    end_image: str | None = Field(default=None, validation_alias=_also("end_image"),
+                                  description="End frame: path or URL (also spelled "
+                                              "end_image_url)")
     duration: Integer | None = None
     aspect_ratio: str | None = Field(default=None, description="16:9, 9:16 or 1:1 (t2v models)")
     sound: Boolean | None = None
-    cfg_scale: Number | None = Field(default=None, description="0..1 (guidance_scale on v1.6)")
+    cfg_scale: Number | None = Field(default=None, validation_alias=_also("cfg_scale"),
+                                     description="0..1 (also spelled guidance_scale)")
     mode: str | None = Field(default=None, description="v1.6: Standard or Professional")
 
 
@@ -172,7 +186,20 @@ def storyboard_schema() -> dict[str, Any]:
     """The JSON Schema of storyboard format v1 (written to schemas/ by `kling-pipeline schema`)."""
     schema: dict[str, Any] = _without_nulls(Storyboard.model_json_schema())
     schema["title"] = "kling-pipeline storyboard"
+    for model in ("Shot", "Defaults"):
+        _add_aliases(schema["$defs"][model])
     return schema
+
+
+def _add_aliases(definition: dict[str, Any]) -> None:
+    """pydantic's schema names a field by its first alias only: add the API spellings."""
+    properties = definition["properties"]
+    for alias, name in FIELD_ALIASES.items():
+        properties[alias] = {**properties[name],
+                             "description": f"The endpoint pages' name for {name}: give one "
+                                            "of the two"}
+    definition["not"] = {"anyOf": [{"required": [name, alias]}
+                                   for alias, name in FIELD_ALIASES.items()]}
 
 
 def _without_nulls(node: Any) -> Any:

@@ -27,7 +27,7 @@ from kling_pipeline.errors import Diagnostic
 from kling_pipeline.hashing import IMAGE_DIGEST_PREFIX, request_key
 from kling_pipeline.images import ImageProblem
 from kling_pipeline.localimages import ImageInspector, LocalImage
-from kling_pipeline.models import Shot, ShotFields, StoryboardHead, is_template
+from kling_pipeline.models import FIELD_ALIASES, Shot, ShotFields, StoryboardHead, is_template
 from kling_pipeline.templating import (
     Snippets,
     TemplateProblem,
@@ -318,11 +318,17 @@ class StoryboardRenderer:
                ) -> tuple[dict[str, Any], dict[str, tuple[str | int, ...]]]:
         raw: dict[str, Any] = {}
         origin: dict[str, tuple[str | int, ...]] = {}
+        data = self.source.data if isinstance(self.source.data, dict) else {}
+        written = data.get("defaults")
         for name, value in self.defaults.items():
-            raw[name], origin[name] = value, ("defaults", name)
+            raw[name], origin[name] = value, ("defaults", _spelled(written, name))
+        entries = data.get("shots")
+        index = here[1]
+        written = entries[index] if isinstance(entries, list) and isinstance(index, int) \
+            else None
         for name in _REQUEST_FIELDS:
             if name in shot.model_fields_set:
-                raw[name], origin[name] = getattr(shot, name), (*here, name)
+                raw[name], origin[name] = getattr(shot, name), (*here, _spelled(written, name))
         for name in [n for n, v in raw.items() if v is None]:
             self.problems.add(origin[name], "is empty: give it a value, or remove the key",
                               label)
@@ -425,6 +431,16 @@ class _Missing:
 
 
 _MISSING: Any = _Missing()
+
+
+def _spelled(written: Any, name: str) -> str:
+    """The key the file uses for field `name`: its own, or the API's name for it
+    (`guidance_scale` for `cfg_scale`), so that errors point at and name what was written."""
+    if isinstance(written, dict) and name not in written:
+        for alias, field in FIELD_ALIASES.items():
+            if field == name and alias in written:
+                return alias
+    return name
 
 
 def _short(text: str, limit: int = 60) -> str:

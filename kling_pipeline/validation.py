@@ -11,15 +11,12 @@ from pydantic_core import ErrorDetails
 
 from kling_pipeline.endpoints import type_name
 from kling_pipeline.errors import Diagnostic
-from kling_pipeline.models import Storyboard
+from kling_pipeline.models import FIELD_ALIASES, Storyboard
 from kling_pipeline.templating import suggest
 from kling_pipeline.yamlsource import YamlSource, format_path
 
 # Names a person may bring from the endpoint pages, and the storyboard name to use instead.
 WIRE_NAMES = {
-    "image_url": "image (sent as image_url to v1.6 models)",
-    "end_image_url": "end_image (sent as end_image_url to v1.6 models)",
-    "guidance_scale": "cfg_scale (sent as guidance_scale to v1.6 models)",
     "negative": "negative_prompt",
     "multi_prompts": "multi_prompt",
     "seconds": "duration",
@@ -82,6 +79,10 @@ def _unknown_key(source: YamlSource, parent: tuple[str | int, ...], key: str,
                  not_text: bool = False) -> Diagnostic:
     model = model_at(parent)
     allowed = list(model.model_fields) if model else []
+    if key in FIELD_ALIASES and FIELD_ALIASES[key] in allowed:  # pydantic: "extra" when both
+        return source.diagnostic((*parent, key), f"{key!r} is the API's name for "
+                                 f"{FIELD_ALIASES[key]!r}, which is set here too; give one of "
+                                 "them", key=True)
     hint = f" (did you mean {WIRE_NAMES[key]!r}?)" if key in WIRE_NAMES else suggest(key, allowed)
     message = f"unknown key {key!r}{hint}"
     if not_text:  # YAML reads `1:`, `true:` and `null:` as a number, a boolean and null

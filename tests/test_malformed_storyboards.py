@@ -97,8 +97,8 @@ CASES: list[tuple[str, str | bytes, str]] = [
     ("take as text", HEAD + T2V + "shots: [{id: a, prompt: p, take: '2'}]\n", "whole number"),
     ("unknown model", HEAD + "shots: [{id: a, prompt: p, model: kling-v9}]\n", "known:"),
     ("no model", HEAD + "shots: [{id: a, prompt: p}]\n", "has no model"),
-    ("API name for a field", HEAD + T2V + "shots: [{id: a, prompt: p, guidance_scale: 1}]\n",
-     "cfg_scale"),
+    ("a field and its API name", HEAD + T2V
+     + "shots: [{id: a, prompt: p, cfg_scale: 1, guidance_scale: 1}]\n", "give one of them"),
     ("field the model does not take", HEAD + T2V + "shots: [{id: a, prompt: p, mode: Pro}]\n",
      "takes no mode"),
     # ids and fan-out

@@ -52,6 +52,9 @@ def test_examples_point_editors_at_the_schema(example: Path) -> None:
     {"version": 1, "name": "x", "shots": [{"id": "a", "model": "kling-v9"}]},
     {"version": 1, "name": "x", "shots": []},
     {"version": 1, "name": "x", "shots": [{"id": "a", "prompt": None}]},
+    {"version": 1, "name": "x", "shots": [{"id": "a", "cfg_scale": 1, "guidance_scale": 1}]},
+    {"version": 1, "name": "x", "defaults": {"image": "a.png", "image_url": "a.png"},
+     "shots": [{"id": "a"}]},
 ])
 def test_schema_rejects_what_the_tool_rejects(broken: dict[str, object]) -> None:
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
@@ -63,3 +66,10 @@ def test_schema_accepts_templates_in_typed_fields_and_x_keys() -> None:
     validator.validate({"version": 1, "name": "x", "x-anchors": {"a": 1}, "shots": [
         {"id": "{{ item }}", "foreach": [1], "duration": "{{ item + 4 }}",
          "model": "{{ 'kling-v3.0-pro-t2v' }}", "sound": "{{ true }}"}]})
+
+
+def test_schema_accepts_the_api_pages_names_for_fields() -> None:
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    validator.validate({"version": 1, "name": "x", "defaults": {"guidance_scale": 0.5},
+                        "shots": [{"id": "a", "model": "kling-v1.6-i2v", "image_url": "a.png",
+                                   "end_image_url": "b.png", "prompt": "p"}]})

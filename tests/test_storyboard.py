@@ -161,6 +161,29 @@ shots:
     assert set(shot.local_images) == {"image_url", "end_image_url"}
 
 
+def test_the_api_pages_names_are_the_same_fields_and_the_same_key(
+        write_storyboard: Callable[[str], Path], make_image: Callable[..., Path]) -> None:
+    make_image("a.jpg", 400, 600, "JPEG")
+    ours = write_storyboard("""version: 1
+name: v16
+defaults: {cfg_scale: 0.4}
+shots:
+  - {id: s, model: kling-v1.6-i2v, mode: Professional, image: a.jpg, end_image: a.jpg,
+     prompt: p, cfg_scale: 0.7}
+""", "ours.yaml")
+    pages = write_storyboard("""version: 1
+name: v16
+defaults: {guidance_scale: 0.4}
+shots:
+  - {id: s, model: kling-v1.6-i2v, mode: Professional, image_url: a.jpg, end_image_url: a.jpg,
+     prompt: p, guidance_scale: 0.7}
+""", "pages.yaml")
+    [mine] = load_storyboard(ours, use_cache=False).shots
+    [theirs] = load_storyboard(pages, use_cache=False).shots
+    assert theirs.body == mine.body and theirs.key == mine.key
+    assert theirs.body["guidance_scale"] == 0.7, "the shot's own value beats the default"
+
+
 def test_nondeterministic_template_helpers_are_not_available(
         write_storyboard: Callable[[str], Path]) -> None:
     path = write_storyboard("""version: 1

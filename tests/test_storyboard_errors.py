@@ -452,3 +452,24 @@ def test_growing_filters_still_work_on_ordinary_text(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", "--no-cache", "--json", str(path)])
     assert result.exit_code == 0, result.output
     assert '"prompt": "cb 1,2   x   a 1 b q-007 m,n a1b"' in result.output
+
+
+def test_a_field_under_the_api_pages_name_is_located_under_that_name(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + """shots:
+  - id: a
+    model: kling-v1.6-i2v
+    image_url: https://example.com/a.png
+    prompt: p
+    guidance_scale: 3
+  - id: b
+    model: kling-v1.6-i2v
+    image: https://example.com/a.png
+    image_url: https://example.com/a.png
+    prompt: p
+""")
+    result = validate(path)
+    [scale] = lines_at(result, path, "guidance_scale: ^3", "shots[0] (a).guidance_scale")
+    assert "must be 0..1" in scale
+    [both] = lines_at(result, path, "image_url: https://example.com/a.png\n    prompt: p\n",
+                      "shots[1].image_url", occurrence=2)
+    assert "give one of them" in both
