@@ -21,6 +21,7 @@ from kling_pipeline.endpoints import (
     check_values,
     effective_duration,
     get_endpoint,
+    is_url,
     wire_body,
 )
 from kling_pipeline.errors import Diagnostic
@@ -378,7 +379,7 @@ class StoryboardRenderer:
             reference = values.get(spec.name)
             if spec.kind != "image" or not isinstance(reference, str):
                 continue
-            if reference.startswith(("https://", "http://")):
+            if is_url(reference):
                 continue
             path = origin[spec.name]
             if not reference.strip():

@@ -256,3 +256,14 @@ def test_a_fully_memoised_run_keeps_the_template_memo(lighthouse: Path, tmp_path
     load_storyboard(lighthouse, cache_dir=cache)  # one entry re-rendered
     after = json.loads((cache / "templates.json").read_text())["entries"]
     assert before and set(before) <= set(after)
+
+
+def test_an_image_url_may_spell_its_scheme_in_capitals(
+        write_storyboard: Callable[[str], Path]) -> None:
+    path = write_storyboard("""version: 1
+name: caps
+shots:
+  - {id: s, model: kling-v3.0-pro-i2v, image: "HTTPS://example.com/a.png", prompt: p}
+""")
+    [shot] = load_storyboard(path, use_cache=False).shots
+    assert shot.body["image"] == "HTTPS://example.com/a.png" and not shot.local_images
