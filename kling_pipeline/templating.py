@@ -246,6 +246,12 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     code_generator_class = _StepCounting
     checked_text = staticmethod(_checked)  # called by `~` (see _StepCounting.visit_Concat)
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`snippets.items` is the snippet named items, not the mapping's method."""
+        if isinstance(obj, Snippets):
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > 64:

@@ -267,3 +267,19 @@ shots:
 """)
     [shot] = load_storyboard(path, use_cache=False).shots
     assert shot.body["image"] == "HTTPS://example.com/a.png" and not shot.local_images
+
+
+def test_a_snippet_may_be_named_like_a_mapping_method(
+        write_storyboard: Callable[[str], Path]) -> None:
+    # Regression: `{{ snippets.items }}` printed "<bound method ...>" into the prompt.
+    path = write_storyboard("""version: 1
+name: names
+snippets: {items: "a lamp", keys: "a key", values: "a coin", get: "a hat", bind: "a rope"}
+shots:
+  - id: s
+    model: kling-v3.0-pro-t2v
+    prompt: "{{ snippets.items }}, {{ snippets.keys }}, {{ snippets['values'] }},
+      {{ snippets.get }}, {{ snippets.bind }}"
+""")
+    [shot] = load_storyboard(path, use_cache=False).shots
+    assert shot.body["prompt"] == "a lamp, a key, a coin, a hat, a rope"  # YAML folds the line
