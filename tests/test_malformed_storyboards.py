@@ -159,13 +159,26 @@ def _assets(folder: Path) -> None:
     Image.new("RGB", (1, 1)).save(folder / "tiny.png")
 
 
+# Every command that reads a storyboard reports it the same way, and writes nothing. (`gc`
+# reads only the lock files of the storyboard's folder: it cleans up whatever the file says.)
+COMMANDS = {
+    "validate": ["validate", "--no-cache"],
+    "plan": ["plan", "--no-cache"],
+    "status": ["status", "--no-cache"],
+    "apply": ["apply", "--simulate", "--yes", "--no-cache"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("text,allowed", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_a_malformed_storyboard_is_located(tmp_path: Path, text: str | bytes,
-                                           allowed: str) -> None:
+                                           allowed: str, command: str) -> None:
     _assets(tmp_path)
     path = tmp_path / "board.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
-    result = CliRunner().invoke(main, ["validate", "--no-cache", str(path)])
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(main, [*COMMANDS[command], str(path)])
+    assert sorted(tmp_path.rglob("*")) == before, "a malformed storyboard wrote files"
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), \
         repr(result.exception)
