@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from kling_pipeline.errors import LockFileError
 from kling_pipeline.fsutil import atomic_write_bytes
+from kling_pipeline.speed import gc_paused
 
 LOCK_VERSION = 1
 Status = Literal["submitting", "unknown", "queued", "processing", "rendered", "done", "failed",
@@ -116,6 +117,11 @@ def _entry(shot_id: str, raw: Any, where: str) -> LockEntry:
 
 def read_lock(path: Path, storyboard: str) -> LockFile:
     """The lock at `path`, or an empty one if there is none yet."""
+    with gc_paused():
+        return _read_lock(path, storyboard)
+
+
+def _read_lock(path: Path, storyboard: str) -> LockFile:
     try:
         text = path.read_bytes()
     except FileNotFoundError:

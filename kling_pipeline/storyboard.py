@@ -15,6 +15,7 @@ from kling_pipeline.memo import JsonMemo
 from kling_pipeline.models import Shot, Storyboard, StoryboardHead, extension_keys
 from kling_pipeline.render import ShotRequest, StoryboardRenderer
 from kling_pipeline.shotmemo import ShotMemo
+from kling_pipeline.speed import gc_paused
 from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
 from kling_pipeline.validation import diagnostics_from
 from kling_pipeline.yamlsource import YamlSource, load_yaml
@@ -82,6 +83,12 @@ def load_storyboard(path: Path, *, cli_vars: Mapping[str, str] | None = None,
     `cache_dir` holds the memos of rendered templates and image digests (default:
     `.kling-cache/` beside the storyboard); `use_cache=False` keeps nothing between runs.
     """
+    with gc_paused():
+        return _load(path, cli_vars, cache_dir, use_cache)
+
+
+def _load(path: Path, cli_vars: Mapping[str, str] | None, cache_dir: Path | None,
+          use_cache: bool) -> LoadedStoryboard:
     source = load_yaml(path)
     head, entries, problems = _structure(source)
     if head is None:
