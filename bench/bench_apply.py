@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from bench_simulator import server_process
 
 DURATION = 3  # seconds of video per shot
 
@@ -140,7 +139,6 @@ _CLIENT = r"""
 import asyncio, resource, sys, tempfile
 from pathlib import Path
 import httpx
-from bench_simulator import server_process
 from kling_pipeline.apiclient import KlingClient
 async def main():
     async with httpx.AsyncClient(timeout=60) as http:
