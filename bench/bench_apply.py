@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from bench_simulator import server_process
 
 DURATION = 3  # seconds of video per shot
 
