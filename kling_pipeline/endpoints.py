@@ -37,6 +37,9 @@ class FieldSpec:
     as_string: bool = False
     only_when: tuple[str, Any] | None = None
     api_default: Any = None
+    # A floor above the API's own, to keep a storyboard from paying for nothing; the
+    # simulator, being the API, does not apply it (check_values(..., for_storyboard=False)).
+    tool_min_length: int | None = None
 
     def allowed(self) -> str:
         """Describe what the field accepts, for error messages and docs."""
@@ -100,9 +103,11 @@ class Problem:
 
 # --- field builders: the families share most fields -------------------------------------
 
-def _prompt(max_length: int, min_length: int = 0, required: bool = True) -> FieldSpec:
+def _prompt(max_length: int, min_length: int = 0, required: bool = True,
+            tool_min_length: int | None = None) -> FieldSpec:
     return FieldSpec("prompt", "prompt", "text", "Positive prompt: motion, camera, action, mood.",
-                     required=required, min_length=min_length, max_length=max_length)
+                     required=required, min_length=min_length, max_length=max_length,
+                     tool_min_length=tool_min_length)
 
 
 def _negative(max_length: int) -> FieldSpec:
@@ -145,8 +150,9 @@ def _v3_t2v(slug: str, title: str, family: str) -> Endpoint:
     return Endpoint(
         slug, title, "t2v", family,
         # The page allows 0..2500; an empty text-to-video prompt buys a video of nothing, so
-        # it is refused (image-to-video may go without one: the image says what to show).
-        (_SOUND, _prompt(2500, min_length=1, required=False), _DURATION_V3, _cfg("cfg_scale"),
+        # a storyboard may not send one (image-to-video may: the image says what to show).
+        (_SOUND, _prompt(2500, required=False, tool_min_length=1), _DURATION_V3,
+         _cfg("cfg_scale"),
          _ASPECT,
          _MULTI, _negative(2500)),
         exclusive=(("prompt", "multi_prompt"),),
@@ -210,7 +216,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_scalar(spec: FieldSpec, value: Any, path: Path, slug: str) -> list[Problem]:
+def _check_scalar(spec: FieldSpec, value: Any, path: Path, slug: str,
+                  for_storyboard: bool) -> list[Problem]:
     """Type, range, choices and length of one value (python types, not wire types)."""
     kind = spec.kind
     if kind == "text" or kind == "image":
@@ -226,6 +233,11 @@ def _check_scalar(spec: FieldSpec, value: Any, path: Path, slug: str) -> list[Pr
         if spec.min_length is not None and length < spec.min_length:
             return [Problem(path, f"must not be empty for {slug} "
                                   f"({spec.min_length}..{spec.max_length} characters)")]
+        if for_storyboard and spec.tool_min_length is not None \
+                and length < spec.tool_min_length:
+            return [Problem(path, f"must not be empty for {slug}: the API takes an empty "
+                                  "prompt, but it would buy a video of nothing "
+                                  f"({spec.tool_min_length}..{spec.max_length} characters)")]
         return []
     if kind == "boolean":
         if not isinstance(value, bool):
@@ -304,8 +316,10 @@ def _check_multi_prompt(rule: MultiPromptRule, items: Any, duration: Any, slug: 
     return problems
 
 
-def check_values(endpoint: Endpoint, values: Mapping[str, Any]) -> list[Problem]:
-    """Check a request given by storyboard field names against every rule of the endpoint."""
+def check_values(endpoint: Endpoint, values: Mapping[str, Any], *,
+                 for_storyboard: bool = True) -> list[Problem]:
+    """Check a request given by storyboard field names against every rule of the endpoint,
+    and, `for_storyboard`, against the tool's own floors (`FieldSpec.tool_min_length`)."""
     problems: list[Problem] = []
     slug = endpoint.slug
     for name in values:
@@ -322,7 +336,7 @@ def check_values(endpoint: Endpoint, values: Mapping[str, Any]) -> list[Problem]
                                                 values.get("duration"), slug,
                                                 endpoint.by_name.get("duration"))
         else:
-            problems += _check_scalar(spec, value, (spec.name,), slug)
+            problems += _check_scalar(spec, value, (spec.name,), slug, for_storyboard)
         if spec.only_when is not None:
             other, wanted = spec.only_when
             actual = values.get(other, endpoint.by_name[other].api_default)
@@ -387,7 +401,7 @@ def validate_body(endpoint: Endpoint, body: Mapping[str, Any]) -> list[Problem]:
     Problem paths name wire fields.
     """
     values, problems = values_from_body(endpoint, body)
-    problems += check_values(endpoint, values)
+    problems += check_values(endpoint, values, for_storyboard=False)
     for spec in endpoint.fields:
         value = values.get(spec.name)
         if spec.kind == "image" and isinstance(value, str) and not is_image_reference(value):

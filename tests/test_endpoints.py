@@ -74,6 +74,12 @@ def test_empty_prompts_only_where_an_image_says_what_to_show() -> None:
     assert messages("kling-v3.0-pro-i2v", {"image": "https://x/a.png", "prompt": ""}) == []
 
 
+def test_the_simulator_takes_an_empty_t2v_prompt_as_the_page_allows() -> None:
+    # The page says 0..2500: the API (and so the simulator) takes "", a storyboard may not.
+    assert validate_body(ENDPOINTS["kling-v3.0-pro-t2v"], {"prompt": ""}) == []
+    assert validate_body(ENDPOINTS["kling-v1.6-t2v"], {"prompt": ""})  # 1..2000 on v1.6
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_cfg_scale_is_zero_to_one_everywhere(value: float) -> None:
     for slug, endpoint in ENDPOINTS.items():
