@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import pytest
+from required import missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -61,9 +61,7 @@ def chromium_path() -> str | None:
 
 def no_browser(reason: str) -> NoReturn:
     """Skip for want of a browser; under KLING_REQUIRE_BROWSER=1 fail instead."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1: a browser test must run here, not skip)")
-    pytest.skip(reason)
+    missing(reason, REQUIRE_ENV)
 
 
 @contextmanager

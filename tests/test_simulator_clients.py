@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from required import missing
 from simulator_fixtures import KEY, T2V, SimClient, probe, t2v_body
 
 
@@ -392,9 +393,7 @@ console.log(JSON.stringify({
 
 def test_node_fetch_client(sim: SimClient, tmp_path: Path) -> None:
     if shutil.which("node") is None:
-        if os.environ.get("KLING_REQUIRE_NODE") == "1":  # CI installs Node: never pass by skip
-            pytest.fail("node is not on PATH and KLING_REQUIRE_NODE=1")
-        pytest.skip("node is not on PATH")
+        missing("node is not on PATH", "KLING_REQUIRE_NODE")
     script = tmp_path / "client.mjs"
     script.write_text(NODE_CLIENT, encoding="utf-8")
     done = subprocess.run(["node", str(script), sim.base_url + "/", KEY, T2V],
