@@ -203,3 +203,14 @@ def test_expired_url_rate_hands_out_dead_urls_and_asking_again_can_help(sim: Sim
     sim.configure(expired_url_rate=0.0)
     assert httpx.get(video_url(sim.result(task_id))).status_code == 200
     assert sim.stats()["faults"]["expired_url"] == 1
+
+
+def test_eta_rounded_down_says_zero_during_the_last_second(sim: SimClient) -> None:
+    """Some servers floor the eta: the client must not read 0 as "no eta" (issue 9, item 6)."""
+    sim.configure(queue_delay=0, time_scale=1.0, eta_rounding="down")  # a 3 s clip takes 3 s
+    task_id = sim.submit(body=t2v_body("eta rounded down", 3))
+    first = sim.result(task_id)["task"]
+    assert first["status"] == "TASK_STATUS_PROCESSING" and first["eta"] == 2
+    time.sleep(2.3)
+    late = sim.result(task_id)["task"]
+    assert late["status"] == "TASK_STATUS_PROCESSING" and late["eta"] == 0

@@ -277,4 +277,5 @@ async def task_result(request: Request) -> Response:
                                                    signed_at),
                        "video_url_ttl": ttl if config.int_fields else str(ttl),
                        "video_type": "mp4"})
-    return JSONResponse(result_body(task, now, videos, config.int_fields))
+    return JSONResponse(result_body(task, now, videos, config.int_fields,
+                                    config.eta_rounding == "down"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TruncateMode = Literal["cut", "short"]
+EtaRounding = Literal["up", "down"]
 ERROR_CODES = (500, 502, 503, 504)
 
 
@@ -47,6 +48,9 @@ class SimulatorConfig:
                                       "(400 ILLEGAL_IMAGE_CONTENT).")
     failure_rate: float = _knob(0.0, "Fraction of tasks that end FAILED at random (seeded).")
     no_url_rate: float = _knob(0.0, "Fraction of tasks that SUCCEED with no video URL.")
+    eta_rounding: EtaRounding = _knob(  # noqa: RUF009 (a str default, immutable)
+        "up", "How eta's whole seconds are rounded: up (never says 0 before the end) or down "
+              "(says 0 during the last second, as some servers do).")
     # transport faults
     rpm_limit: int = _knob(0, "Submissions per rate window per endpoint before 429 "
                               "RATE_LIMIT_EXCEEDED (0: no limit).")
@@ -137,4 +141,6 @@ def check_config(config: SimulatorConfig) -> list[str]:
         problems.append(f"error_codes must be some of {', '.join(map(str, ERROR_CODES))}")
     if config.truncate_mode not in ("cut", "short"):
         problems.append("truncate_mode must be cut or short")
+    if config.eta_rounding not in ("up", "down"):
+        problems.append("eta_rounding must be up or down")
     return problems

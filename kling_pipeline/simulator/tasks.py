@@ -9,6 +9,7 @@ trivial to persist and to reload after a restart.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -70,12 +71,12 @@ class View:
     eta: int
 
 
-def view(task: Task, now: float) -> View:
+def view(task: Task, now: float, round_eta: Callable[[float], int] = math.ceil) -> View:
     """Status, progress and eta at `now`: progress only rises and eta only falls."""
     if now >= task.finished_at:
         status: Status = "TASK_STATUS_FAILED" if task.failure else "TASK_STATUS_SUCCEED"
         return View(status, 100 if not task.failure else _progress(task, now), 0)
-    eta = math.ceil(task.finished_at - now)
+    eta = round_eta(task.finished_at - now)
     if now < task.started_at:
         return View("TASK_STATUS_QUEUED", 0, eta)
     return View("TASK_STATUS_PROCESSING", _progress(task, now), eta)
@@ -94,9 +95,9 @@ def task_type(slug: str) -> str:
 
 
 def result_body(task: Task, now: float, videos: list[dict[str, Any]],
-                int_fields: bool) -> dict[str, Any]:
+                int_fields: bool, eta_down: bool = False) -> dict[str, Any]:
     """The task-result answer, shaped as api-notes shows it."""
-    seen = view(task, now)
+    seen = view(task, now, math.floor if eta_down else math.ceil)
 
     def loose(value: int) -> int | str:
         return value if int_fields else str(value)
