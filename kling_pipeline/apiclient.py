@@ -4,7 +4,8 @@ Each call is one HTTP request; retrying is the caller's decision, because only t
 whether a retry could pay twice. What an answer means follows api-notes' error table:
 
 - `NotAccepted`: provably no task was made (connection refused, 429, CREATE_TASK_FAILED, 503);
-  a submit may be sent again.
+  a submit may be sent again. `Unreachable` is the kind where no connection was made at all.
+- `NotSent`: the request could not even be built here (a key no header can carry); nothing left.
 - `Ambiguous`: the body may have reached the provider (timeout or reset after sending, a
   gateway error): the shot may be billed and must not be sent again unasked.
 - `Refused`: this request is wrong (400 INVALID_REQUEST_BODY, ILLEGAL_PROMPT, ...); no retry.
@@ -12,6 +13,10 @@ whether a retry could pay twice. What an answer means follows api-notes' error t
 - `AccountProblem`: a missing or wrong key or an empty balance; stop submitting at once.
 - `TaskNotFound`: the provider does not know the task id.
 - `Transient`: a read (task-result, download) that failed and may be tried again.
+
+`submit` calls its `on_send` callback at the moment the request's first byte is about to be
+written to the socket (httpcore's trace extension), so the caller can record "sent" exactly:
+a submit stopped before that moment provably paid nothing.
 
 The API key goes in one header of API requests only, never to the storage host of a result
 URL, and never into an exception message.
@@ -30,10 +35,13 @@ from typing import Any
 
 import httpx
 
-# Statuses of the task-result answer, shortened.
+# Statuses of the task-result answer, shortened. PENDING stands for any other status
+# (the provider's SDK knows TASK_STATUS_UNKNOWN; a new one may come): not an end, keep asking.
 QUEUED, PROCESSING, SUCCEED, FAILED = "queued", "processing", "succeed", "failed"
+PENDING = "pending"
 _STATUSES = {"TASK_STATUS_QUEUED": QUEUED, "TASK_STATUS_PROCESSING": PROCESSING,
              "TASK_STATUS_SUCCEED": SUCCEED, "TASK_STATUS_FAILED": FAILED}
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 _ACCOUNT_REASONS = frozenset({"MISSING_API_KEY", "INVALID_API_KEY",
                               "BILLING_BALANCE_NOT_ENOUGH"})
 _CHUNK = 1 << 16
@@ -53,6 +61,14 @@ class ApiError(Exception):
 
 class NotAccepted(ApiError):
     """No task was made; sending the same submit again cannot pay twice."""
+
+
+class Unreachable(NotAccepted):
+    """No connection to the server could be made: nothing was sent."""
+
+
+class NotSent(ApiError):
+    """The request could not be built or sent from here (e.g. a key no header can carry)."""
 
 
 class Ambiguous(ApiError):
@@ -79,6 +95,10 @@ class Transient(ApiError):
     """A read that failed for now (transport error, 429, 5xx); try again later."""
 
 
+class ReadUnreachable(Transient):
+    """A read that could make no connection to the server."""
+
+
 class UrlExpired(ApiError):
     """The storage host refused the result URL (403/404): ask task-result for a fresh one."""
 
@@ -88,11 +108,12 @@ class TaskState:
     """One task-result answer, types normalised (the API sends numbers as strings or ints)."""
 
     task_id: str
-    status: str  # QUEUED, PROCESSING, SUCCEED or FAILED
+    status: str  # QUEUED, PROCESSING, SUCCEED, FAILED or PENDING (a status we do not know)
     progress: int | None
     eta: float | None
     reason: str
     video_url: str | None
+    raw_status: str = ""  # as the provider spelled it, for messages
 
 
 @dataclass(frozen=True)
@@ -205,8 +226,10 @@ def _number(value: Any) -> float | None:
 def parse_task(task_id: str, body: Any) -> TaskState:
     """A task-result body as a TaskState; Transient if it is not one (a proxy's page, say)."""
     task = body.get("task") if isinstance(body, dict) else None
-    if not isinstance(task, dict) or str(task.get("status")) not in _STATUSES:
-        raise Transient("task-result answered without a task status", reason="BAD_RESULT")
+    if not isinstance(task, dict):
+        raise Transient("task-result answered without a task", reason="BAD_RESULT")
+    raw = task.get("status")
+    raw_status = raw if isinstance(raw, str) else ""
     url = None
     videos = body.get("videos")
     if isinstance(videos, list):
@@ -216,9 +239,41 @@ def parse_task(task_id: str, body: Any) -> TaskState:
                 url = video["video_url"]
                 break
     progress = _number(task.get("progress_percent"))
-    return TaskState(str(task.get("task_id") or task_id), _STATUSES[str(task["status"])],
+    return TaskState(str(task.get("task_id") or task_id), _STATUSES.get(raw_status, PENDING),
                      None if progress is None else int(progress), _number(task.get("eta")),
-                     str(task.get("reason") or ""), url)
+                     str(task.get("reason") or ""), url, raw_status[:60] or "no status")
+
+
+class _SendHook:
+    """Calls `on_send` once, when httpcore is about to write the request's headers."""
+
+    def __init__(self, on_send: Callable[[], None]) -> None:
+        self._on_send = on_send
+        self.fired = False
+
+    def fire(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self._on_send()
+
+    async def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith("send_request_headers.started"):
+            self.fire()
+
+
+def _traces(http: httpx.AsyncClient) -> bool:
+    """Whether requests go through httpcore, whose trace tells the moment of sending."""
+    transport = http._transport  # the client's own; mounts are not used here
+    return isinstance(transport, httpx.AsyncHTTPTransport)
+
+
+def _cause(exc: Exception) -> str:
+    """`ConnectError: connection refused`, not `[Errno 111] Connection refused`."""
+    text = str(exc).strip()
+    if text.startswith("[Errno") and "]" in text:
+        text = text.split("]", 1)[1].strip()
+    text = text[:100].rstrip(".").lower()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class KlingClient:
@@ -236,14 +291,35 @@ class KlingClient:
             error.reason = error.reason.replace(key, "<api key>")
         return error
 
-    async def submit(self, slug: str, body: dict[str, Any]) -> str:
-        """POST once; the task id, or the classified reason there is none."""
+    async def submit(self, slug: str, body: dict[str, Any],
+                     on_send: Callable[[], None] = lambda: None) -> str:
+        """POST once; the task id, or the classified reason there is none.
+
+        `on_send` runs (once, synchronously) just before the first byte leaves: what it writes
+        is on disk before the provider can have seen the request. A transport that does not
+        trace (a test's MockTransport) gets it called before the request is handed over.
+        """
         url = f"{self._base}/v3/async/{slug}"
+        sending = _SendHook(on_send)
         try:
-            response = await self._http.post(url, json=body, auth=self._auth)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            request = self._http.build_request("POST", url, json=body,
+                                               extensions={"trace": sending.trace})
+            if not _traces(self._http):
+                sending.fire()
+            response = await self._http.send(request, auth=self._auth)
+        except _CONNECT_ERRORS as exc:
+            raise Unreachable(f"could not connect to {self._base} ({_cause(exc)})",
+                              reason=type(exc).__name__) from exc
+        except httpx.PoolTimeout as exc:
             raise NotAccepted(f"could not connect ({type(exc).__name__})",
                               reason=type(exc).__name__) from exc
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, UnicodeError) as exc:
+            if sending.fired and not isinstance(exc, httpx.LocalProtocolError):
+                raise Ambiguous(f"the request failed while being sent ({type(exc).__name__})",
+                                reason=type(exc).__name__) from exc
+            raise NotSent(f"the request could not be sent from here ({type(exc).__name__}: "
+                          "an API key or URL that an HTTP request cannot carry?)",
+                          reason=type(exc).__name__) from exc
         except (httpx.TransportError, httpx.DecodingError) as exc:
             raise Ambiguous(f"the connection failed after the request was sent "
                             f"({type(exc).__name__})", reason=type(exc).__name__) from exc
@@ -265,6 +341,9 @@ class KlingClient:
         url = f"{self._base}/v3/async/task-result"
         try:
             response = await self._http.get(url, params={"task_id": task_id}, auth=self._auth)
+        except _CONNECT_ERRORS as exc:
+            raise ReadUnreachable(f"could not connect to {self._base} ({_cause(exc)})",
+                                  reason=type(exc).__name__) from exc
         except (httpx.TransportError, httpx.DecodingError) as exc:
             raise Transient(f"task-result failed ({type(exc).__name__})",
                             reason=type(exc).__name__) from exc

@@ -281,6 +281,7 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     check_output_folder(target.out_dir, storyboard, loaded.board.name)
     store = Store(target.store_root)
     with hold_run_lock(target.lock_path, lock_wait):
+        had_lock = target.lock_path.exists()
         lock = read_lock(target.lock_path, loaded.board.name)
         plan = select(make_plan(loaded.board.name, loaded.shots, lock,
                                 PriceTable(provider.prices), force=force,
@@ -308,10 +309,14 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
             report = _execute(work, target, base_url or provider.base_url,
                               provider.api_key_env, keeper, store, options, folder)
         finally:
+            if not had_lock:  # a run that recorded nothing leaves no lock file for git to show
+                keeper.discard_if_empty()
             # Even after a crash the folder shows what is done; only a whole run makes a cut.
+            # A run with nothing to show makes no folder at all.
             result = folder.sync(keeper.lock,
                                  build_final=report is not None and not report.interrupted,
-                                 notify=lambda step: click.echo(f"{step} ..."))
+                                 notify=lambda step: click.echo(f"{step} ...")
+                                 ) if folder.worth_writing(keeper.lock) else None
             store.close()
     _finish(report, plan, result)
 
@@ -356,7 +361,7 @@ def _execute(work: list[Job], target: Target, base_url: str, key_env: str,
                             on_done=folder.place_job)
 
 
-def _finish(report: Any, plan: Any, folder: FolderResult) -> None:
+def _finish(report: Any, plan: Any, folder: FolderResult | None) -> None:
     from kling_pipeline.progress import render_folder, render_summary
 
     covered = {shot_id for result in report.results for shot_id in result.shot_ids}
@@ -364,7 +369,8 @@ def _finish(report: Any, plan: Any, folder: FolderResult) -> None:
                if item.action != "remove" and item.id not in covered]
     click.echo("")
     click.echo(render_summary(report, missing))
-    click.echo(render_folder(folder))
+    click.echo(render_folder(folder) if folder is not None else
+               "Output: none written: no shot is rendered yet.")
     if report.interrupted:
         sys.exit(130)
     if missing or any(r.outcome not in ("done", "up to date") for r in report.results):

@@ -1,11 +1,14 @@
 """Run jobs against the API: submit once, record the task id, poll, download, verify, store.
 
-The submission protocol of DESIGN.md, step by step: the intent is written to the lock, the POST
-is sent once, and its answer is on disk before anything else runs (lock writes are synchronous,
-so no other coroutine runs between an answer and its record). A POST is sent again only when the
+The submission protocol of DESIGN.md, step by step: the intent (`submitting`) is written to the
+lock at the moment the POST's first byte is about to leave (not before: a burst would otherwise
+write a dozen intents for requests that never left, all `unknown` after a kill), the POST is sent
+once, and its answer is on disk before anything else runs (lock writes are synchronous, so no
+other coroutine runs between an answer and its record). A POST is sent again only when the
 provider provably made no task; anything ambiguous leaves the shot `unknown`. Polls, downloads
 and the lock all survive a stop: whatever is in flight keeps its task id for the next run. A stop
-abandons a poll or a download at once (a read pays nothing); it never abandons a POST.
+abandons a poll or a download at once (a read pays nothing); it never abandons a POST. A server
+that cannot be reached at all stops the run's submitting after a few seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Literal, Protocol, TypeVar
 
 from kling_pipeline.apiclient import (
     FAILED,
+    PENDING,
     SUCCEED,
     AccountProblem,
     Ambiguous,
@@ -27,10 +31,13 @@ from kling_pipeline.apiclient import (
     EndpointRefused,
     KlingClient,
     NotAccepted,
+    NotSent,
+    ReadUnreachable,
     Refused,
     TaskNotFound,
     TaskState,
     Transient,
+    Unreachable,
     UrlExpired,
 )
 from kling_pipeline.cache import CachedResult, Store
@@ -40,7 +47,7 @@ from kling_pipeline.localimages import body_to_send
 from kling_pipeline.lockfile import LockEntry, Output, Status, utc_now
 from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.media import MediaError, probe_video
-from kling_pipeline.pacing import SubmitLimiter, backoff_delay, next_poll_delay
+from kling_pipeline.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
 
 Outcome = Literal["done", "up to date", "failed", "unknown", "in flight", "lost",
                   "not submitted"]
@@ -66,6 +73,12 @@ class RunOptions:
     download_backoff: float = 0.25  # a re-fetch costs nothing; the shot stays in flight anyway
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
+    # No connection at all (refused, no route, no DNS): give up after this long without a single
+    # answer from the server; after `outage_after` if it answered earlier in the run.
+    unreachable_after: float = 10.0
+    outage_after: float = 120.0
+    unreachable_retry: float = 1.0  # the wait between tries of a refused connection
+    pending_polls: int = 40  # answers in a row with a status we do not know before leaving it
 
 
 @dataclass(frozen=True)
@@ -119,9 +132,12 @@ class Executor:
         self.on_done = on_done
         self.rng = rng or random.Random()
         self.limiter = SubmitLimiter(options.requests_per_minute)
+        self.reach = Reachability(options.unreachable_after, options.outage_after)
         self.report = RunReport()
         self._stop = asyncio.Event()  # Ctrl-C: wind down, keep every task id
-        self._no_submit = False  # an account problem, or a stop
+        self._no_submit = False  # an account problem, a server out of reach, or a stop
+        self._halted = asyncio.Event()  # set with _no_submit: wakes shots waiting to submit
+        self._halt_note = ""  # what each shot not submitted says (the reason is said once)
         self._blocked_endpoints: dict[str, str] = {}
         # The entries as the run found them: a shot that ends where it began (a fresh clone
         # fetching its videos by task id) gets its old entry back, time stamps included.
@@ -132,8 +148,30 @@ class Executor:
     def stop(self) -> None:
         """Stop submitting now; polls and downloads give up at their next wait."""
         self.report.interrupted = True
-        self._no_submit = True
+        self._halt("the run was interrupted")
         self._stop.set()
+
+    def _halt(self, note: str, reason: str = "") -> None:
+        """No more submissions in this run; `reason` is said once, in the summary."""
+        if not self._no_submit:
+            self._halt_note = note
+        if reason and not self.report.stop_reason:
+            self.report.stop_reason = reason
+        self._no_submit = True
+        self._halted.set()
+
+    async def _wait_to_submit(self, seconds: float) -> bool:
+        """Wait before a submission, or return True at once when submitting has stopped."""
+        if seconds <= 0:
+            return self._no_submit
+        try:
+            await asyncio.wait_for(self._halted.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def _not_submitted(self, job: Job, previous: dict[str, LockEntry | None]) -> bool:
+        return self._unsubmitted(job, previous, f"submitting stopped: {self._halt_note}")
 
     @property
     def stopping(self) -> bool:
@@ -214,8 +252,28 @@ class Executor:
             async with slots:
                 await self._job(job)
 
-        await asyncio.gather(*(one(job) for job in jobs))
+        try:
+            await asyncio.gather(*(one(job) for job in jobs))
+        finally:
+            self._in_storyboard_order(jobs)
         return self.report
+
+    def _in_storyboard_order(self, jobs: list[Job]) -> None:
+        """Results in the order of the jobs (the storyboard's), not the order they ended in."""
+        position = {shot_id: i for i, job in enumerate(jobs)
+                    for shot_id in job.shot_ids or job.removed_ids}
+        self.report.results.sort(key=lambda r: position.get(r.shot_ids[0], len(position))
+                                 if r.shot_ids else len(position))
+
+    def _unreachable(self, exc: ApiError) -> bool:
+        """A connection failed: True once the server has been out of reach too long, when
+        submitting stops for the whole run with one reason that names the server."""
+        if not self.reach.failed():
+            return False
+        self._halt("the server could not be reached",
+                   f"{exc}; no answer for {self.reach.waited():.0f} s. Check the base URL "
+                   "(--base-url or provider.base_url) and the network")
+        return True
 
     async def _job(self, job: Job) -> None:
         if job.kind == "report":
@@ -275,8 +333,7 @@ class Executor:
         shot = job.shot
         assert shot is not None
         if self._no_submit:
-            self._result(job, "not submitted", "submitting stopped: " + (
-                self.report.stop_reason or "the run was interrupted"))
+            self._result(job, "not submitted", f"submitting stopped: {self._halt_note}")
             return False
         blocked = self._blocked_endpoints.get(shot.endpoint)
         if blocked:
@@ -288,19 +345,34 @@ class Executor:
             self._result(job, "not submitted", f"{exc}")
             return False
         previous = {shot_id: self.keeper.get(shot_id) for shot_id in job.shot_ids}
-        attempt = limited = 0
+        attempt = limited = unreached = 0
         deadline = time.monotonic() + self.options.max_wait
         while True:
             self.reporter.update(job.label, "waiting", None, "")
-            if not await self.limiter.acquire(shot.endpoint, self._sleep) or self._no_submit:
-                return self._unsubmitted(job, previous, "submitting stopped: " + (
-                    self.report.stop_reason or "the run was interrupted"))
+            if (not await self.limiter.acquire(shot.endpoint, self._wait_to_submit)
+                    or self._no_submit):
+                return self._not_submitted(job, previous)
             now = utc_now()
-            self._write(job, "submitting", submitted_at=now, task_id=None)
             self.reporter.update(job.label, "submitting")
+
+            def sending(now: str = now) -> None:  # the first byte is about to leave
+                self._write(job, "submitting", submitted_at=now, task_id=None)
+
             try:
-                task_id = await client.submit(shot.endpoint, wire)
+                task_id = await client.submit(shot.endpoint, wire, on_send=sending)
+            except Unreachable as exc:
+                self._restore(previous)
+                self.limiter.forget(shot.endpoint)  # it never reached the server
+                if self._unreachable(exc):
+                    return self._not_submitted(job, previous)
+                unreached += 1
+                delay = min(self.options.unreachable_retry, self._backoff(unreached))
+                self.reporter.update(job.label, "retrying", None, str(exc))
+                if await self._wait_to_submit(delay):
+                    return self._not_submitted(job, previous)
+                continue
             except NotAccepted as exc:
+                self.reach.answered()
                 self._restore(previous)
                 if exc.status == 429:
                     # Provably no task, and waiting is free: a rate-limited shot is never given
@@ -319,9 +391,14 @@ class Executor:
                                                                 f"{attempt} tries: {exc}")
                     delay = self._backoff(attempt, exc.retry_after)
                 self.reporter.update(job.label, "retrying", None, str(exc))
-                if await self._sleep(delay):
-                    return self._unsubmitted(job, previous, "stopped before submitting")
+                if await self._wait_to_submit(delay):
+                    return self._not_submitted(job, previous)
                 continue
+            except NotSent as exc:
+                self._restore(previous)  # nothing left this machine: never ambiguous
+                self.limiter.forget(shot.endpoint)
+                self._halt("the request could not be sent", str(exc))
+                return self._not_submitted(job, previous)
             except Ambiguous as exc:
                 self._write(job, "unknown", submitted_at=now,
                             error=f"submission not confirmed ({exc}); it may have been billed")
@@ -330,14 +407,15 @@ class Executor:
                              submitted=True)
                 return False
             except AccountProblem as exc:
-                self.report.stop_reason = self.report.stop_reason or str(exc)
-                self._no_submit = True
-                return self._unsubmitted(job, previous, f"submitting stopped: {exc}")
+                self.reach.answered()
+                self._halt(exc.reason or "the provider refused the account", str(exc))
+                return self._not_submitted(job, previous)
             except EndpointRefused as exc:
                 self._blocked_endpoints[shot.endpoint] = f"refused: {exc}"
                 return self._refused(job, exc)
             except Refused as exc:
                 return self._refused(job, exc)
+            self.reach.answered()
             job.task_id = task_id
             self._write(job, "queued", submitted_at=now, task_id=task_id)
             self.reporter.update(job.label, "queued", 0, "")
@@ -352,6 +430,7 @@ class Executor:
         return False
 
     def _refused(self, job: Job, exc: ApiError) -> bool:
+        self.reach.answered()
         self._write(job, "failed", error=str(exc), finished_at=utc_now())
         self._result(job, "failed", f"refused: {exc}")
         return False
@@ -364,7 +443,8 @@ class Executor:
         assert task_id is not None
         options = self.options
         deadline = time.monotonic() + options.max_wait
-        polls = failures = 0
+        overdue = failures = pending = 0
+        last_error: ApiError | None = None
         if fresh and await self._sleep(options.min_poll):
             self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
             return None
@@ -376,12 +456,20 @@ class Executor:
                 self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
                 return None
             except AccountProblem as exc:
-                self.report.stop_reason = self.report.stop_reason or str(exc)
-                self._no_submit = True
+                self._halt(exc.reason or "the provider refused the account", str(exc))
                 self._result(job, "in flight", f"cannot ask about the task: {exc}",
                              submitted=fresh)
                 return None
+            except ReadUnreachable as exc:
+                if self._unreachable(exc):
+                    self._result(job, "in flight", "the server could not be reached; the task "
+                                                   "id is kept and the next run picks it up",
+                                 submitted=fresh)
+                    return None
+                failures += 1
+                last_error = exc
             except TaskNotFound as exc:
+                self.reach.answered()
                 if not fresh:
                     self._write(job, "lost", output=job.known_output,
                                 finished_at=self._finished_at(job) if job.known_output else None,
@@ -391,11 +479,14 @@ class Executor:
                                               "(paid)")
                     return None
                 failures += 1  # a task made moments ago: the provider may not list it yet
-                last_error: ApiError = exc
+                last_error = exc
             except Transient as exc:
+                if exc.status is not None:
+                    self.reach.answered()
                 failures += 1
                 last_error = exc
             else:
+                self.reach.answered()
                 failures = 0
                 if state.status == SUCCEED:
                     if state.video_url:
@@ -412,19 +503,27 @@ class Executor:
                     self._result(job, "failed", f"{reason} (--retry-failed renders it again)",
                                  submitted=fresh)
                     return None
-                if state.status != last_status:
+                pending = pending + 1 if state.status == PENDING else 0
+                if pending > options.pending_polls:
+                    self._result(job, "in flight", f"the provider answered {state.raw_status} "
+                                                   f"{pending - 1} times in a row; the next run "
+                                                   "asks again", submitted=fresh)
+                    return None
+                if state.status != last_status and state.status != PENDING:
                     self._write(job, state.status)  # type: ignore[arg-type]
                     last_status = state.status
                 self.reporter.update(job.label, state.status, state.progress, "")
-                polls += 1
-            if failures:
+                # Polls since the eta last said "more than 0 s": an eta of 0 means due now.
+                overdue = 0 if state.eta is not None and state.eta > 0 else overdue + 1
+            if failures and last_error is not None:
                 if failures >= options.read_failures:
                     self._result(job, "in flight", f"could not ask about the task ({last_error})"
                                                    "; the next run picks it up", submitted=fresh)
                     return None
                 delay = self._backoff(failures, last_error.retry_after)
             else:
-                delay = next_poll_delay(state.eta, polls, options.min_poll, options.max_poll)
+                delay = next_poll_delay(state.eta, max(0, overdue - 1), options.min_poll,
+                                        options.max_poll)
             if time.monotonic() + delay > deadline:
                 self._result(job, "in flight", f"not finished after {options.max_wait:g} s "
                                                "(--max-wait); the next run picks it up",

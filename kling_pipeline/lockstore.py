@@ -91,3 +91,10 @@ class LockKeeper:
         if changed:
             write_lock(self.path, self.lock, self._text)
             self.writes += 1
+
+    def discard_if_empty(self) -> None:
+        """Remove the file when it records no shot: a run that recorded nothing (every POST
+        refused or never sent) leaves nothing for git to show. Call it only for a lock that
+        did not exist before the run: an empty lock somebody committed stays."""
+        if not self.lock.shots:
+            self.path.unlink(missing_ok=True)

@@ -24,16 +24,50 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     return delay
 
 
-def next_poll_delay(eta: float | None, polls: int, floor: float, ceiling: float) -> float:
+def next_poll_delay(eta: float | None, overdue: int, floor: float, ceiling: float) -> float:
     """When to ask about a task again.
 
     With an eta: most of it while it is long, then every `floor` seconds over its last second
     (providers give eta in whole seconds, so a task with eta 1 may be done in 0.1 s); an eta too
-    short costs a poll, too long costs waiting. Without one: an interval growing from `floor`.
+    short costs a poll, too long costs waiting. Without one, or at 0 (due now): `floor`, growing
+    with `overdue`, the polls already made since the eta last said more than 0 s, so a task
+    stuck at 99% is not asked about every quarter second for an hour.
     """
     if eta is not None and eta > 0:
         return min(ceiling, max(floor, min(eta * 0.8, eta - 1.0)))
-    return min(ceiling, floor * (1.5 ** min(polls, 20)))
+    return min(ceiling, floor * (1.5 ** min(max(0, overdue), 20)))
+
+
+class Reachability:
+    """Whether a server that refuses every connection should still be tried.
+
+    Connection failures count only while the server gives no answer at all: any HTTP answer
+    (even a 429 or a 500) resets them. Never answered in this run: give up after `first`
+    seconds (a wrong URL or a server that is down); answered before: after `outage` seconds.
+    """
+
+    def __init__(self, first: float, outage: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.first = first
+        self.outage = outage
+        self._clock = clock
+        self._ever_answered = False
+        self._failing_since: float | None = None
+
+    def answered(self) -> None:
+        self._ever_answered = True
+        self._failing_since = None
+
+    def failed(self) -> bool:
+        """Record a failed connection; True once the server has been out of reach too long."""
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        return self.waited() >= (self.outage if self._ever_answered else self.first)
+
+    def waited(self) -> float:
+        """Seconds since the first connection failure with no answer after it (0 if none)."""
+        return 0.0 if self._failing_since is None else self._clock() - self._failing_since
 
 
 class SubmitLimiter:
@@ -61,6 +95,12 @@ class SubmitLimiter:
 
     def record(self, endpoint: str) -> None:
         self._sent.setdefault(endpoint, deque()).append(self._clock())
+
+    def forget(self, endpoint: str) -> None:
+        """Take back the last slot taken: that submission never reached the server."""
+        sent = self._sent.get(endpoint)
+        if sent:
+            sent.pop()
 
     def pause(self, endpoint: str, seconds: float) -> None:
         """The provider said slow down: nobody submits to this endpoint for `seconds`."""

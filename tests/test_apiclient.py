@@ -15,6 +15,7 @@ import pytest
 
 from kling_pipeline.apiclient import (
     FAILED,
+    PENDING,
     PROCESSING,
     QUEUED,
     SUCCEED,
@@ -23,9 +24,11 @@ from kling_pipeline.apiclient import (
     EndpointRefused,
     KlingClient,
     NotAccepted,
+    ReadUnreachable,
     Refused,
     TaskNotFound,
     Transient,
+    Unreachable,
     UrlExpired,
     parse_retry_after,
     parse_task,
@@ -258,8 +261,8 @@ def request_for(url: str = BASE) -> httpx.Request:
 
 
 @pytest.mark.parametrize(("failure", "cls"), [
-    (httpx.ConnectError("[Errno 111] Connection refused"), NotAccepted),
-    (httpx.ConnectTimeout("timed out"), NotAccepted),
+    (httpx.ConnectError("[Errno 111] Connection refused"), Unreachable),
+    (httpx.ConnectTimeout("timed out"), Unreachable),
     (httpx.PoolTimeout("no connection free"), NotAccepted),
     (httpx.ReadTimeout("timed out"), Ambiguous),
     (httpx.ReadError("[Errno 104] Connection reset by peer"), Ambiguous),
@@ -368,9 +371,20 @@ def test_failed_without_a_reason_has_an_empty_one() -> None:
     assert parse_task("t-1", body).reason == ""
 
 
+@pytest.mark.parametrize(("task", "said"), [
+    ({"status": "TASK_STATUS_UNKNOWN"}, "TASK_STATUS_UNKNOWN"),  # in the provider's JS SDK
+    ({"status": "TASK_STATUS_RUNNING"}, "TASK_STATUS_RUNNING"), ({}, "no status"),
+    ({"status": None}, "no status"), ({"status": ""}, "no status"),
+])
+def test_a_status_we_do_not_know_is_pending_not_an_error(task: dict[str, Any],
+                                                          said: str) -> None:
+    """Issue 9, item 13: an unknown status means "ask again", not a failed read."""
+    state = parse_task("t-1", {"task": task})
+    assert (state.status, state.raw_status) == (PENDING, said)
+
+
 @pytest.mark.parametrize("body", [
-    None, [], "TASK_STATUS_SUCCEED", {}, {"task": None}, {"task": "x"}, {"task": {}},
-    {"task": {"status": "TASK_STATUS_RUNNING"}}, {"task": {"status": None}},
+    None, [], "TASK_STATUS_SUCCEED", {}, {"task": None}, {"task": "x"},
     {"status": "TASK_STATUS_SUCCEED"},
 ])
 def test_a_body_that_is_not_a_task_is_transient(body: Any) -> None:
@@ -430,7 +444,9 @@ def test_result_errors_follow_the_table(answer: httpx.Response, cls: type[ApiErr
 ])
 def test_result_transport_errors_are_transient(failure: httpx.TransportError) -> None:
     exc = raised(lambda: result(Recorder(failure)))
-    assert type(exc) is Transient and exc.reason == type(failure).__name__
+    assert isinstance(exc, Transient) and exc.reason == type(failure).__name__
+    assert isinstance(exc, ReadUnreachable) == isinstance(failure, httpx.ConnectError
+                                                          | httpx.ConnectTimeout)
     assert exc.__cause__ is failure
 
 

@@ -119,7 +119,11 @@ def test_a_wrong_key_stops_all_submitting_with_one_message(tmp_path: Path, sim: 
     assert result.exit_code == 1
     assert "Submitting stopped: INVALID_API_KEY" in result.output
     assert sim.stats()["requests"]["POST /v3/async/{slug}"] <= 2
-    assert lock_of(board) == {}  # intents of refused submissions are taken back
+    # Intents of refused submissions are taken back, and a run that recorded nothing leaves
+    # no lock file and no output folder behind (issue 9, item 4).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".board.lock.json.run", ".kling-cache",
+                                                          "board.yaml"]
+    assert "Output: none written" in result.output
     assert "a-wrong-key" not in result.output
 
 
