@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kling_pipeline.pacing import SubmitLimiter, backoff_delay, next_poll_delay
+from kling_pipeline.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
 
 
 class FixedDraw(random.Random):
@@ -112,6 +112,49 @@ def test_poll_without_an_eta_grows(eta: float | None) -> None:
     assert all(a <= b for a, b in itertools.pairwise(delays))
     assert delays[-1] == 60.0 and max(delays) == 60.0
     assert next_poll_delay(eta, 10**9, 2.0, 60.0) == 60.0
+
+
+def test_an_eta_of_zero_starts_the_schedule_over_at_the_floor() -> None:
+    """`overdue` counts polls since the eta last said more than 0 s, not all polls."""
+    assert next_poll_delay(0.0, 0, 0.25, 30.0) == 0.25
+    assert next_poll_delay(0.0, 1, 0.25, 30.0) == pytest.approx(0.375)
+
+
+# -- Reachability ---------------------------------------------------------------------------------
+
+def test_a_server_never_reached_is_given_up_after_the_first_window() -> None:
+    clock = FakeClock()
+    reach = Reachability(10.0, 120.0, clock)
+    assert not reach.failed() and reach.waited() == 0.0
+    clock.now += 9.9
+    assert not reach.failed()
+    clock.now += 0.1
+    assert reach.failed() and reach.waited() == pytest.approx(10.0)
+
+
+def test_an_answer_resets_the_count_and_a_later_outage_gets_the_longer_window() -> None:
+    clock = FakeClock()
+    reach = Reachability(10.0, 120.0, clock)
+    reach.failed()
+    clock.now += 9.0
+    reach.answered()
+    assert reach.waited() == 0.0
+    reach.failed()
+    clock.now += 60.0
+    assert not reach.failed()
+    clock.now += 60.0
+    assert reach.failed()
+
+
+def test_a_slot_taken_by_a_submission_that_never_connected_is_given_back() -> None:
+    clock = FakeClock()
+    limiter = SubmitLimiter(2, clock=clock)
+    limiter.record("e")
+    limiter.record("e")
+    assert limiter.wait_time("e") == pytest.approx(60.0)
+    limiter.forget("e")
+    assert limiter.wait_time("e") == 0.0
+    limiter.forget("other")  # nothing taken there: nothing happens
 
 
 # -- SubmitLimiter --------------------------------------------------------------------------------
