@@ -1,13 +1,28 @@
-"""The project's own errors. The CLI maps them to exit code 1; anything else is a bug (3)."""
+"""The project's own errors. The CLI maps them to exit code 1; anything else is a bug (3).
+
+Their text often quotes a file (a lock file's shot ids, a storyboard's values) or the API, so
+what `str()` gives is made printable (textsafe): a committed lock file must not be able to send
+escape sequences to the terminal of whoever runs the tool on it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kling_pipeline.textsafe import cut_middle, printable
+
+# Characters of one diagnostic's message and location: a template can render megabytes, and a
+# value echoed whole made 15 MB of errors. The middle goes; the start and end stay.
+MAX_MESSAGE = 500
+MAX_LOCATION = 200
+
 
 class KlingPipelineError(Exception):
     """A known failure a person can act on: printed without a traceback, exit code 1."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__(), keep_newlines=True)
 
 
 @dataclass(frozen=True, order=True)
@@ -20,14 +35,19 @@ class Diagnostic:
     location: str
     message: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "location", cut_middle(self.location, MAX_LOCATION))
+        object.__setattr__(self, "message", cut_middle(self.message, MAX_MESSAGE))
+
     def __str__(self) -> str:
-        place = self.file
+        place = printable(self.file)
         if self.line is not None:
             place += f":{self.line}"
             if self.column is not None:
                 place += f":{self.column}"
-        return f"{place}: {self.location}: {self.message}" if self.location else \
-            f"{place}: {self.message}"
+        message = printable(self.message)
+        return f"{place}: {printable(self.location)}: {message}" if self.location else \
+            f"{place}: {message}"
 
 
 # Error lines a person is shown; a fan-out with an error in every shot makes thousands.

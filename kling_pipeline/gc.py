@@ -41,6 +41,7 @@ from typing import Any
 from kling_pipeline.errors import KlingPipelineError, LockFileError
 from kling_pipeline.lockfile import LockFile, read_lock
 from kling_pipeline.sizes import human_size
+from kling_pipeline.textsafe import clip, printable
 
 SIMULATED = "simulated"  # apply.SIMULATED (importing apply would pull in the executor)
 LOCK_SUFFIX = ".lock.json"
@@ -72,6 +73,7 @@ class GcReport:
     project: Path | None = None  # the folder searched for locks (searched again by delete)
     ignored: tuple[Path, ...] = ()  # files under objects/ that are not store objects
     partial_downloads: int = 0  # `tmp/download-*.part` files (apply removes day-old ones)
+    simulated_only: bool = False  # only the simulated store was examined (gc --simulate)
 
     @property
     def total_bytes(self) -> int:
@@ -210,24 +212,26 @@ def _protected(index: list[_IndexEntry], refs: _Refs) -> set[str]:
     return refs.shas | {e.sha256 for e in index if e.task_id in refs.task_ids}
 
 
-def _store_refs(cache_dir: Path, locks: list[tuple[Path, LockFile]]) -> list[tuple[Path, _Refs]]:
+def _store_refs(cache_dir: Path, locks: list[tuple[Path, LockFile]],
+                simulated_only: bool) -> list[tuple[Path, _Refs]]:
     real, simulated = _Refs(), _Refs()
     for path, lock in locks:
         real.add(lock)
         if path.name.endswith(SIMULATED_LOCK_SUFFIX):
             simulated.add(lock)
-    return [(cache_dir, real), (cache_dir / SIMULATED, simulated)]
+    stores = [(cache_dir / SIMULATED, simulated)]
+    return stores if simulated_only else [(cache_dir, real), *stores]
 
 
-def find_garbage(cache_dir: Path, project: Path) -> GcReport:
-    """The objects of `cache_dir`'s real and simulated stores that no lock of `project`
-    references. Reads only."""
+def find_garbage(cache_dir: Path, project: Path, *, simulated_only: bool = False) -> GcReport:
+    """The objects of `cache_dir`'s real and simulated stores (only the simulated one with
+    `simulated_only`, `gc --simulate`) that no lock of `project` references. Reads only."""
     locks = _read_locks(project_lock_files(project))
     stores: list[Path] = []
     garbage: list[Garbage] = []
     ignored: list[Path] = []
     kept = kept_bytes = partial = 0
-    for root, refs in _store_refs(cache_dir, locks):
+    for root, refs in _store_refs(cache_dir, locks, simulated_only):
         if not root.is_dir():
             continue
         stores.append(root)
@@ -250,7 +254,7 @@ def find_garbage(cache_dir: Path, project: Path) -> GcReport:
                                    tuple(sorted({e.key for e in mine}))))
     return GcReport(tuple(stores), tuple(path for path, _ in locks), kept, kept_bytes,
                     tuple(sorted(garbage, key=lambda g: g.path)), project,
-                    tuple(sorted(ignored)), partial)
+                    tuple(sorted(ignored)), partial, simulated_only)
 
 
 # -- deleting ---------------------------------------------------------------------------------
@@ -334,7 +338,8 @@ def _plural(count: int, word: str) -> str:
 
 def render_gc_text(report: GcReport, *, freed: int | None = None) -> str:
     """One line per unreferenced object, then the total, and what to do next; `freed` is what
-    `delete_garbage` returned, when it ran."""
+    `delete_garbage` returned, when it ran. Task ids (the API's, from the index) and file names
+    are shown through textsafe: neither may drive the terminal."""
     kept = (f"kept {_plural(report.kept, 'object')} ({human_size(report.kept_bytes)}) "
             f"referenced by {_plural(len(report.locks), 'lock file')}")
     lines: list[str] = []
@@ -343,8 +348,11 @@ def render_gc_text(report: GcReport, *, freed: int | None = None) -> str:
     width = max((len(human_size(g.size)) for g in report.garbage), default=0)
     for item in report.garbage:
         root = item.path.parents[2]
-        where = "  (simulated)" if root.name == SIMULATED and root.parent in report.stores else ""
-        tasks = ("task " + ", ".join(item.task_ids)) if item.task_ids else "no task id recorded"
+        simulated = root.name == SIMULATED and (root.parent in report.stores
+                                                 or report.simulated_only)
+        where = "  (simulated)" if simulated else ""
+        tasks = ("task " + ", ".join(clip(t) for t in item.task_ids)) if item.task_ids \
+            else "no task id recorded"
         lines.append(f"- {item.sha256[:12]}  {human_size(item.size):>{width}}  {tasks}{where}")
     if report.garbage:
         what = f"{_plural(len(report.garbage), 'unreferenced object')} " \
@@ -359,7 +367,7 @@ def render_gc_text(report: GcReport, *, freed: int | None = None) -> str:
                              "deleting (a run finished meanwhile)")
     if report.ignored:
         lines.append(f"left alone: {_plural(len(report.ignored), 'other file')} under objects/, "
-                     f"e.g. {report.ignored[0]}")
+                     f"e.g. {printable(str(report.ignored[0]))}")
     if report.partial_downloads:
         lines.append(f"{_plural(report.partial_downloads, 'partial download')} in tmp/ "
                      "(apply removes them once they are a day old)")

@@ -1,4 +1,9 @@
-"""How a plan reads: Terraform-style lines for people, a JSON document for machines."""
+"""How a plan reads: Terraform-style lines for people, a JSON document for machines.
+
+Ids, notes and request values may come from the lock file, which is anyone's commit: the text
+view shows them through textsafe (printable, and cut when long), so they cannot drive the
+terminal or flood it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 
 from kling_pipeline.hashing import IMAGE_DIGEST_PREFIX
 from kling_pipeline.planner import Plan, PlanItem
+from kling_pipeline.textsafe import NOTE_LIMIT, clip, printable
 
 Style = Callable[[str, str], str]
 COLORS = {"+": "green", "~": "yellow", "=": "bright_black", "?": "cyan", "!": "red",
@@ -27,12 +33,13 @@ def show_value(value: Any, limit: int = 70) -> str:
         if value.startswith(IMAGE_DIGEST_PREFIX):
             return f"<image {value[len(IMAGE_DIGEST_PREFIX):][:12]}>"
         text = value if len(value) <= limit else value[: limit - 1] + "…"
-        return '"' + text.replace('"', '\\"') + '"'
+        return '"' + printable(text).replace('"', '\\"') + '"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
         return f"[{len(value)} parts]"
-    return str(value)
+    text = printable(str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def money(value: float) -> str:
@@ -54,24 +61,26 @@ def summary_line(plan: Plan) -> str:
 
 def _line(item: PlanItem, width: int, style: Style) -> list[str]:
     symbol = style(item.symbol, COLORS[item.symbol])
+    shot_id, note = clip(item.id), clip(item.note, NOTE_LIMIT)
     if item.shot is None:
-        return [f"  {symbol} {item.id:<{width}}  {item.note}"]
+        return [f"  {symbol} {shot_id:<{width}}  {note}"]
     shot = item.shot
     cost = f"~{money(item.estimate)}" if item.estimate is not None else (
         "price unknown" if item.action in ("create", "update") else "")
-    head = f"  {symbol} {item.id:<{width}}  {shot.endpoint:<20} {shot.duration:>3} s  {cost}"
+    head = f"  {symbol} {shot_id:<{width}}  {shot.endpoint:<20} {shot.duration:>3} s  {cost}"
     lines = [head.rstrip()]
     for change in item.changes:
-        lines.append(f"      {change.field}: {show_value(change.old)} -> "
+        lines.append(f"      {clip(change.field)}: {show_value(change.old)} -> "
                      f"{show_value(change.new)}")
-    if item.note:
-        lines.append(f"      {style(item.note, 'bright_black')}")
+    if note:
+        lines.append(f"      {style(note, 'bright_black')}")
     return lines
 
 
 def render_text(plan: Plan, style: Style = _plain_style) -> str:
-    width = max((len(item.id) for item in plan.items), default=0)
-    lines = [f"Storyboard {plan.storyboard}: {sum(1 for i in plan.items if i.shot)} shots", ""]
+    width = max((len(clip(item.id)) for item in plan.items), default=0)
+    lines = [f"Storyboard {printable(plan.storyboard)}: "
+             f"{sum(1 for i in plan.items if i.shot)} shots", ""]
     for item in plan.items:
         lines += _line(item, width, style)
     lines += ["", summary_line(plan)]

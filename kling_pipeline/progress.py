@@ -3,6 +3,11 @@
 On a terminal: a live view (rich) with one line per active shot, a total bar and the elapsed
 time. Elsewhere (CI, a pipe, a log file): one plain line per state change, nothing that
 redraws. Both end with the same summary table.
+
+Labels are shot ids (a removed one comes from the lock file), notes are the API's reasons and
+errors: every such text goes through textsafe (escapes for control characters, a cut when long),
+and the live view hands it to rich as Text, never as markup, so `[bold]` in an id is shown as
+written.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from kling_pipeline.executor import RunReport, ShotResult
+from kling_pipeline.textsafe import NOTE_LIMIT, clip, printable
 
 if TYPE_CHECKING:
     from kling_pipeline.outfolder import FolderResult
@@ -42,11 +48,11 @@ class PlainReporter:
             return
         self._last[label] = state
         shown = f" {percent}%" if percent is not None and state == "processing" else ""
-        self._echo(f"[{_clock(self._start)}] {label} {state}{shown}"
-                   + (f": {note}" if note else ""))
+        self._echo(f"[{_clock(self._start)}] {clip(label)} {clip(state)}{shown}"
+                   + (f": {clip(note, NOTE_LIMIT)}" if note else ""))
 
     def message(self, text: str) -> None:
-        self._echo(f"[{_clock(self._start)}] {text}")
+        self._echo(f"[{_clock(self._start)}] {clip(text, NOTE_LIMIT)}")
 
     def __enter__(self) -> PlainReporter:
         return self
@@ -83,11 +89,12 @@ class LiveReporter:
     def _render(self) -> Any:
         from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         table = Table.grid(padding=(0, 2))
         for label, (state, percent) in list(self._active.items())[-30:]:
             shown = f"{percent}%" if percent is not None else ""
-            table.add_row(label, f"[{_COLORS.get(state, 'white')}]{state}", shown)
+            table.add_row(Text(clip(label)), _state_text(state), Text(shown))
         return Group(table, self._progress)
 
     def update(self, label: str, state: str, percent: int | None = None,
@@ -97,14 +104,16 @@ class LiveReporter:
             self._done += 1
             self._progress.update(self._task, completed=self._done)
             if state not in ("done", "up to date"):
-                shown = f": {note}" if note else ""
-                self.console.print(f"[{_COLORS.get(state, 'white')}]{state}[/] {label}{shown}",
-                                   markup=True, highlight=False)
+                from rich.text import Text
+
+                line = _state_text(state) + Text(f" {clip(label)}"
+                                                 + (f": {clip(note, NOTE_LIMIT)}" if note else ""))
+                self.console.print(line, highlight=False)
             return
         self._active[label] = (state, percent)
 
     def message(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        self.console.print(clip(text, NOTE_LIMIT), markup=False, highlight=False)
 
     def __enter__(self) -> LiveReporter:
         self._live.start()
@@ -115,9 +124,16 @@ class LiveReporter:
         self._live.stop()
 
 
+def _state_text(state: str) -> Any:
+    """A state in its colour, as rich Text: markup only ever comes from us."""
+    from rich.text import Text
+
+    return Text(clip(state), style=_COLORS.get(state, "white"))
+
+
 def _row(result: ShotResult) -> tuple[str, str, str, str]:
-    ids = ", ".join(result.shot_ids)
-    return ids, result.outcome, result.task_id or "-", result.note
+    ids = ", ".join(clip(shot_id) for shot_id in result.shot_ids)
+    return ids, result.outcome, clip(result.task_id or "-"), clip(result.note, NOTE_LIMIT)
 
 
 def render_summary(report: RunReport, missing: list[str]) -> str:
@@ -131,8 +147,8 @@ def render_summary(report: RunReport, missing: list[str]) -> str:
             rows.append(_row(result))
     for shot_id in missing:
         counts["interrupted"] = counts.get("interrupted", 0) + 1
-        rows.append((shot_id, "interrupted", "-", "the run stopped before this shot ended; "
-                                                  "see `status`"))
+        rows.append((clip(shot_id), "interrupted", "-",
+                     "the run stopped before this shot ended; see `status`"))
     lines = []
     if rows:
         widths = [max(len(r[i]) for r in [*rows, ("shot", "result", "task", "")])
@@ -150,7 +166,7 @@ def render_summary(report: RunReport, missing: list[str]) -> str:
     lines.append("Apply: " + (", ".join(parts) or "nothing to do") +
                  f" ({paid} submitted in this run).")
     if report.stop_reason:
-        lines.append(f"Submitting stopped: {report.stop_reason}")
+        lines.append(f"Submitting stopped: {clip(report.stop_reason, NOTE_LIMIT)}")
     return "\n".join(lines)
 
 
@@ -161,23 +177,24 @@ def render_folder(folder: FolderResult) -> str:
     """Where the results are, what the final cut holds, and what apply left alone."""
     manifest = folder.manifest
     total = len(manifest.shots)
-    lines = [f"Output: {folder.out_dir}/",
-             f"  {manifest.page:<11}  the contact sheet: open it in a browser"]
+    lines = [f"Output: {printable(str(folder.out_dir))}/",
+             f"  {clip(manifest.page):<11}  the contact sheet: open it in a browser"]
     final = manifest.final
     if final is None:
         lines.append("  final.mp4    not made: no shot is rendered yet")
     else:
         state = "rebuilt" if folder.final_built else "unchanged"
-        lines.append(f"  {final.file:<11}  {final.duration:.1f} s, {total - len(final.missing)}"
+        lines.append(f"  {clip(final.file):<11}  {final.duration:.1f} s, "
+                     f"{total - len(final.missing)}"
                      f" of {total} shots, {final.width}x{final.height} at {final.fps:g} fps"
                      f" ({state})")
-    absent = [f"{s.id} ({s.status})" for s in manifest.shots if not s.file]
+    absent = [f"{clip(s.id)} ({clip(s.status)})" for s in manifest.shots if not s.file]
     shown = ", ".join(absent[:_LISTED]) + (f" and {len(absent) - _LISTED} more"
                                            if len(absent) > _LISTED else "")
     lines.append(f"  {'shots/':<11}  {folder.rendered} of {total} videos"
                  + (f"; not here: {shown}" if absent else ""))
-    lines.extend(f"warning: {problem}" for problem in folder.problems)
+    lines.extend(f"warning: {clip(problem, NOTE_LIMIT)}" for problem in folder.problems)
     if folder.strangers:
-        lines.append(f"note: {folder.out_dir}/ holds files apply did not make (left alone): "
-                     + ", ".join(folder.strangers))
+        lines.append(f"note: {printable(str(folder.out_dir))}/ holds files apply did not make "
+                     "(left alone): " + ", ".join(clip(name) for name in folder.strangers))
     return "\n".join(lines)

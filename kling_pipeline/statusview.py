@@ -3,7 +3,9 @@
 `plan` says what a run would do; `status` says what is already there, so a person can see what
 was paid for, what is still rendering and what is missing on this machine, without a network.
 `--refresh` asks the API about tasks in flight; the CLI does that and apply_refresh merges the
-answers in, so everything here stays pure.
+answers in, so everything here stays pure. Ids, task ids, notes and the API's reasons come from
+the lock file or a server: the text table shows them through textsafe, so they can neither drive
+the terminal nor widen every row without bound.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kling_pipeline.lockfile import IN_FLIGHT, LockEntry, LockFile, Output, Stat
 from kling_pipeline.outputs import SHOTS, shot_file_name
 from kling_pipeline.planner import diff_requests
 from kling_pipeline.render import ShotRequest
+from kling_pipeline.textsafe import NOTE_LIMIT, clip
 
 State = Literal["done", "changed", "new", "queued", "processing", "rendered", "unknown",
                 "failed", "lost", "removed"]
@@ -154,14 +157,15 @@ def render_status_text(rows: Sequence[ShotStatus], storyboard_name: str) -> str:
     """An aligned table for people, then one summary line."""
     shots = [row for row in rows if row.position is not None]
     removed = len(rows) - len(shots)
-    head = f"Storyboard {storyboard_name}: {len(shots)} shots" + (
+    head = f"Storyboard {clip(storyboard_name)}: {len(shots)} shots" + (
         f", {removed} removed" if removed else "")
     pad = max(3, len(str(len(shots))))  # as in the file names (outputs.shot_file_name)
     table = [["#", "ID", "STATE", "TASK", "CACHE", "OUT", "NOTE"]]
     for row in rows:
-        table.append([f"{row.position:0{pad}d}" if row.position is not None else "-", row.id,
-                      row.state, row.task_id or "-", "yes" if row.in_cache else "-",
-                      "yes" if row.in_output else "-", row.note])
+        table.append([f"{row.position:0{pad}d}" if row.position is not None else "-",
+                      clip(row.id), row.state, clip(row.task_id or "-"),
+                      "yes" if row.in_cache else "-", "yes" if row.in_output else "-",
+                      clip(row.note, NOTE_LIMIT)])
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = [head, ""]
     lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths,

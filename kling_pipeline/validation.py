@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Iterable
 from typing import Any, Union, get_args, get_origin
@@ -13,6 +14,7 @@ from kling_pipeline.endpoints import type_name
 from kling_pipeline.errors import Diagnostic
 from kling_pipeline.models import FIELD_ALIASES, Storyboard
 from kling_pipeline.templating import suggest
+from kling_pipeline.textsafe import shown
 from kling_pipeline.yamlsource import YamlSource, format_path
 
 # Names a person may bring from the endpoint pages, and the storyboard name to use instead.
@@ -35,9 +37,17 @@ _TYPE_WORDS = {
 _PATTERN_WORDS = {
     "name": "must be a simple name of letters, digits, '.', '_' and '-' (it names the output "
             "folder)",
-    "api_key_env": "must be an environment variable name such as NOVITA_API_KEY",
     "base_url": "must be a URL starting with https:// (or http:// for a local server)",
 }
+# Said instead of any error of provider.api_key_env, and never with its value: a person who
+# puts the key itself there must not find it repeated in a terminal, a log or CI output.
+API_KEY_ENV_MESSAGE = (
+    "must be the NAME of the environment variable that holds the API key, such as "
+    "NOVITA_API_KEY (letters, digits and _, not starting with a digit), not the key itself; "
+    "the value given is not such a name and is not shown here in case it is a key: put the "
+    "key in that environment variable and remove it from the storyboard")
+_ARTICLES = {"null": "null", "boolean": "a boolean", "integer": "a number", "number": "a number",
+             "list": "a list", "mapping": "a mapping"}
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -75,8 +85,7 @@ def model_at(path: Iterable[str | int]) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _unknown_key(source: YamlSource, parent: tuple[str | int, ...], key: str,
-                 not_text: bool = False) -> Diagnostic:
+def _unknown_key(source: YamlSource, parent: tuple[str | int, ...], key: str) -> Diagnostic:
     model = model_at(parent)
     allowed = list(model.model_fields) if model else []
     if key in FIELD_ALIASES and FIELD_ALIASES[key] in allowed:  # pydantic: "extra" when both
@@ -84,34 +93,72 @@ def _unknown_key(source: YamlSource, parent: tuple[str | int, ...], key: str,
                                  f"{FIELD_ALIASES[key]!r}, which is set here too; give one of "
                                  "them", key=True)
     hint = f" (did you mean {WIRE_NAMES[key]!r}?)" if key in WIRE_NAMES else suggest(key, allowed)
-    message = f"unknown key {key!r}{hint}"
-    if not_text:  # YAML reads `1:`, `true:` and `null:` as a number, a boolean and null
-        message = f"unknown key {key} (not text: keys here are names)"
+    message = f"unknown key {shown(key)}{hint}"
     if allowed:
         message += "; allowed here: " + ", ".join(allowed)
     return source.diagnostic((*parent, key), message, key=True)
+
+
+def yaml_spelling(value: Any) -> str:
+    """A scalar as YAML writes it: null, true, 1.5, .nan (pydantic says None, True, nan)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return shown(value)
+    return shown(value) if isinstance(value, str) else type_name(value)
+
+
+def _key_not_text(source: YamlSource, parent: tuple[str | int, ...], key: Any) -> Diagnostic:
+    """A key YAML read as a number, a boolean or null (`1:`, `true:`, `null:`)."""
+    model = model_at(parent)
+    allowed = list(model.model_fields) if model else []
+    spelled = yaml_spelling(key)
+    kind = _ARTICLES.get(type_name(key), type_name(key))
+    message = f"unknown key {spelled}: YAML reads it as {kind}, not as text, and keys here " \
+              "are names"
+    if allowed:
+        message += "; allowed here: " + ", ".join(allowed)
+    return source.diagnostic((*parent, str(key)), message, key=True,
+                             location=format_path((*parent, spelled)))
+
+
+def described(value: Any) -> str:
+    """What YAML read, for "got ...": `text 'abc'`, `number 1.5`, `.nan (not a number)`."""
+    if isinstance(value, float) and math.isnan(value):
+        return ".nan (not a number)"
+    if isinstance(value, float) and math.isinf(value):
+        return f"{shown(value)} (infinity)"
+    if value is None or isinstance(value, bool):
+        return yaml_spelling(value)
+    if isinstance(value, str):
+        return f"text {shown(value)}"
+    if isinstance(value, int | float):
+        return f"{type_name(value)} {shown(value)}"
+    return _ARTICLES.get(type_name(value), type_name(value))
 
 
 def _message(error: ErrorDetails, field: str) -> str:
     kind = error["type"]
     ctx: dict[str, Any] = dict(error.get("ctx") or {})
     value = error.get("input")
+    if field == "api_key_env":
+        return API_KEY_ENV_MESSAGE
     if kind in _TYPE_WORDS:
-        got = type_name(value)
-        return f"must be {_TYPE_WORDS[kind]}, got {got}" + (
-            f" {value!r}" if isinstance(value, str | int | float) else "")
+        return f"must be {_TYPE_WORDS[kind]}, got {described(value)}"
     if kind == "missing":
         return "is required"
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         if field == "version":
             return f"must be {expected}: the only storyboard format this version reads " \
-                   f"(got {value!r})"
-        return f"must be {expected}, got {value!r}"
+                   f"(this file says {yaml_spelling(value)})"
+        return f"must be {expected}, got {described(value)}"
     if kind == "string_pattern_mismatch":
         if field in _PATTERN_WORDS:
-            return f"{_PATTERN_WORDS[field]}; got {value!r}"
-        return f"{value!r} is not a valid name: use letters, digits and _, not starting " \
+            return f"{_PATTERN_WORDS[field]}; got {shown(value)}"
+        return f"{shown(value)} is not a valid name: use letters, digits and _, not starting " \
                "with a digit"
     if kind in ("too_short", "string_too_short"):
         return "must not be empty"
@@ -119,7 +166,7 @@ def _message(error: ErrorDetails, field: str) -> str:
               "less_than": "<"}
     if kind in bounds:
         limit = next(iter(ctx.values()), "")
-        return f"must be {bounds[kind]} {limit}, got {value!r}"
+        return f"must be {bounds[kind]} {limit}, got {yaml_spelling(value)}"
     if kind == "string_too_long":
         return f"must be at most {ctx.get('max_length')} characters"
     text = str(error["msg"])
@@ -135,15 +182,16 @@ def diagnostics_from(errors: Iterable[ErrorDetails], source: YamlSource) -> list
             found.append(_unknown_key(source, loc[:-1], str(loc[-1])))
             continue
         if error["type"] == "invalid_key" and loc:
-            key = error.get("input")  # the key as YAML read it: 1, true, null
-            found.append(_unknown_key(source, loc[:-1], str(key), not_text=True))
+            # the key as YAML read it: 1, true, null
+            found.append(_key_not_text(source, loc[:-1], error.get("input")))
             continue
         if loc and loc[-1] == "[key]":
             where = loc[:-1]
             message = _message(error, "[key]")
             if error["type"] == "string_type":
-                message = (f"key {where[-1]} is {type_name(error.get('input'))}, not a name: "
-                           "names use letters, digits and _, not starting with a digit")
+                key = error.get("input")
+                message = (f"key {yaml_spelling(key)} is {type_name(key)}, not a name: names "
+                           "use letters, digits and _, not starting with a digit")
             found.append(source.diagnostic(where, message, key=True,
                                            location=format_path(where[:-1])))
             continue
