@@ -73,6 +73,24 @@ def test_wrong_key_is_403_invalid_api_key(sim: SimClient) -> None:
     assert error_of(answer) == (403, "INVALID_API_KEY")
 
 
+def test_a_bare_key_is_taken_as_the_providers_js_sdk_sends_it(sim: SimClient) -> None:
+    """npm novita-sdk sends `Authorization: <key>`, no Bearer; the simulator answered 403."""
+    sim.configure(accepted_keys=[KEY])
+    api = f"{sim.base_url}/v3/async"
+    answer = httpx.post(f"{api}/{T2V}", json=t2v_body(), headers={"Authorization": KEY})
+    assert answer.status_code == 200, answer.text
+    read = httpx.get(f"{api}/task-result", params={"task_id": answer.json()["task_id"]},
+                     headers={"Authorization": KEY})
+    assert read.status_code == 200, read.text
+    for wrong in ("someone-else", f"Basic {KEY}", f"{KEY} {KEY}"):
+        answer = httpx.post(f"{api}/{T2V}", json=t2v_body(), headers={"Authorization": wrong})
+        assert error_of(answer) == (403, "INVALID_API_KEY"), wrong
+    for missing in ({}, {"Authorization": ""}, {"Authorization": "Bearer"}):
+        answer = httpx.post(f"{api}/{T2V}", json=t2v_body(), headers=missing)
+        assert error_of(answer) == (401, "MISSING_API_KEY"), missing
+    assert sim.stats()["submissions_total"] == 1
+
+
 def test_unknown_slug_is_404_api_not_found(sim: SimClient) -> None:
     assert error_of(sim.post("kling-v9-imaginary", t2v_body())) == (404, "API_NOT_FOUND")
 

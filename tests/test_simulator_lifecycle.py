@@ -61,6 +61,49 @@ def test_result_has_the_full_shape(sim: SimClient) -> None:
     assert video["video_url"].startswith(sim.base_url + "/")
 
 
+def test_result_extra_has_what_the_python_sdk_models(sim: SimClient) -> None:
+    """novita-client's V3TaskResponseExtra: seed, enable_nsfw_detection (bool) and debug_info
+    with request_info (str) beside the three timings."""
+    for int_fields in (False, True):
+        sim.configure(int_fields=int_fields)
+        extra = sim.wait(sim.submit())["extra"]
+        assert extra["enable_nsfw_detection"] is False
+        assert extra["debug_info"]["request_info"] == ""
+        assert set(extra["debug_info"]) == {"submit_time_ms", "execute_time_ms",
+                                            "complete_time_ms", "request_info"}
+
+
+def test_unknown_status_for_the_first_polls_then_the_task_as_it_is(sim: SimClient) -> None:
+    """novita-sdk's status enum has TASK_STATUS_UNKNOWN: a client must keep polling."""
+    sim.configure(unknown_polls=2)
+    task_id = sim.submit()
+    time.sleep(0.4)  # long done by now
+    for _ in range(2):
+        answer = sim.result(task_id)
+        assert answer["task"]["status"] == "TASK_STATUS_UNKNOWN"
+        assert answer["task"]["task_id"] == task_id and answer["videos"] == []
+        assert answer["task"]["eta"] == 0 and answer["task"]["progress_percent"] == 0
+    answer = sim.result(task_id)
+    assert answer["task"]["status"] == "TASK_STATUS_SUCCEED"
+    assert httpx.get(video_url(answer)).status_code == 200
+    assert sim.stats()["faults"]["unknown_status"] == 2
+
+
+def test_unknown_rate_is_partial_and_seeded(sim: SimClient) -> None:
+    def statuses() -> list[str]:
+        sim.configure(unknown_rate=0.5, seed=11)
+        task_id = sim.submit()
+        time.sleep(0.4)
+        return [sim.result(task_id)["task"]["status"] for _ in range(30)]
+
+    first = statuses()
+    assert 0 < first.count("TASK_STATUS_UNKNOWN") < 30
+    assert set(first) == {"TASK_STATUS_UNKNOWN", "TASK_STATUS_SUCCEED"}
+    sim.http.post("/_simulator/reset")
+    assert statuses() == first
+    assert sim.http.post("/_simulator/config", json={"unknown_polls": -1}).status_code == 400
+
+
 def test_int_fields_mode_sends_numbers(sim: SimClient) -> None:
     sim.configure(int_fields=True)
     answer = sim.wait(sim.submit())

@@ -33,6 +33,7 @@ from kling_pipeline.simulator.tasks import (
     Task,
     body_hash,
     result_body,
+    unknown_body,
     view,
 )
 
@@ -66,14 +67,28 @@ async def _gate(request: Request, sim: Simulator, route: str, failed_500: str) -
             sim.stats.errors[reason] += 1
             return HTMLResponse(_GATEWAY_PAGE.format(code=code, text=text), status_code=code)
         return sim.error(code, reason or failed_500, f"{text} (simulated)")
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    token = token.strip()
-    if not scheme or (scheme.lower() == "bearer" and not token):
+    token = api_key_of(request.headers.get("authorization", ""))
+    if token == "":
         return sim.error(config.missing_key_status, "MISSING_API_KEY",
                          "No API key: send the header 'Authorization: Bearer <key>'.")
-    if scheme.lower() != "bearer" or (config.accepted_keys and token not in config.accepted_keys):
+    if token is None or (config.accepted_keys and token not in config.accepted_keys):
         return sim.error(403, "INVALID_API_KEY", "The API key is not valid.")
     return None
+
+
+def api_key_of(header: str) -> str | None:
+    """The key an Authorization header carries: "" when none, None for another scheme.
+
+    `Bearer <key>` (any case, any spaces), or the bare key alone, as the provider's own JS SDK
+    (npm novita-sdk) sends it: `Authorization: <key>`. Two words that do not start with
+    Bearer (`Basic x`) are another scheme, which the API does not take.
+    """
+    words = header.split(None, 1)
+    if not words:
+        return ""
+    if words[0].lower() == "bearer":
+        return words[1].strip() if len(words) == 2 else ""
+    return words[0] if len(words) == 1 else None
 
 
 def _rate_limited(sim: Simulator, key: str, limit: int) -> Response | None:
@@ -265,6 +280,8 @@ async def task_result(request: Request) -> Response:
     task = sim.store.get(task_id)
     if task is None:
         return sim.error(404, "TASK_NOT_FOUND", f"No task with id {task_id}.")
+    if _answers_unknown(sim, task_id):
+        return JSONResponse(unknown_body(task, config.int_fields))
     now = time.time()
     videos: list[dict[str, Any]] = []
     if view(task, now).status == "TASK_STATUS_SUCCEED" and not task.no_url:
@@ -279,3 +296,15 @@ async def task_result(request: Request) -> Response:
                        "video_type": "mp4"})
     return JSONResponse(result_body(task, now, videos, config.int_fields,
                                     config.eta_rounding == "down"))
+
+
+def _answers_unknown(sim: Simulator, task_id: str) -> bool:
+    """Whether this poll answers TASK_STATUS_UNKNOWN: the first `unknown_polls` of each task,
+    then a seeded `unknown_rate` of the others (counted in faults as unknown_status)."""
+    if not sim.config.unknown_polls and not sim.config.unknown_rate:
+        return False  # off (the default): nothing counted, no draw taken
+    polls = sim.polls[task_id] = sim.polls.get(task_id, 0) + 1
+    if polls <= sim.config.unknown_polls or sim.dice.roll(sim.config.unknown_rate):
+        sim.stats.faults["unknown_status"] += 1
+        return True
+    return False

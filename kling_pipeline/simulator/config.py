@@ -48,6 +48,10 @@ class SimulatorConfig:
                                       "(400 ILLEGAL_IMAGE_CONTENT).")
     failure_rate: float = _knob(0.0, "Fraction of tasks that end FAILED at random (seeded).")
     no_url_rate: float = _knob(0.0, "Fraction of tasks that SUCCEED with no video URL.")
+    unknown_polls: int = _knob(0, "task-result answers TASK_STATUS_UNKNOWN to the first N polls "
+                                  "of each task (the SDK's enum has it; a client keeps polling).")
+    unknown_rate: float = _knob(0.0, "Fraction of other task-result answers that say "
+                                     "TASK_STATUS_UNKNOWN (seeded).")
     eta_rounding: EtaRounding = _knob(  # noqa: RUF009 (a str default, immutable)
         "up", "How eta's whole seconds are rounded: up (never says 0 before the end) or down "
               "(says 0 during the last second, as some servers do).")
@@ -109,6 +113,22 @@ class SimulatorConfig:
                 for f in dataclasses.fields(self)}
 
 
+UNLIMITED_PACE = 1_000_000  # submissions per minute a client is told when there is no limit
+
+
+def submit_pace(config: SimulatorConfig) -> int:
+    """Submissions per minute a client may send to this simulator without a 429.
+
+    `apply --simulate` paces by it instead of the real API's 20 per minute: with nothing billed
+    there is nothing to protect, and 1,000 simulated shots took 50 minutes. Off by default.
+    """
+    if config.rpm_limit <= 0 or config.rate_window <= 0:
+        return UNLIMITED_PACE
+    if config.rate_window <= 60:  # rpm_limit in any minute keeps every shorter window under it
+        return config.rpm_limit
+    return max(1, config.rpm_limit * 60 // math.ceil(config.rate_window))
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -117,7 +137,7 @@ def check_config(config: SimulatorConfig) -> list[str]:
     """Every knob that is out of range, as readable messages."""
     problems: list[str] = []
     for name in ("failure_rate", "no_url_rate", "error_rate", "drop_before_rate",
-                 "drop_after_rate", "truncate_rate", "expired_url_rate"):
+                 "drop_after_rate", "truncate_rate", "expired_url_rate", "unknown_rate"):
         value = getattr(config, name)
         if not _is_number(value) or not 0.0 <= value <= 1.0:
             problems.append(f"{name} must be a fraction 0..1, got {value!r}")
@@ -125,7 +145,7 @@ def check_config(config: SimulatorConfig) -> list[str]:
         value = getattr(config, name)
         if not _is_number(value) or value < 0:
             problems.append(f"{name} must be a number >= 0, got {value!r}")
-    for name in ("rpm_limit", "result_rpm_limit", "url_ttl"):
+    for name in ("rpm_limit", "result_rpm_limit", "url_ttl", "unknown_polls"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             problems.append(f"{name} must be a whole number >= 0, got {value!r}")

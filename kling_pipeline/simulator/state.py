@@ -29,6 +29,7 @@ class Simulator:
         self.limiter = RateLimiter()
         self.signer = Signer.kept_in(config.state_dir)
         self.accepted = 0  # submissions counted against `balance`
+        self.polls: dict[str, int] = {}  # task id -> task-result answers given (unknown_polls)
 
     def set_config(self, config: SimulatorConfig) -> None:
         if config.seed != self.config.seed:
@@ -37,12 +38,13 @@ class Simulator:
         self.config = config
 
     def reset(self) -> None:
-        """Forget tasks, counters, rate windows and spent balance (rendered clips stay)."""
+        """Forget tasks, counters, rate windows, polls and spent balance (clips stay)."""
         self.store.clear()
         self.stats = Stats()
         self.dice = Dice(self.config.seed)
         self.limiter.clear()
         self.accepted = 0
+        self.polls.clear()
 
     def error(self, status: int, reason: str, message: str,
               metadata: dict[str, Any] | None = None,

@@ -19,6 +19,9 @@ Status = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SU
                  "TASK_STATUS_FAILED"]
 STATUSES: tuple[Status, ...] = ("TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING",
                                 "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
+# Not a state of a task: an answer the provider's SDKs model (novita-sdk's V3TaskStatus), sent
+# only when the `unknown_polls`/`unknown_rate` knobs ask for it.
+UNKNOWN = "TASK_STATUS_UNKNOWN"
 
 MODERATION_REASON = ("The generated content was blocked by content moderation "
                      "(simulated: the prompt contains the failure marker).")
@@ -110,10 +113,35 @@ def result_body(task: Task, now: float, videos: list[dict[str, Any]],
                  "status": seen.status,
                  "reason": task.failure if seen.status == "TASK_STATUS_FAILED" else "",
                  "eta": seen.eta, "progress_percent": seen.progress},
-        "extra": {"seed": loose(task.seed),
-                  "debug_info": {"submit_time_ms": ms(task.submitted_at),
-                                 "execute_time_ms": ms(task.started_at),
-                                 "complete_time_ms": ms(task.finished_at)}},
+        "extra": _extra(task, loose, ms),
         "images": [], "audios": [],
         "videos": videos if seen.status == "TASK_STATUS_SUCCEED" else [],
+    }
+
+
+def _extra(task: Task, loose: Callable[[int], int | str],
+           ms: Callable[[float], int | str]) -> dict[str, Any]:
+    """`extra` as the provider's Python SDK (novita-client) models it: seed,
+    enable_nsfw_detection (a boolean; this simulator never detects) and debug_info, whose
+    request_info is text (empty here: what the service puts there is not documented)."""
+    return {"seed": loose(task.seed), "enable_nsfw_detection": False,
+            "debug_info": {"submit_time_ms": ms(task.submitted_at),
+                           "execute_time_ms": ms(task.started_at),
+                           "complete_time_ms": ms(task.finished_at),
+                           "request_info": ""}}
+
+
+def unknown_body(task: Task, int_fields: bool) -> dict[str, Any]:
+    """A task-result answer whose status is TASK_STATUS_UNKNOWN: the service cannot say now.
+
+    No eta, no progress, no video; the task itself goes on, and a later poll sees it.
+    """
+    def zero(_: float) -> int | str:
+        return 0 if int_fields else "0"
+
+    return {
+        "task": {"task_id": task.task_id, "task_type": task_type(task.slug), "status": UNKNOWN,
+                 "reason": "", "eta": 0, "progress_percent": 0},
+        "extra": _extra(task, lambda value: value if int_fields else str(value), zero),
+        "images": [], "audios": [], "videos": [],
     }
