@@ -67,7 +67,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="KLING_PIPELINE_DEBUG",
               help="Show tracebacks for errors.")
-@click.version_option(package_name="kling-pipeline")
+@click.version_option(package_name="kling-pipeline", prog_name="kling-pipeline")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """A make-style pipeline for the Kling video API: storyboard in, videos out.
@@ -127,8 +127,10 @@ def _load(storyboard: Path, variables: tuple[str, ...], no_cache: bool) -> Any:
 @var_option
 @no_cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@click.option("--simulate", is_flag=True,
+              help="Taken as apply takes it; a storyboard is valid or not whatever the server.")
 def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
-             as_json: bool) -> None:
+             as_json: bool, simulate: bool) -> None:
     """Check a storyboard against the schema and every constraint of its models."""
     from kling_pipeline.errors import StoryboardError
 
@@ -162,21 +164,24 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
 @force_option
 @retry_failed_option
 @resubmit_unknown_option
+@click.option("--simulate", is_flag=True,
+              help="What apply --simulate would do: the simulated lock file and cache.")
 def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
          detailed_exitcode: bool, force: tuple[str, ...], retry_failed: bool,
-         resubmit_unknown: bool) -> None:
+         resubmit_unknown: bool, simulate: bool) -> None:
     """Show what a render would do and cost, without touching the network."""
+    from kling_pipeline.apply import target_for
     from kling_pipeline.cache import Store
     from kling_pipeline.lockfile import read_lock
     from kling_pipeline.planner import make_plan
     from kling_pipeline.planview import render_json, render_text
     from kling_pipeline.pricing import PriceTable
-    from kling_pipeline.storyboard import default_cache_dir, lock_path_for
 
     loaded = _load(storyboard, variables, no_cache)
     _check_selection(loaded.shots, force, ())
-    lock = read_lock(lock_path_for(storyboard), loaded.board.name)
-    store = Store(default_cache_dir(storyboard))  # what apply would reuse instead of paying
+    target = target_for(storyboard, loaded.board, simulate=simulate)
+    lock = read_lock(target.lock_path, loaded.board.name)
+    store = Store(target.store_root)  # what apply would reuse instead of paying
     try:
         result = make_plan(loaded.board.name, loaded.shots, lock,
                            PriceTable(loaded.board.provider.prices), force=force,
@@ -191,6 +196,9 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
             return click.style(text, fg=color)
 
         click.echo(render_text(result, style), color=_color())
+        if simulate:
+            click.echo("Simulated: apply --simulate renders animatics of the timing on the local "
+                       "simulator; nothing is billed.")
     if detailed_exitcode and result.has_work:
         sys.exit(2)
 
@@ -302,8 +310,10 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
         store.clean_tmp()
         folder = OutputFolder(target.out_dir, loaded.shots, store,
                               storyboard=loaded.board.name, simulated=target.simulated)
-        options = RunOptions(jobs=jobs or provider.concurrency,
-                             requests_per_minute=provider.requests_per_minute, max_wait=wait)
+        from kling_pipeline.simulator.config import SimulatorConfig, submit_pace
+        options = RunOptions(jobs=jobs or provider.concurrency, max_wait=wait,
+                             requests_per_minute=submit_pace(SimulatorConfig()) if
+                             target.simulated else provider.requests_per_minute)
         report = None
         try:
             report = _execute(work, target, base_url or provider.base_url,
@@ -447,7 +457,10 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
               help="Delete the unreferenced videos (without it, gc only lists them).")
 @click.option("--lock-timeout", default="30s", show_default=True, metavar="DURATION",
               help="How long to wait for an apply in the project to finish before deleting.")
-def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str) -> None:
+@click.option("--simulate", is_flag=True,
+              help="Only the simulated renders' store (<cache>/simulated/).")
+def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
+       simulate: bool) -> None:
     """List the cached videos that no lock file of the project references; --force deletes them.
 
     The project is the storyboard's folder and every folder below it: each *.lock.json there
@@ -467,7 +480,7 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str)
         click.echo(f"note: the cache {cache} is outside the project {project}: gc counts the "
                    f"lock files under {project} only, so videos that other projects sharing "
                    "this cache need look unreferenced to it", err=True)
-    report = find_garbage(cache, project)
+    report = find_garbage(cache, project, simulated_only=simulate)
     if not force or not report.garbage:
         click.echo(render_gc_text(report), nl=False)
         return

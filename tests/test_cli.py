@@ -5,10 +5,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from kling_pipeline.cli import main
 
+from apply_fixtures import write_board
 from paths import ROOT
 
 GOOD = """version: 1
@@ -106,3 +107,59 @@ def test_colour_on_a_terminal_unless_no_color(write_storyboard: Callable[[str], 
     path = str(write_storyboard(GOOD))
     assert "\x1b[" in _on_a_terminal(["plan", path], {})
     assert "\x1b[" not in _on_a_terminal(["plan", path], {"NO_COLOR": "1"})
+
+
+def test_version_names_the_program_however_it_is_started() -> None:
+    from importlib.metadata import version
+
+    expected = f"kling-pipeline, version {version('kling-pipeline')}\n"
+    out = subprocess.run([sys.executable, "-m", "kling_pipeline", "--version"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout == expected
+    usage = subprocess.run([sys.executable, "-m", "kling_pipeline", "plan"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert usage.stderr.startswith("Usage: kling-pipeline plan ")
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env={"NO_COLOR": "1"}, catch_exceptions=False)
+
+
+def test_plan_validate_and_gc_take_simulate_as_status_does(tmp_path: Path) -> None:
+    board = write_board(tmp_path, [("harbour", "A harbour"), ("gulls", "Gulls")])
+    assert _cli("apply", str(board), "--simulate", "--yes").exit_code == 0
+    real = _cli("plan", str(board))
+    assert "Plan: 2 to add, 0 to change, 0 unchanged" in real.output
+    simulated = _cli("plan", str(board), "--simulate", "--detailed-exitcode")
+    assert simulated.exit_code == 0, simulated.output  # nothing to do
+    assert "Plan: 0 to add, 0 to change, 2 unchanged" in simulated.output
+    assert "Simulated:" in simulated.output and "nothing is billed" in simulated.output
+    assert _cli("validate", str(board), "--simulate").exit_code == 0
+
+    write_board(tmp_path, [("harbour", "A harbour"), ("gulls", "Gulls fighting")])
+    assert _cli("apply", str(board), "--simulate", "--yes").exit_code == 0  # orphans a video
+    real_orphan = tmp_path / ".kling-cache" / "objects" / "ab" / f"ab{'0' * 62}.mp4"
+    real_orphan.parent.mkdir(parents=True)
+    real_orphan.write_bytes(b"not referenced by any lock")
+    assert "2 unreferenced objects" in _cli("gc", str(board)).output
+    listed = _cli("gc", str(board), "--simulate")
+    assert "1 unreferenced object " in listed.output and "(simulated)" in listed.output
+    assert real_orphan.name[:12] not in listed.output
+    deleted = _cli("gc", str(board), "--simulate", "--force")
+    assert "deleted:" in deleted.output and real_orphan.is_file()
+    assert "nothing to collect" in _cli("gc", str(board), "--simulate").output
+
+
+def test_a_simulated_run_paces_as_the_simulator_does(tmp_path: Path) -> None:
+    """The real API's pace (here 1 a minute) protects nothing when nothing is billed: the
+    embedded simulator has no rate limit, and three shots must not take two minutes."""
+    import time
+
+    board = write_board(tmp_path, [("a", "one"), ("b", "two"), ("c", "three")])
+    board.write_text(board.read_text().replace("requests_per_minute: 6000",
+                                               "requests_per_minute: 1"))
+    started = time.monotonic()
+    result = _cli("apply", str(board), "--simulate", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "3 done (3 submitted" in result.output
+    assert time.monotonic() - started < 30
