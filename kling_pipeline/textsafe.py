@@ -25,6 +25,8 @@ VALUE_LIMIT = 60  # characters of a value quoted in a message (as render.py has 
 CELL_LIMIT = 100  # an id or a task id in a view (a storyboard's ids are at most 100 long)
 NOTE_LIMIT = 500  # a note, an error or a reason in a view
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KINDS: dict[type, str] = {str: "text", int: "integer", float: "number", list: "a list",
+                           dict: "a mapping"}  # as endpoints.type_name says them
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -77,6 +79,33 @@ def shown(value: Any, limit: int = VALUE_LIMIT) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
     return printable(cut(repr(value), limit))
+
+
+def yaml_spelling(value: Any) -> str:
+    """A scalar as YAML writes it: null, true, 1.5, .nan (Python says None, True, nan)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return shown(value)
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def described(value: Any) -> str:
+    """What a file holds, for "got ...": `text 'abc'`, `number 1.5`, `.nan (not a number)`.
+
+    "got number nan" said neither that YAML's .nan is not a number nor how to write one.
+    """
+    if isinstance(value, float) and math.isnan(value):
+        return ".nan (not a number)"
+    if isinstance(value, float) and math.isinf(value):
+        return f"{shown(value)} (infinity)"
+    if value is None or isinstance(value, bool):
+        return yaml_spelling(value)
+    if isinstance(value, str | int | float):
+        return f"{_KINDS[type(value)]} {shown(value)}"
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def looks_like_secret(text: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import types
 from collections.abc import Iterable
 from typing import Any, Union, get_args, get_origin
@@ -14,7 +13,7 @@ from kling_pipeline.endpoints import type_name
 from kling_pipeline.errors import Diagnostic
 from kling_pipeline.models import FIELD_ALIASES, Storyboard
 from kling_pipeline.templating import suggest
-from kling_pipeline.textsafe import shown
+from kling_pipeline.textsafe import described, shown, yaml_spelling
 from kling_pipeline.yamlsource import YamlSource, format_path
 
 # Names a person may bring from the endpoint pages, and the storyboard name to use instead.
@@ -46,8 +45,7 @@ API_KEY_ENV_MESSAGE = (
     "NOVITA_API_KEY (letters, digits and _, not starting with a digit), not the key itself; "
     "the value given is not such a name and is not shown here in case it is a key: put the "
     "key in that environment variable and remove it from the storyboard")
-_ARTICLES = {"null": "null", "boolean": "a boolean", "integer": "a number", "number": "a number",
-             "list": "a list", "mapping": "a mapping"}
+_ARTICLES = {"null": "null", "boolean": "a boolean", "integer": "a number", "number": "a number"}
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -99,17 +97,6 @@ def _unknown_key(source: YamlSource, parent: tuple[str | int, ...], key: str) ->
     return source.diagnostic((*parent, key), message, key=True)
 
 
-def yaml_spelling(value: Any) -> str:
-    """A scalar as YAML writes it: null, true, 1.5, .nan (pydantic says None, True, nan)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return shown(value)
-    return shown(value) if isinstance(value, str) else type_name(value)
-
-
 def _key_not_text(source: YamlSource, parent: tuple[str | int, ...], key: Any) -> Diagnostic:
     """A key YAML read as a number, a boolean or null (`1:`, `true:`, `null:`)."""
     model = model_at(parent)
@@ -122,21 +109,6 @@ def _key_not_text(source: YamlSource, parent: tuple[str | int, ...], key: Any) -
         message += "; allowed here: " + ", ".join(allowed)
     return source.diagnostic((*parent, str(key)), message, key=True,
                              location=format_path((*parent, spelled)))
-
-
-def described(value: Any) -> str:
-    """What YAML read, for "got ...": `text 'abc'`, `number 1.5`, `.nan (not a number)`."""
-    if isinstance(value, float) and math.isnan(value):
-        return ".nan (not a number)"
-    if isinstance(value, float) and math.isinf(value):
-        return f"{shown(value)} (infinity)"
-    if value is None or isinstance(value, bool):
-        return yaml_spelling(value)
-    if isinstance(value, str):
-        return f"text {shown(value)}"
-    if isinstance(value, int | float):
-        return f"{type_name(value)} {shown(value)}"
-    return _ARTICLES.get(type_name(value), type_name(value))
 
 
 def _message(error: ErrorDetails, field: str) -> str:

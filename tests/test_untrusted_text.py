@@ -17,7 +17,14 @@ from click.testing import CliRunner, Result
 from kling_pipeline.cli import main
 from kling_pipeline.errors import Diagnostic, KlingPipelineError
 from kling_pipeline.progress import LiveReporter, PlainReporter
-from kling_pipeline.textsafe import clip, looks_like_secret, printable, shown
+from kling_pipeline.textsafe import (
+    clip,
+    described,
+    looks_like_secret,
+    printable,
+    shown,
+    yaml_spelling,
+)
 
 from apply_fixtures import write_board
 
@@ -216,6 +223,14 @@ def test_shown_quotes_and_cuts_like_render_always_did() -> None:
     assert shown("y" * 100) == repr("y" * 60) + "... (100 characters)"
     assert shown(TITLE) == repr(TITLE) and "\x1b" not in shown(TITLE)
     assert shown(float("nan")) == ".nan" and shown(float("-inf")) == "-.inf"
+
+
+def test_values_are_described_as_yaml_writes_them() -> None:
+    assert described(float("nan")) == ".nan (not a number)"
+    assert described(float("inf")) == ".inf (infinity)"
+    assert described(1.5) == "number 1.5" and described(3) == "integer 3"
+    assert described("abc") == "text 'abc'" and described([1]) == "a list"
+    assert [yaml_spelling(v) for v in (None, True, False, 2)] == ["null", "true", "false", "2"]
 
 
 def test_errors_print_escaped_and_diagnostics_stay_short() -> None:
