@@ -367,7 +367,8 @@ class Executor:
                     return self._not_submitted(job, previous)
                 unreached += 1
                 delay = min(self.options.unreachable_retry, self._backoff(unreached))
-                self.reporter.update(job.label, "retrying", None, str(exc))
+                if unreached == 1:  # the URL is named once, when the run gives up
+                    self.reporter.update(job.label, "retrying", None, "no connection yet")
                 if await self._wait_to_submit(delay):
                     return self._not_submitted(job, previous)
                 continue
