@@ -144,9 +144,12 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
              "message": d.message} for d in exc.diagnostics]}, indent=2))
         sys.exit(EXIT_ERROR)
     if as_json:
-        click.echo(json.dumps({"valid": True, "storyboard": loaded.board.name, "shots": [
-            {"id": s.id, "endpoint": s.endpoint, "key": s.key, "duration": s.duration,
-             "request": s.body} for s in loaded.shots]}, indent=2, ensure_ascii=False))
+        from kling_pipeline.textsafe import json_printable
+
+        click.echo(json_printable(json.dumps({
+            "valid": True, "storyboard": loaded.board.name, "shots": [
+                {"id": s.id, "endpoint": s.endpoint, "key": s.key, "duration": s.duration,
+                 "request": s.body} for s in loaded.shots]}, indent=2, ensure_ascii=False)))
         return
     endpoints = sorted({s.endpoint for s in loaded.shots})
     seconds = sum(s.duration for s in loaded.shots)
@@ -190,7 +193,9 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps(render_json(result), indent=2, ensure_ascii=False))
+        from kling_pipeline.textsafe import json_printable
+
+        click.echo(json_printable(json.dumps(render_json(result), indent=2, ensure_ascii=False)))
     else:
         def style(text: str, color: str) -> str:
             return click.style(text, fg=color)
@@ -444,8 +449,10 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
             live = {}
         rows = apply_refresh(rows, live)
     if as_json:
-        click.echo(json.dumps(render_status_json(rows, loaded.board.name), indent=2,
-                              ensure_ascii=False))
+        from kling_pipeline.textsafe import json_printable
+
+        click.echo(json_printable(json.dumps(render_status_json(rows, loaded.board.name),
+                                             indent=2, ensure_ascii=False)))
     else:
         click.echo(render_status_text(rows, loaded.board.name))
 

@@ -53,6 +53,15 @@ def cut(text: str, limit: int) -> str:
     return f"{text[:limit]}... ({len(text):,} characters)"
 
 
+_JSON_RAW = re.compile(f"[\x7f-\x9f\u2028\u2029{_BIDI}]")
+
+
+def json_printable(text: str) -> str:
+    """JSON text (json.dumps with ensure_ascii=False) with the characters JSON leaves raw but a
+    terminal obeys (DEL, C1 controls, bidi overrides) written as \\u escapes: the same data."""
+    return _JSON_RAW.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
 def clip(text: str, limit: int = CELL_LIMIT) -> str:
     """`text` for one cell or note of a view: cut when a file made it long, then printable."""
     return printable(cut(text, limit))

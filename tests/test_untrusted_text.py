@@ -71,6 +71,10 @@ def test_a_hostile_lock_file_sends_no_escape_sequence(tmp_path: Path) -> None:
     for result in outputs:
         assert_no_raw_controls(result.output)
         assert "\\x1b]0;pwned\\x07" in result.output  # shown, not dropped
+    for args in (["plan", "--json"], ["status", "--json"]):
+        result = run(*args, str(board), "--simulate")
+        assert_no_raw_controls(result.output)  # JSON escapes C0 itself; C1 and bidi too now
+        assert f"{REVERSE}gone[/]" in json.dumps(json.loads(result.output), ensure_ascii=False)
     plan, _, status, _, apply = outputs
     assert "\\u202etxet desrever" in plan.output and "\\x1b[2Jtask" in status.output
     assert apply.exit_code == 1  # the failed shot and the lost task are reported
