@@ -159,6 +159,7 @@ class StoryboardRenderer:
         self.problems = _Problems(source)
         self.snippets = Snippets(board.snippets, renderer)
         self.defaults = {k: getattr(board.defaults, k) for k in board.defaults.model_fields_set}
+        self._vars_fingerprints: dict[int, str] = {}  # id(shot) -> digest of its vars
 
     def run(self, memo: ShotMemoLike | None = None) -> tuple[list[ShotRequest], list[Diagnostic]]:
         """Build every shot; with a memo, entries that did not change are not built again."""
@@ -241,9 +242,18 @@ class StoryboardRenderer:
             context["item"] = item
             context["index"] = index
         context["snippets"] = self.snippets
-        context_fp = fingerprint([shot.vars, item, index]) if fanned or shot.vars else ""
+        context_fp = fingerprint([self._vars_fingerprint(shot), item, index]) \
+            if fanned or shot.vars else ""
         self.snippets.bind(context, context_fp)
         return context, context_fp
+
+    def _vars_fingerprint(self, shot: Shot) -> str:
+        """The digest of a shot's vars, made once per entry: YAML aliases can make them a
+        million values, and digesting them again for each of 800 foreach items took minutes."""
+        known = self._vars_fingerprints.get(id(shot))
+        if known is None:
+            known = self._vars_fingerprints[id(shot)] = fingerprint(shot.vars)
+        return known
 
     def _build(self, entry: int, shot: Shot, item: Any, index: int) -> ShotRequest | None:
         context, context_fp = self._context(shot, item, index)
