@@ -16,6 +16,8 @@ MAX_BYTES = 10 * 1024 * 1024
 MIN_SIDE = 300
 MAX_ASPECT = 2.5
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
+# base64 characters of a MAX_BYTES image, with room for padding and stray whitespace
+_MAX_BASE64 = (MAX_BYTES + 2) // 3 * 4 + 1024
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,17 @@ class ImageProblem(Exception):
         self.message = message
 
 
+def too_large(size: int) -> ImageProblem:
+    """The API's refusal of an image of `size` bytes (more than MAX_BYTES)."""
+    return ImageProblem("IMAGE_FILE_EXCEEDS_MAX_SIZE",
+                        f"is {size / 2**20:.1f} MB; at most 10 MB ({MAX_BYTES:,} bytes) "
+                        "is allowed")
+
+
 def check_image_bytes(data: bytes) -> ImageInfo:
     """Check image bytes against the API's limits; raise ImageProblem if they break one."""
     if len(data) > MAX_BYTES:
-        raise ImageProblem("IMAGE_FILE_EXCEEDS_MAX_SIZE",
-                           f"is {len(data) / 2**20:.1f} MB; at most 10 MB (10,485,760 bytes) "
-                           "is allowed")
+        raise too_large(len(data))
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -88,6 +95,8 @@ def decode_data_uri(uri: str) -> bytes:
     head, sep, payload = uri.partition(",")
     if not sep or not head.startswith("data:") or not head.endswith(";base64"):
         raise ImageProblem("INVALID_IMAGE_FORMAT", "is not a base64 data URI")
+    if len(payload) > _MAX_BASE64:  # refused before decoding it, not after
+        raise too_large(len(payload) * 3 // 4)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -116,3 +116,44 @@ def test_aliased_shot_vars_are_digested_once_per_entry_not_per_item(tmp_path: Pa
     assert len(shots) == 800
     assert shots[799]["request"]["prompt"] == "p 799 10"
     bounded(done)
+
+
+# --- local images ------------------------------------------------------------------------------
+
+I2V = "  - id: a\n    model: kling-v3.0-pro-i2v\n    prompt: p\n    image: {image}\n"
+
+
+def test_a_3_gb_image_is_refused_by_its_size_without_being_read(tmp_path: Path) -> None:
+    """Regression: the file was read whole before its size was checked (exit 3, MemoryError)."""
+    with (tmp_path / "big.png").open("wb") as sparse:
+        sparse.truncate(3 << 30)
+    path = write(tmp_path, HEAD + "shots:\n" + I2V.format(image="big.png"))
+    done = run(tmp_path, "validate", "--no-cache", path)
+    refused(done, at(path, "image: ^big"), "shots[0] (a).image",
+            "image big.png is 3072.0 MB; at most 10 MB (10,485,760 bytes) is allowed")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_image_that_is_not_a_regular_file_is_refused_without_reading_it(
+        tmp_path: Path, kind: str) -> None:
+    """A FIFO would block the read for ever, /dev/zero would never end."""
+    image = tmp_path / "in.png"
+    if kind == "fifo":
+        os.mkfifo(image)
+    else:
+        image.symlink_to("/dev/zero")
+    path = write(tmp_path, HEAD + "shots:\n" + I2V.format(image="in.png"))
+    done = run(tmp_path, "validate", "--no-cache", path, timeout=20)
+    refused(done, at(path, "image: ^in"), "shots[0] (a).image", "image in.png is not a file")
+
+
+# --- snippets ----------------------------------------------------------------------------------
+
+def test_asking_whether_a_snippet_exists_is_true_or_false(tmp_path: Path) -> None:
+    """Regression: `'nope' in snippets` raised "no snippet named 'nope'"."""
+    path = prompt_board(tmp_path, "{{ 'nope' in snippets }} {{ 'look' in snippets }} "
+                        "{{ snippets.look if 'look' in snippets }} {{ [1] in snippets }}",
+                        extra="snippets: {look: 'teal'}\n")
+    done = run(tmp_path, "validate", "--no-cache", "--json", path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["shots"][0]["request"]["prompt"] == "False True teal Falsex"
