@@ -126,6 +126,10 @@ class Snippets(Mapping[str, str]):
         self._rendered[name] = text
         return text
 
+    def __contains__(self, name: object) -> bool:
+        """`'x' in snippets` asks whether it is defined (Mapping's would render it, and raise)."""
+        return isinstance(name, str) and name in self._sources
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._sources)
 
