@@ -14,7 +14,7 @@ whether a retry could pay twice. What an answer means follows api-notes' error t
 - `TaskNotFound`: the provider does not know the task id.
 - `Transient`: a read (task-result, download) that failed and may be tried again.
 
-`submit` calls its `on_send` callback at the moment the request's first byte is about to be
+`submit` awaits its `on_send` callback at the moment the request's first byte is about to be
 written to the socket (httpcore's trace extension), so the caller can record "sent" exactly:
 a submit stopped before that moment provably paid nothing.
 
@@ -28,7 +28,7 @@ import email.utils
 import hashlib
 import math
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,21 +244,25 @@ def parse_task(task_id: str, body: Any) -> TaskState:
                      str(task.get("reason") or ""), url, raw_status[:60] or "no status")
 
 
-class _SendHook:
-    """Calls `on_send` once, when httpcore is about to write the request's headers."""
+async def _nothing() -> None:
+    return None
 
-    def __init__(self, on_send: Callable[[], None]) -> None:
+
+class _SendHook:
+    """Awaits `on_send` once, when httpcore is about to write the request's headers."""
+
+    def __init__(self, on_send: Callable[[], Awaitable[None]]) -> None:
         self._on_send = on_send
         self.fired = False
 
-    def fire(self) -> None:
+    async def fire(self) -> None:
         if not self.fired:
             self.fired = True
-            self._on_send()
+            await self._on_send()
 
     async def trace(self, name: str, info: dict[str, Any]) -> None:
         if name.endswith("send_request_headers.started"):
-            self.fire()
+            await self.fire()
 
 
 def _traces(http: httpx.AsyncClient) -> bool:
@@ -292,12 +296,12 @@ class KlingClient:
         return error
 
     async def submit(self, slug: str, body: dict[str, Any],
-                     on_send: Callable[[], None] = lambda: None) -> str:
+                     on_send: Callable[[], Awaitable[None]] = _nothing) -> str:
         """POST once; the task id, or the classified reason there is none.
 
-        `on_send` runs (once, synchronously) just before the first byte leaves: what it writes
-        is on disk before the provider can have seen the request. A transport that does not
-        trace (a test's MockTransport) gets it called before the request is handed over.
+        `on_send` is awaited (once) just before the first byte leaves: what it writes is on
+        disk before the provider can have seen the request. A transport that does not trace
+        (a test's MockTransport) gets it awaited before the request is handed over.
         """
         url = f"{self._base}/v3/async/{slug}"
         sending = _SendHook(on_send)
@@ -305,7 +309,7 @@ class KlingClient:
             request = self._http.build_request("POST", url, json=body,
                                                extensions={"trace": sending.trace})
             if not _traces(self._http):
-                sending.fire()
+                await sending.fire()
             response = await self._http.send(request, auth=self._auth)
         except _CONNECT_ERRORS as exc:
             raise Unreachable(f"could not connect to {self._base} ({_cause(exc)})",

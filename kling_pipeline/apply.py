@@ -153,7 +153,11 @@ def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
              keeper: LockKeeper, store: Store, options: RunOptions, reporter: Reporter,
              on_done: Callable[[Job, str], None]) -> RunReport:
     """Run the jobs to the end (or to a stop); every state change is already in the lock."""
-    return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options, reporter, on_done))
+    try:
+        return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options, reporter,
+                                on_done))
+    finally:
+        keeper.settle()  # a change a cancelled job made while a write was under way
 
 
 LiveState = tuple[str, int | None, str]

@@ -170,8 +170,8 @@ class Executor:
             return False
         return True
 
-    def _not_submitted(self, job: Job, previous: dict[str, LockEntry | None]) -> bool:
-        return self._unsubmitted(job, previous, f"submitting stopped: {self._halt_note}")
+    async def _not_submitted(self, job: Job, previous: dict[str, LockEntry | None]) -> bool:
+        return await self._unsubmitted(job, previous, f"submitting stopped: {self._halt_note}")
 
     @property
     def stopping(self) -> bool:
@@ -210,7 +210,7 @@ class Executor:
 
     # -- the lock --------------------------------------------------------------------------
 
-    def _write(self, job: Job, status: Status, **fields: object) -> None:
+    async def _write(self, job: Job, status: Status, **fields: object) -> None:
         """Give every shot of the job the same new state, and write the lock at once."""
         changes: dict[str, LockEntry | None] = {}
         for shot_id in job.shot_ids:
@@ -233,7 +233,7 @@ class Executor:
             if old is not None and entry is not None and replace(
                     entry, updated_at=old.updated_at) == old:
                 del changes[shot_id]  # nothing but the time: no rewrite
-        self.keeper.put(changes)
+        await self.keeper.commit(changes)
 
     def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
                 submitted: bool = False) -> ShotResult:
@@ -280,7 +280,7 @@ class Executor:
             self._report_only(job)
             return
         if job.kind == "place":
-            self._place(job)
+            await self._place(job)
             return
         if self.client is None:  # cannot happen: the caller builds a client when needed
             self._result(job, "in flight", "no API client")
@@ -309,11 +309,11 @@ class Executor:
             item.action, "not submitted")  # type: ignore[assignment]
         self._result(job, outcome, item.note)
 
-    def _place(self, job: Job) -> None:
+    async def _place(self, job: Job) -> None:
         """A video the store has: write the entries as done, no network."""
         output = job.known_output
         assert output is not None
-        self._write(job, "done", task_id=job.task_id, output=output,
+        await self._write(job, "done", task_id=job.task_id, output=output,
                     finished_at=self._finished_at(job))
         self.on_done(job, output)
         self._result(job, "up to date", job.note, output)
@@ -351,30 +351,30 @@ class Executor:
             self.reporter.update(job.label, "waiting", None, "")
             if (not await self.limiter.acquire(shot.endpoint, self._wait_to_submit)
                     or self._no_submit):
-                return self._not_submitted(job, previous)
+                return await self._not_submitted(job, previous)
             now = utc_now()
             self.reporter.update(job.label, "submitting")
 
-            def sending(now: str = now) -> None:  # the first byte is about to leave
-                self._write(job, "submitting", submitted_at=now, task_id=None)
+            async def sending(now: str = now) -> None:  # the first byte is about to leave
+                await self._write(job, "submitting", submitted_at=now, task_id=None)
 
             try:
                 task_id = await client.submit(shot.endpoint, wire, on_send=sending)
             except Unreachable as exc:
-                self._restore(previous)
+                await self._restore(previous)
                 self.limiter.forget(shot.endpoint)  # it never reached the server
                 if self._unreachable(exc):
-                    return self._not_submitted(job, previous)
+                    return await self._not_submitted(job, previous)
                 unreached += 1
                 delay = min(self.options.unreachable_retry, self._backoff(unreached))
                 if unreached == 1:  # the URL is named once, when the run gives up
                     self.reporter.update(job.label, "retrying", None, "no connection yet")
                 if await self._wait_to_submit(delay):
-                    return self._not_submitted(job, previous)
+                    return await self._not_submitted(job, previous)
                 continue
             except NotAccepted as exc:
                 self.reach.answered()
-                self._restore(previous)
+                await self._restore(previous)
                 if exc.status == 429:
                     # Provably no task, and waiting is free: a rate-limited shot is never given
                     # up, only slowed (bounded by --max-wait like any wait of a shot).
@@ -382,26 +382,26 @@ class Executor:
                     delay = self._backoff(limited, exc.retry_after)
                     self.limiter.pause(shot.endpoint, delay)
                     if time.monotonic() + delay > deadline:
-                        return self._unsubmitted(job, previous, f"still rate limited after "
+                        return await self._unsubmitted(job, previous, f"still rate limited after "
                                                                 f"{self.options.max_wait:g} s "
                                                                 f"(--max-wait): {exc}")
                 else:
                     attempt += 1
                     if attempt >= self.options.submit_attempts:
-                        return self._unsubmitted(job, previous, f"not accepted after "
+                        return await self._unsubmitted(job, previous, f"not accepted after "
                                                                 f"{attempt} tries: {exc}")
                     delay = self._backoff(attempt, exc.retry_after)
                 self.reporter.update(job.label, "retrying", None, str(exc))
                 if await self._wait_to_submit(delay):
-                    return self._not_submitted(job, previous)
+                    return await self._not_submitted(job, previous)
                 continue
             except NotSent as exc:
-                self._restore(previous)  # nothing left this machine: never ambiguous
+                await self._restore(previous)  # nothing left this machine: never ambiguous
                 self.limiter.forget(shot.endpoint)
                 self._halt("the request could not be sent", str(exc))
-                return self._not_submitted(job, previous)
+                return await self._not_submitted(job, previous)
             except Ambiguous as exc:
-                self._write(job, "unknown", submitted_at=now,
+                await self._write(job, "unknown", submitted_at=now,
                             error=f"submission not confirmed ({exc}); it may have been billed")
                 self._result(job, "unknown", f"{exc}; it may have been billed "
                                              "(--resubmit-unknown submits it again)",
@@ -410,29 +410,30 @@ class Executor:
             except AccountProblem as exc:
                 self.reach.answered()
                 self._halt(exc.reason or "the provider refused the account", str(exc))
-                return self._not_submitted(job, previous)
+                return await self._not_submitted(job, previous)
             except EndpointRefused as exc:
                 self._blocked_endpoints[shot.endpoint] = f"refused: {exc}"
-                return self._refused(job, exc)
+                return await self._refused(job, exc)
             except Refused as exc:
-                return self._refused(job, exc)
+                return await self._refused(job, exc)
             self.reach.answered()
             job.task_id = task_id
-            self._write(job, "queued", submitted_at=now, task_id=task_id)
+            await self._write(job, "queued", submitted_at=now, task_id=task_id)
             self.reporter.update(job.label, "queued", 0, "")
             return True
 
-    def _restore(self, previous: dict[str, LockEntry | None]) -> None:
-        self.keeper.put(dict(previous))
+    async def _restore(self, previous: dict[str, LockEntry | None]) -> None:
+        await self.keeper.commit(dict(previous))
 
-    def _unsubmitted(self, job: Job, previous: dict[str, LockEntry | None], note: str) -> bool:
-        self._restore(previous)
+    async def _unsubmitted(self, job: Job, previous: dict[str, LockEntry | None],
+                           note: str) -> bool:
+        await self._restore(previous)
         self._result(job, "not submitted", note)
         return False
 
-    def _refused(self, job: Job, exc: ApiError) -> bool:
+    async def _refused(self, job: Job, exc: ApiError) -> bool:
         self.reach.answered()
-        self._write(job, "failed", error=str(exc), finished_at=utc_now())
+        await self._write(job, "failed", error=str(exc), finished_at=utc_now())
         self._result(job, "failed", f"refused: {exc}")
         return False
 
@@ -472,7 +473,7 @@ class Executor:
             except TaskNotFound as exc:
                 self.reach.answered()
                 if not fresh:
-                    self._write(job, "lost", output=job.known_output,
+                    await self._write(job, "lost", output=job.known_output,
                                 finished_at=self._finished_at(job) if job.known_output else None,
                                 error=f"the provider no longer knows task {task_id} ({exc})")
                     self._result(job, "lost", f"task {task_id} can no longer be fetched; "
@@ -492,7 +493,7 @@ class Executor:
                 if state.status == SUCCEED:
                     if state.video_url:
                         return state
-                    self._write(job, "failed", error="the provider reported success but gave "
+                    await self._write(job, "failed", error="the provider reported success but gave "
                                                      "no video URL", finished_at=utc_now())
                     self._result(job, "failed", "succeeded without a video URL "
                                                 "(--retry-failed renders it again)",
@@ -500,7 +501,7 @@ class Executor:
                     return None
                 if state.status == FAILED:
                     reason = state.reason or "the task failed without a reason"
-                    self._write(job, "failed", error=reason, finished_at=utc_now())
+                    await self._write(job, "failed", error=reason, finished_at=utc_now())
                     self._result(job, "failed", f"{reason} (--retry-failed renders it again)",
                                  submitted=fresh)
                     return None
@@ -511,7 +512,7 @@ class Executor:
                                                    "asks again", submitted=fresh)
                     return None
                 if state.status != last_status and state.status != PENDING:
-                    self._write(job, state.status)  # type: ignore[arg-type]
+                    await self._write(job, state.status)  # type: ignore[arg-type]
                     last_status = state.status
                 self.reporter.update(job.label, state.status, state.progress, "")
                 # Polls since the eta last said "more than 0 s": an eta of 0 means due now.
@@ -539,7 +540,7 @@ class Executor:
     async def _download(self, job: Job, client: KlingClient, state: TaskState,
                         fresh: bool) -> None:
         """Fetch, verify and store the video; retried (with a fresh URL if it expired)."""
-        self._write(job, "rendered")
+        await self._write(job, "rendered")
         url = state.video_url
         problem = ""
         for attempt in range(1, self.options.download_attempts + 1):
@@ -572,10 +573,10 @@ class Executor:
             output = Output(got.sha256, got.size, round(duration, 3))
             self.store.record(job.key, CachedResult(output, job.task_id, job.endpoint))
             same = job.known_output is not None and job.known_output.sha256 == output.sha256
-            self._write(job, "done", output=output, error=None,  # a re-fetch changes nothing
+            await self._write(job, "done", output=output, error=None,  # a re-fetch changes nothing
                         finished_at=self._finished_at(job) if same else utc_now())
             if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
-                self.keeper.put(dict.fromkeys(job.removed_ids))
+                await self.keeper.commit(dict.fromkeys(job.removed_ids))
             self.on_done(job, output)
             note = ""
             if job.known_output is not None and job.known_output.sha256 != output.sha256:
@@ -584,7 +585,7 @@ class Executor:
             return
         note = "stopped before the download finished" if self.stopping else (
             f"download failed: {problem}")
-        self._write(job, "rendered", error=note)
+        await self._write(job, "rendered", error=note)
         self._result(job, "in flight", f"{note}; the task id is kept and the next run "
                                        "downloads it", submitted=fresh)
 
