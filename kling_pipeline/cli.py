@@ -58,9 +58,11 @@ class _Group(click.Group):
         except Exception as exc:
             if ctx.meta.get("debug"):
                 raise
+            from kling_pipeline.textsafe import clip
+
             click.echo(f"internal error (a bug in kling-pipeline): {type(exc).__name__}: "
-                       f"{exc}\nrun again with --debug for the traceback, and please report "
-                       "it", err=True)
+                       f"{clip(str(exc))}\nrun again with --debug for the traceback, and please "
+                       "report it", err=True)
             sys.exit(EXIT_BUG)
 
 

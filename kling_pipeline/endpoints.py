@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kling_pipeline.textsafe import cut, described, printable
+
 FieldKind = Literal["text", "integer", "number", "boolean", "image", "multi_prompt"]
 Path = tuple[str | int, ...]
 
@@ -206,7 +208,7 @@ def _show(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, str):
-        return f'"{value}"'
+        return f'"{cut(printable(value), 60)}"'
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -247,9 +249,9 @@ def _check_scalar(spec: FieldSpec, value: Any, path: Path, slug: str,
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            return [Problem(path, f"must be a whole number, got {type_name(value)} {value!r}")]
+            return [Problem(path, f"must be a whole number, got {described(value)}")]
     elif kind == "number" and not _is_number(value):
-        return [Problem(path, f"must be a number, got {type_name(value)} {value!r}")]
+        return [Problem(path, f"must be a number, got {described(value)}")]
     if spec.choices and value not in spec.choices:
         return [Problem(path, f"must be {spec.allowed()} for {slug}, got {_show(value)}")]
     low, high = spec.minimum, spec.maximum

@@ -89,6 +89,23 @@ def test_cfg_scale_is_zero_to_one_everywhere(value: float) -> None:
         assert any("0..1" in m for m in messages(slug, {**base, "cfg_scale": value})), slug
 
 
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("cfg_scale", float("nan"), "cfg_scale: must be a number, got .nan (not a number)"),
+    ("duration", float("inf"), "duration: must be a whole number, got .inf (infinity)"),
+    ("duration", "five", "duration: must be a whole number, got text 'five'"),
+])
+def test_a_value_of_the_wrong_kind_is_named_as_yaml_writes_it(field: str, value: object,
+                                                            said: str) -> None:
+    """Issue 9, item 11: it said "must be a number, got number nan"."""
+    assert said in messages("kling-v3.0-pro-t2v", {"prompt": "p", field: value})
+
+
+def test_a_long_choice_is_cut_in_the_message() -> None:
+    (message,) = [m for m in messages("kling-v3.0-pro-t2v", {"prompt": "p",
+                                                             "aspect_ratio": "9" * 100_000})]
+    assert len(message) < 300 and "100,000 characters" in message
+
+
 def test_multi_prompt_excludes_prompt_and_end_image() -> None:
     parts = [{"prompt": "a", "duration": 3}, {"prompt": "b", "duration": 2}]
     found = messages("kling-v3.0-pro-i2v", {"image": "https://x/a.png", "prompt": "p",

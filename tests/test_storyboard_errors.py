@@ -331,10 +331,10 @@ def test_an_unquoted_aspect_ratio_is_understood(tmp_path: Path) -> None:
 
 NOT_TEXT_KEYS = [
     ("int key at the top", "^1: x\nshots: [{id: a, prompt: p}]\n", "1", "unknown key 1"),
-    ("null key at the top", "^null: x\nshots: [{id: a, prompt: p}]\n", "None",
-     "unknown key None"),
-    ("bool key at the top", "^true: x\nshots: [{id: a, prompt: p}]\n", "True",
-     "unknown key True"),
+    ("null key at the top", "^null: x\nshots: [{id: a, prompt: p}]\n", "null",
+     "unknown key null: YAML reads it as null"),
+    ("bool key at the top", "^true: x\nshots: [{id: a, prompt: p}]\n", "true",
+     "unknown key true: YAML reads it as a boolean"),
     ("int key beside a provider error", "^1: x\nprovider: {concurrency: 0}\n"
      "shots: [{id: a, prompt: p}]\n", "1", "allowed here: version, name"),
     ("int key in a shot", "shots: [{id: a, prompt: p, ^2: x}]\n", "shots[0].2",
