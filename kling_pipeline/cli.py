@@ -385,7 +385,7 @@ def _finish(report: Any, plan: Any, folder: FolderResult | None) -> None:
     missing = [item.id for item in plan.items
                if item.action != "remove" and item.id not in covered]
     click.echo("")
-    click.echo(render_summary(report, missing))
+    click.echo(render_summary(report, missing, [item.id for item in plan.items]))
     click.echo(render_folder(folder) if folder is not None else
                "Output: none written: no shot is rendered yet.")
     if report.interrupted:

@@ -13,7 +13,7 @@ written.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from kling_pipeline.executor import RunReport, ShotResult
@@ -136,19 +136,24 @@ def _row(result: ShotResult) -> tuple[str, str, str, str]:
     return ids, result.outcome, clip(result.task_id or "-"), clip(result.note, NOTE_LIMIT)
 
 
-def render_summary(report: RunReport, missing: list[str]) -> str:
-    """The table of shots that did not simply finish, and one line of counts."""
+def render_summary(report: RunReport, missing: list[str],
+                   order: Sequence[str] = ()) -> str:
+    """The table of shots that did not simply finish, in storyboard `order` (the ids, as
+    planned), and one line of counts."""
     counts: dict[str, int] = {}
-    rows = []
+    keyed: list[tuple[str, tuple[str, str, str, str]]] = []
     for result in report.results:
         counts[result.outcome] = counts.get(result.outcome, 0) + len(result.shot_ids)
         if result.outcome not in ("done", "up to date") or (
                 result.note and result.outcome == "done"):
-            rows.append(_row(result))
+            keyed.append((result.shot_ids[0] if result.shot_ids else "", _row(result)))
     for shot_id in missing:
         counts["interrupted"] = counts.get("interrupted", 0) + 1
-        rows.append((clip(shot_id), "interrupted", "-",
-                     "the run stopped before this shot ended; see `status`"))
+        keyed.append((shot_id, (clip(shot_id), "interrupted", "-",
+                                "the run stopped before this shot ended; see `status`")))
+    position = {shot_id: i for i, shot_id in enumerate(order)}
+    keyed.sort(key=lambda pair: position.get(pair[0], len(position)))  # stable: others last
+    rows = [row for _, row in keyed]
     lines = []
     if rows:
         widths = [max(len(r[i]) for r in [*rows, ("shot", "result", "task", "")])

@@ -55,3 +55,14 @@ def test_the_summary_lists_what_did_not_finish_and_counts_everything() -> None:
             "(2 submitted in this run).") in text
     assert text.endswith("Submitting stopped: BILLING_BALANCE_NOT_ENOUGH: top up")
     assert "\n  a " not in text  # a shot that simply finished is not listed
+
+
+def test_the_summary_lists_shots_in_storyboard_order_interrupted_ones_included() -> None:
+    """Issue 9, item 5: rows came in the order shots ended, interrupted ones last."""
+    report = RunReport([
+        ShotResult(("c",), "failed", "t-3", "late failure"),
+        ShotResult(("a",), "unknown", None, "may have been billed"),
+    ])
+    text = render_summary(report, ["b"], ["a", "b", "c", "d"])
+    rows = [line.split()[0] for line in text.splitlines()[1:] if line.startswith("  ")]
+    assert rows == ["a", "b", "c"]
