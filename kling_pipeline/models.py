@@ -8,11 +8,21 @@ number or boolean field may hold a template (`duration: "{{ item.seconds }}"`) t
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from kling_pipeline.endpoints import ENDPOINTS, type_name
@@ -72,6 +82,74 @@ ModelName: TypeAlias = Annotated[str, WithJsonSchema({
 })]
 
 
+# What a `provider.prices` key may name: an endpoint slug, or a price family of slugs.
+PRICE_NAMES: frozenset[str] = frozenset(ENDPOINTS) | frozenset(
+    e.price_family for e in ENDPOINTS.values() if e.price_family)
+
+
+def _refused(kind: str, message: str) -> PydanticCustomError:
+    """An error whose message is said as is (braces in it are not a template)."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+def _priced(name: str) -> str:
+    """A price under a name no endpoint has would silently never be used: a typo."""
+    if name in PRICE_NAMES:
+        return name
+    close = difflib.get_close_matches(name, sorted(PRICE_NAMES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _refused("price_name", f"{name!r} names no endpoint or price family, so its price "
+                                 f"would never be used{hint}; known: "
+                                 + ", ".join(sorted(PRICE_NAMES)))
+
+
+def _an_integer(value: Any) -> Any:
+    """`version: true` and `version: 1.0` are not 1 (Python's True == 1.0 == 1 let them
+    through as the number)."""
+    if type(value) is not int:
+        raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                  {"expected": "1"})
+    return value
+
+
+_SEPARATORS = re.compile(r"[\\/]")
+_ABSOLUTE = re.compile(r"^(?:[\\/]|[A-Za-z]:[\\/])")
+
+
+def _own_folder(value: str) -> str:
+    """The output folder must be a folder of its own: apply writes index.html, final.mp4 and
+    manifest.json there and deletes the files it made before. A relative path is read from
+    the storyboard's folder on every machine that checks it out, so it must stay below it.
+
+    Lexical only (no file system here): an absolute path that holds the storyboard is refused
+    by `apply`, which knows where the storyboard is. Both separators count, for Windows.
+    """
+    absolute = _ABSOLUTE.match(value)
+    below = value[absolute.end():] if absolute else value
+    parts = [part for part in _SEPARATORS.split(below) if part not in ("", ".")]
+    if "\0" in value:
+        raise _refused("output_folder", f"{value!r}: a folder name cannot hold a NUL character")
+    if value.startswith("~"):
+        raise _refused("output_folder", f"{value!r}: '~' is not your home folder here, the "
+                                        "path is read from the storyboard's folder; give a "
+                                        "folder inside it (renders/<name>) or an absolute path")
+    if ".." in parts:
+        raise _refused("output_folder", f"{value!r} goes up out of the storyboard's folder "
+                                        "('..'): the output folder must be a folder of its "
+                                        "own inside it (renders/<name>), or an absolute path")
+    if not parts:
+        where = "the root folder" if absolute else "the storyboard's folder"
+        raise _refused("output_folder", f"{value!r} is {where}, which holds the storyboard "
+                                        "itself: apply writes index.html, final.mp4 and "
+                                        "manifest.json in the output folder and deletes its "
+                                        "old videos there; give a folder of its own (the "
+                                        "default is renders/<name>)")
+    return value
+
+
+_PRICE_KEYS: dict[str, Any] = {"propertyNames": {"enum": sorted(PRICE_NAMES)}}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -94,9 +172,10 @@ class Provider(_Strict):
     requests_per_minute: int = Field(default=20, ge=1, le=6000,
                                      description="Submissions per minute per endpoint")
     concurrency: int = Field(default=4, ge=1, le=256, description="Shots worked on at once")
-    prices: dict[str, Price] = Field(
+    prices: dict[Annotated[str, AfterValidator(_priced)], Price] = Field(
         default_factory=dict,
-        description="Price table override, by endpoint slug or family (kling-v3.0-pro)")
+        description="Price table override, by endpoint slug or family (kling-v3.0-pro)",
+        json_schema_extra=_PRICE_KEYS)
 
 
 class MultiPromptPart(_Strict):
@@ -156,14 +235,17 @@ class StoryboardHead(_Strict):
                            "patternProperties": {"^x-": {}}},
     )
 
-    version: Literal[1] = Field(description="Storyboard format version")
+    version: Annotated[Literal[1], BeforeValidator(_an_integer)] = Field(
+        description="Storyboard format version")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
                       description="Project name: names the output folder")
     description: str | None = None
-    output: str | None = Field(
-        default=None, min_length=1, pattern=r"^[^\x00]+$",
-        description="Output folder, relative to the storyboard file (default: renders/<name>); "
-                    "`apply --simulate` adds `.simulated` to its name")
+    output: Annotated[str, Field(min_length=1, json_schema_extra={"pattern": r"^[^\x00]+$"}),
+                      AfterValidator(_own_folder)] | None = Field(
+        default=None,
+        description="Output folder: a folder of its own below the storyboard's folder, "
+                    "relative to it (no '..', no '~'), or an absolute path (default: "
+                    "renders/<name>); `apply --simulate` adds `.simulated` to its name")
     provider: Provider = Field(default_factory=Provider)
     defaults: Defaults = Field(default_factory=Defaults)
     vars: dict[Annotated[str, Field(pattern=IDENTIFIER)], Any] = Field(default_factory=dict)

@@ -1,7 +1,8 @@
 """Cost estimates: USD per second of video, from resellers' published prices.
 
 Every figure here is an estimate (prices differ by router and change); a storyboard's
-`provider.prices` overrides them by endpoint slug or by family.
+`provider.prices` overrides them by endpoint slug or by family. Those are the only names a
+price may have (models.PRICE_NAMES): validation refuses any other, which would never be used.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kling_pipeline.endpoints import get_endpoint
-from kling_pipeline.models import Price
+from kling_pipeline.models import PRICE_NAMES, Price
 from kling_pipeline.render import ShotRequest
 
 DEFAULT_PRICES: Mapping[str, Price] = {
@@ -18,6 +19,7 @@ DEFAULT_PRICES: Mapping[str, Price] = {
     "kling-v3.0-pro": Price(per_second=0.112, per_second_sound=0.168),
     "kling-v3.0-4k": Price(per_second=0.42, per_second_sound=0.63),
 }
+assert DEFAULT_PRICES.keys() <= PRICE_NAMES, "a built-in price names no endpoint or family"
 
 
 @dataclass(frozen=True)

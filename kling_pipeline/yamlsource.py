@@ -37,19 +37,34 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     """Safe loader that records duplicate keys instead of letting the last one win."""
 
-    duplicates: list[yaml.Node]
+    duplicates: list[tuple[yaml.Node, yaml.Node]]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode) and self._may_repeat(node):
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                if key_node.value in seen:
-                    self.duplicates.append(key_node)
-                seen.add(key_node.value)
+        """Build the mapping; two keys that construct to equal values (`1` and `0x1`, `true`
+        and `True`, `1` and `1.0`) are one key of the dict, so a dict shorter than its keys
+        is the cheap sign of a duplicate (merges, rare, are always looked at closely)."""
+        own = node.value if isinstance(node, yaml.MappingNode) else []
+        count = len(own)
         result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        merged = node.value is not own or len(own) != count  # flatten_mapping ran a merge
+        if len(result) < count or merged:
+            self._find_duplicates(own)
         return result
+
+    def _find_duplicates(self, pairs: list[tuple[yaml.Node, yaml.Node]]) -> None:
+        """Pairs of key nodes of equal value (the first, the repeat); keys merged in with
+        `<<` are not in `pairs`, so overriding one of them is not a duplicate."""
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in pairs:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)  # built already: a look-up
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # unhashable: the constructor has refused it already
+                continue
+            if first is not key_node:
+                self.duplicates.append((first, key_node))
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """Construct one value; a scalar the safe constructor chokes on becomes a located error.
@@ -65,15 +80,6 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
         except (ValueError, LookupError, AttributeError, TypeError, ArithmeticError) as exc:
             raise ConstructorError(
                 None, None, _unreadable(node, exc), node.start_mark) from exc
-
-    @staticmethod
-    def _may_repeat(node: yaml.MappingNode) -> bool:
-        """Cheap first look: are any two key values equal? (the common answer is no)"""
-        try:
-            keys = [k.value for k, _ in node.value]
-            return len(set(keys)) != len(keys)
-        except TypeError:  # a non-scalar key: look closely
-            return True
 
 
 _READABLE = {
@@ -265,10 +271,23 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
         loader.dispose()
     if loader.duplicates:
         assert root is not None
-        raise StoryboardError(
-            Diagnostic(shown, k.start_mark.line + 1, k.start_mark.column + 1,
-                       format_path(path_of(root, k) or [str(k.value)]),
-                       "duplicate key: this mapping already has it (YAML would silently keep "
-                       "the last one)")
-            for k in loader.duplicates)
+        raise StoryboardError(_duplicate(shown, root, first, again)
+                              for first, again in loader.duplicates)
     return YamlSource(path, data, root, shown)
+
+
+def _duplicate(shown: str, root: yaml.Node, first: yaml.Node, again: yaml.Node) -> Diagnostic:
+    """The repeated key, at its place, naming the place of the first one."""
+    mark = again.start_mark
+    was = f"line {first.start_mark.line + 1}, column {first.start_mark.column + 1}"
+    same = "" if first.value == again.value else \
+        f" ({_spelled(again)} is read as the same key as {_spelled(first)})"
+    return Diagnostic(shown, mark.line + 1, mark.column + 1,
+                      format_path(path_of(root, again) or [str(again.value)]),
+                      f"duplicate key: this mapping has it already at {was}{same}; YAML would "
+                      "silently keep the last one")
+
+
+def _spelled(node: yaml.Node) -> str:
+    value = node.value if isinstance(node, yaml.ScalarNode) else "..."
+    return repr(value) if len(value) <= 40 else repr(value[:37]) + "..."

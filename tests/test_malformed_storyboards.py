@@ -56,6 +56,22 @@ CASES: list[tuple[str, str | bytes, str]] = [
     ("version 2", "version: 2\nname: t\n" + T2V + "shots: [{id: a, prompt: p}]\n", "must be 1"),
     ("version as text", "version: '1'\nname: t\n" + T2V + "shots: [{id: a, prompt: p}]\n",
      "must be 1"),
+    ("version true", "version: true\nname: t\n" + T2V + "shots: [{id: a, prompt: p}]\n",
+     "must be 1"),
+    ("output the storyboard's folder", HEAD + "output: .\n" + T2V
+     + "shots: [{id: a, prompt: p}]\n", "holds the storyboard itself"),
+    ("output the folder above", HEAD + "output: ..\n" + T2V + "shots: [{id: a, prompt: p}]\n",
+     "goes up out of the storyboard's folder"),
+    ("output up and around", HEAD + "output: cuts/../../x\n" + T2V
+     + "shots: [{id: a, prompt: p}]\n", "goes up out of the storyboard's folder"),
+    ("output in home", HEAD + "output: ~/renders\n" + T2V + "shots: [{id: a, prompt: p}]\n",
+     "not your home folder"),
+    ("output the root", HEAD + "output: /\n" + T2V + "shots: [{id: a, prompt: p}]\n",
+     "the root folder"),
+    ("keys equal once read", HEAD + T2V + "vars: {v: {1: a, 0x1: b}}\n"
+     "shots: [{id: a, prompt: p}]\n", "'0x1' is read as the same key as '1'"),
+    ("booleans spelled twice", HEAD + T2V + "x-a: {true: 1, True: 2}\n"
+     "shots: [{id: a, prompt: p}]\n", "'True' is read as the same key as 'true'"),
     ("name with a slash", "version: 1\nname: a/b\n" + T2V + "shots: [{id: a, prompt: p}]\n",
      "simple name"),
     ("no shots", HEAD + T2V + "shots: []\n", "must not be empty"),
@@ -77,6 +93,8 @@ CASES: list[tuple[str, str | bytes, str]] = [
      "shots: [{id: a, prompt: p}]\n", "https://"),
     ("price below zero", HEAD + T2V + "provider: {prices: {kling-v3.0-pro: {per_second: -1}}}\n"
      "shots: [{id: a, prompt: p}]\n", ">= 0"),
+    ("price for no endpoint", HEAD + T2V + "provider: {prices: {kling-v3.0-prp: "
+     "{per_second: 1}}}\nshots: [{id: a, prompt: p}]\n", "did you mean 'kling-v3.0-pro'"),
     ("price a number", HEAD + T2V + "provider: {prices: {kling-v3.0-pro: 5}}\n"
      "shots: [{id: a, prompt: p}]\n", "mapping"),
     # shot fields

@@ -473,3 +473,100 @@ def test_a_field_under_the_api_pages_name_is_located_under_that_name(tmp_path: P
     [both] = lines_at(result, path, "image_url: https://example.com/a.png\n    prompt: p\n",
                       "shots[1].image_url", occurrence=2)
     assert "give one of them" in both
+
+
+# --- 7. what the docs forbid, reported by validate (issue 9) --------------------------------
+
+BOARD_END = f"defaults: {{model: {T2V}}}\nshots: [{{id: a, prompt: p}}]\n"
+
+
+@pytest.mark.parametrize("mapping,second,first,spelled", [
+    ("{1: a, 0x1: b}", "0x1", "1", "'0x1' is read as the same key as '1'"),
+    ("{1: a, true: b}", "true", "1", "'true' is read as the same key as '1'"),
+    ("{true: a, True: b}", "True", "true", "'True' is read as the same key as 'true'"),
+    ("{null: a, ~: b}", "~", "null", "'~' is read as the same key as 'null'"),
+    ("{1: a, 1.0: b}", "1.0", "1", "'1.0' is read as the same key as '1'"),
+    ("{k: a, k: b}", "k", "k", "this mapping has it already"),
+])
+def test_keys_equal_once_read_are_duplicates_naming_both_places(
+        tmp_path: Path, mapping: str, second: str, first: str, spelled: str) -> None:
+    """`1` and `0x1` are one key of the dict: the second silently overwrote the first."""
+    path = write(tmp_path, HEAD + f"vars: {{v: {mapping}}}\n" + BOARD_END)
+    line, column = at(path, "{v: {^" + first)
+    expect(path, ", ^" + second + ":", f"vars.v.{second}", "duplicate key",
+           f"already at line {line}, column {column}", spelled)
+
+
+@pytest.mark.parametrize("text", [
+    "vars: {v: {1: a, '1': b}, w: {true: c, 'true': d}}\n",  # quoted: text, another key
+    "x-a: &a {k: 1, j: 2}\nvars: {v: {<<: *a, k: 3}}\n",  # a merge is overridden, not repeated
+    "x-a: &a {k: 1}\nx-b: &b {k: 2}\nvars: {v: {<<: [*a, *b], j: 3}}\n",
+])
+def test_keys_that_only_look_alike_are_fine(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, HEAD + text + BOARD_END)
+    result = validate(path)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("value,fragment", [
+    (".", "holds the storyboard itself"),
+    ("./", "holds the storyboard itself"),
+    ("..", "goes up out of the storyboard's folder"),
+    ("../renders", "goes up out of the storyboard's folder"),
+    ("renders/../..", "goes up out of the storyboard's folder"),
+    ("'renders\\..\\..'", "goes up out of the storyboard's folder"),
+    ("~/renders", "'~' is not your home folder here"),
+    ("/", "the root folder"),
+])
+def test_an_output_that_is_not_a_folder_of_its_own_is_located(tmp_path: Path, value: str,
+                                                             fragment: str) -> None:
+    path = write(tmp_path, HEAD + f"output: {value}\n" + BOARD_END)
+    expect(path, "output: ^" + value, "output", fragment, "renders/<name>")
+
+
+@pytest.mark.parametrize("value", ["renders/v2", "./cuts", "cuts/./v1", "a..b"])
+def test_an_output_below_the_storyboard_is_fine(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, HEAD + f"output: {value}\n" + BOARD_END)
+    assert validate(path).exit_code == 0
+
+
+def test_an_absolute_output_is_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + f"output: {tmp_path / 'elsewhere'}\n" + BOARD_END)
+    assert validate(path).exit_code == 0
+
+
+def test_output_dot_no_longer_writes_a_folder_beside_the_project(tmp_path: Path) -> None:
+    """`apply --simulate` added `.simulated` to the storyboard folder's own name: `output: .`
+    of project/board.yaml filled project.simulated/, outside the project."""
+    project = tmp_path / "project"
+    project.mkdir()
+    path = write(project, HEAD + "output: .\n" + BOARD_END)
+    result = CliRunner().invoke(main, ["apply", "--simulate", "--yes", "--no-cache", str(path)])
+    assert result.exit_code == 1 and "holds the storyboard itself" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    assert sorted(p.name for p in project.iterdir()) == ["board.yaml"]
+
+
+@pytest.mark.parametrize("value", ["true", "false", "'1'", "1.0"])
+def test_version_must_be_the_number_1(tmp_path: Path, value: str) -> None:
+    """`version: true` was taken as 1 (Python's True == 1)."""
+    path = write(tmp_path, f"version: {value}\nname: t\n" + BOARD_END)
+    expect(path, "version: ^" + value, "version", "must be 1", "this file says")
+
+
+def test_a_price_for_no_endpoint_is_located_at_its_name(tmp_path: Path) -> None:
+    """A typo in a price's name left the price silently unused."""
+    path = write(tmp_path, HEAD + "provider:\n  prices:\n    kling-v3.0-pro: {per_second: 1}\n"
+                 "    kling-v3.0-prp: {per_second: 2}\n    kling-v16-t2v: {per_second: 3}\n"
+                 + BOARD_END)
+    result = expect(path, "^kling-v3.0-prp:", "provider.prices", "names no endpoint or price "
+                    "family", "did you mean 'kling-v3.0-pro'?")
+    [typo] = lines_at(result, path, "^kling-v16-t2v:", "provider.prices")
+    assert "did you mean 'kling-v1.6-t2v'?" in typo
+
+
+def test_prices_by_slug_and_family_are_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "provider: {prices: {kling-v3.0-pro: {per_second: 1}, "
+                 "kling-v1.6-t2v: {per_second: 2}, kling-v3.0-4k-i2v: {per_second: 3}}}\n"
+                 + BOARD_END)
+    assert validate(path).exit_code == 0
