@@ -117,6 +117,17 @@ def _verify(path: Path, expected: float | None) -> float:
     return info.duration
 
 
+async def _wait_unless(event: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`; True (at once) if `event` is or becomes set meanwhile."""
+    if seconds <= 0:
+        return event.is_set()
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 class Executor:
     """Works a list of jobs with at most `options.jobs` at a time."""
 
@@ -162,13 +173,7 @@ class Executor:
 
     async def _wait_to_submit(self, seconds: float) -> bool:
         """Wait before a submission, or return True at once when submitting has stopped."""
-        if seconds <= 0:
-            return self._no_submit
-        try:
-            await asyncio.wait_for(self._halted.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await _wait_unless(self._halted, seconds)
 
     async def _not_submitted(self, job: Job, previous: dict[str, LockEntry | None]) -> bool:
         return await self._unsubmitted(job, previous, f"submitting stopped: {self._halt_note}")
@@ -179,13 +184,7 @@ class Executor:
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait, or return True at once when the run is stopping."""
-        if seconds <= 0:
-            return self.stopping
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await _wait_unless(self._stop, seconds)
 
     async def _read(self, read: Awaitable[T]) -> T:
         """Await a poll or a download, abandoning it (`_Stopped`) when the run stops, so that
