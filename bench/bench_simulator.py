@@ -20,10 +20,12 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 import httpx
 
@@ -61,10 +63,22 @@ def server_process(*options: str) -> Iterator[tuple[str, int]]:
         match = re.search(r"http://127\.0\.0\.1:\d+", line)
         if match is None:
             raise RuntimeError(f"the simulator did not start: {line}")
+        # Keep reading what it says: a pipe nobody drains fills up (64 KiB) and then every
+        # log line blocks the simulator's event loop for good.
+        threading.Thread(target=_drain, args=(child.stderr,), daemon=True).start()
         yield match.group(0), child.pid
     finally:
         child.terminate()
         child.wait(timeout=10)
+
+
+def _drain(stream: IO[str]) -> None:
+    """Pass on what the simulator says, one line per traceback (its last line)."""
+    last = ""
+    for line in stream:
+        if not line.startswith((" ", "Traceback")) and last.startswith(" "):
+            print(f"simulator: {line.rstrip()}", file=sys.stderr)
+        last = line
 
 
 def peak_memory_kib(pid: int) -> int:

@@ -94,12 +94,12 @@ def trial(url: str, shots: int, number: int, delay: float) -> tuple[int, int, in
         child.send_signal(signal.SIGKILL)
         child.wait()
         entries = json.loads(lock.read_text())["shots"] if lock.exists() else {}
-        made = httpx.get(f"{url}/_simulator/stats").json()["submissions"]
+        made = httpx.get(f"{url}/_simulator/stats", timeout=60).json()["submissions"]
         ambiguous = [e for e in entries.values() if e["status"] in ("submitting", "unknown")]
         needless = sum(1 for e in ambiguous if not made.get(body_digest(e["request"])))
         subprocess.run(apply_command(board, url, shots), env=ENV, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
-        made = httpx.get(f"{url}/_simulator/stats").json()["submissions"]
+        made = httpx.get(f"{url}/_simulator/stats", timeout=60).json()["submissions"]
         after = json.loads(lock.read_text())["shots"]
         twice = sum(1 for e in after.values() if made.get(body_digest(e["request"]), 0) > 1)
         return needless, len(ambiguous) - needless, shots - len(entries), twice
