@@ -7,6 +7,7 @@ Every problem is collected with its place in the YAML file; nothing stops at the
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import re
@@ -426,14 +427,36 @@ class StoryboardRenderer:
 
     def _check_unique_ids(self, shots: list[ShotRequest]) -> None:
         seen: dict[str, ShotRequest] = {}
+        items: dict[int, str] | None = None  # made at the first clash: clashes are rare
         for shot in shots:
             folded = shot.id.casefold()
             first = seen.setdefault(folded, shot)
             if first is not shot:
+                items = self._fan_out_items(shots) if items is None else items
                 also = "" if first.id == shot.id else f" as {first.id!r}"
                 self.problems.add(("shots", shot.entry, "id"),
-                                  f"duplicate shot id {shot.id!r}: shots[{first.entry}] has "
-                                  f"it too{also} (ids must be unique, ignoring case)")
+                                  f"duplicate shot id {shot.id!r}{items.get(id(shot), '')}: "
+                                  f"shots[{first.entry}]{items.get(id(first), '')} has it "
+                                  f"too{also} (ids must be unique, ignoring case)")
+
+    def _fan_out_items(self, shots: list[ShotRequest]) -> dict[int, str]:
+        """' (foreach item 3)' by id() of each shot a foreach or matrix made, so that two
+        items of one entry are told apart (both are `shots[0]`). An entry keeps its shots in
+        item order; if some of its items failed to build, the numbers are not known."""
+        fanned = {entry: ("foreach item" if shot.foreach is not None else "matrix combination",
+                          _fan_out_size(shot))
+                  for entry, shot in self.entries if shot.foreach is not None
+                  or shot.matrix is not None}
+        made = collections.Counter(shot.entry for shot in shots)
+        counted: collections.Counter[int] = collections.Counter()
+        items: dict[int, str] = {}
+        for shot in shots:
+            if shot.entry in fanned:
+                what, size = fanned[shot.entry]
+                counted[shot.entry] += 1
+                items[id(shot)] = f" ({what} {counted[shot.entry]})" \
+                    if made[shot.entry] == size else f" (a {what})"
+        return items
 
 
 class _Missing:

@@ -1,13 +1,16 @@
 """Guards that keep hostile or broken YAML from hanging or crashing the tool.
 
-libyaml's composer recurses once per nesting level (100,000 levels of `[` take half a minute
-and more overflow the C stack), and aliases can expand a few lines into billions of values
-(a "billion laughs"). A storyboard never needs either, so both are refused, with the place.
+The composer recurses once per nesting level (100,000 levels of `[` took half a minute and
+more overflowed the C stack; libyaml 0.2.6 stops at 1,000 levels itself), and aliases can
+expand a few lines into billions of values (a "billion laughs"). A storyboard never needs
+either, so both are refused, with the place. Nesting is what the parser sees: brackets and
+`- ` runs in comments, quoted text and block scalars nest nothing and are not counted.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 import yaml
 
@@ -16,7 +19,6 @@ MAX_DEPTH = 100
 MAX_EXPANDED = 2_000_000
 _TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels; a storyboard never needs that many"
 
-_FLOW = re.compile(rb"[\[\]{}]")
 _COMPACT = re.compile(rb"(?:[-?][ \t]+){%d,}" % MAX_DEPTH)
 # Compact nesting (`- - - x`) needs `-` or `?` then blanks then `-` or `?`: when no such pair
 # is in the file, the regex above (a few ms over a large file) need not run.
@@ -25,35 +27,59 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _AS_PARENS = bytes.maketrans(b"[{]}", b"(())")
 
 
-class GuardProblem(Exception):
-    """Input refused before or after composing; `offset` or `node` tells where."""
+class Mark(Protocol):
+    """A place in the text, as the pure-Python and the C parser both give it (0-based)."""
 
-    def __init__(self, message: str, offset: int | None = None,
-                 node: yaml.Node | None = None) -> None:
+    line: int
+    column: int
+
+
+class GuardProblem(Exception):
+    """Input refused before or after composing; `mark` or `node` tells where, if anywhere."""
+
+    def __init__(self, message: str, node: yaml.Node | None = None,
+                 mark: Mark | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.offset = offset
         self.node = node
+        self.mark = mark
 
 
-def check_text(text: bytes) -> None:
-    """Refuse files too large or nested too deeply to compose safely (cheap: a scan in C)."""
+def check_text(text: bytes, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> None:
+    """Refuse files too large or nested too deeply to compose safely.
+
+    Cheap first (scans in C): a run of `- ` pairs or of brackets long enough to nest too
+    deep. Those runs may as well be in a comment, a quoted prompt or a block scalar, which
+    nest nothing: only then are the parser's events counted (`loader`'s, without composing),
+    which see the real nesting, and refuse it at the collection that is too deep.
+    """
     if len(text) > MAX_BYTES:
         raise GuardProblem(f"the file is {len(text) / 1e6:.0f} MB; a storyboard may be at most "
                            f"{MAX_BYTES // (1024 * 1024)} MB")
     compact = _COMPACT.search(text) if any(p in text for p in _COMPACT_PAIRS) else None
-    if compact:
-        raise GuardProblem(_TOO_DEEP, compact.start())
-    if text.count(b"[") + text.count(b"{") <= MAX_DEPTH or _flow_depth_at_most(text) <= MAX_DEPTH:
+    if compact is None and (text.count(b"[") + text.count(b"{") <= MAX_DEPTH
+                            or _flow_depth_at_most(text) <= MAX_DEPTH):
         return
-    depth = 0  # too deep: find where, in the text itself
-    for match in _FLOW.finditer(text):
-        if match.group() in (b"[", b"{"):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise GuardProblem(_TOO_DEEP, match.start())
-        elif depth:
-            depth -= 1
+    _check_events(text, loader)
+
+
+def _check_events(text: bytes, loader: type[yaml.SafeLoader]) -> None:
+    """Count the nesting from the parser's events (a loop, no recursion: the composer is what
+    recurses). A syntax error is left for the real load to report, at its place."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH + 1:  # the top-level mapping is level 0
+                    raise GuardProblem(_TOO_DEEP, mark=event.start_mark)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        if "maximum nesting depth" in str(exc.problem):  # libyaml's own limit, 1,000
+            raise GuardProblem(_TOO_DEEP, mark=exc.problem_mark) from exc
+    except yaml.YAMLError:
+        pass
 
 
 def _flow_depth_at_most(text: bytes) -> int:

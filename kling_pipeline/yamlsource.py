@@ -2,7 +2,8 @@
 
 Values are built by PyYAML's safe constructor (the C parser when available, so loading costs
 what plain `yaml.load` costs); the node tree is kept so that positions are looked up only
-when there is an error to report. Duplicate keys, which PyYAML silently lets win, are errors.
+when there is an error to report. Duplicate keys, which PyYAML silently lets win, are errors,
+and so are keys that are one key once read (`1` and `0x1`, `true` and `True`).
 """
 
 from __future__ import annotations
@@ -225,9 +226,9 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
         raise StoryboardError([Diagnostic(shown, None, None, "",
                                           f"cannot read the file: {exc.strerror}")]) from exc
     try:
-        check_text(text)
+        check_text(text, _BaseLoader)
     except GuardProblem as exc:
-        line, column = _line_col(text, exc.offset) if exc.offset is not None else (None, None)
+        line, column = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark else (None, None)
         raise StoryboardError([Diagnostic(shown, line, column, "", exc.message)]) from exc
     loader = _Loader(_decode(text, shown))
     loader.duplicates = []
@@ -247,14 +248,7 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
                                           + ("..." if len(where or []) > 4 else ""),
                                           exc.message)]) from exc
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        if exc.context_mark is not None and "quoted scalar" in (exc.context or ""):
-            mark = exc.context_mark  # where the unclosed quote opened, not the end of file
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        problem = exc.problem or "not valid YAML"
-        context = f" ({exc.context})" if exc.context else ""
-        raise StoryboardError([Diagnostic(shown, line, column, "",
-                                          f"YAML syntax error: {problem}{context}")]) from exc
+        raise StoryboardError([_syntax_error(shown, exc)]) from exc
     except ReaderError as exc:
         # libyaml counts bytes of the UTF-8 text it was given (after any byte order mark)
         bom = 3 if text.startswith(b"\xef\xbb\xbf") else 0
@@ -274,6 +268,30 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
         raise StoryboardError(_duplicate(shown, root, first, again)
                               for first, again in loader.duplicates)
     return YamlSource(path, data, root, shown)
+
+
+_FLOW = {"while parsing a flow sequence": "'['", "while parsing a flow mapping": "'{'"}
+
+
+def _syntax_error(shown: str, exc: yaml.MarkedYAMLError) -> Diagnostic:
+    """A syntax error where a person must look. An unclosed quote, or a bracket the parser
+    gave up on at a later line (often the end of the file), is shown where it opened, with
+    the place the parser gave up."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or "not valid YAML"
+    context = f" ({exc.context})" if exc.context else ""
+    message = f"YAML syntax error: {problem}{context}"
+    opened, gave_up = exc.context_mark, exc.problem_mark
+    if opened is not None and "quoted scalar" in (exc.context or ""):
+        mark = opened  # where the unclosed quote opened, not the end of file
+    elif opened is not None and gave_up is not None and exc.context in _FLOW \
+            and gave_up.line > opened.line:
+        mark = opened
+        message = (f"YAML syntax error: this {_FLOW[exc.context]} is not closed: at line "
+                   f"{gave_up.line + 1}, column {gave_up.column + 1} the parser {problem}"
+                   f"{context}")
+    line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    return Diagnostic(shown, line, column, "", message)
 
 
 def _duplicate(shown: str, root: yaml.Node, first: yaml.Node, again: yaml.Node) -> Diagnostic:

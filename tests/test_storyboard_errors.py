@@ -570,3 +570,87 @@ def test_prices_by_slug_and_family_are_fine(tmp_path: Path) -> None:
                  "kling-v1.6-t2v: {per_second: 2}, kling-v3.0-4k-i2v: {per_second: 3}}}\n"
                  + BOARD_END)
     assert validate(path).exit_code == 0
+
+
+# --- 8. false or misplaced errors (issue 9) ---------------------------------------------------
+
+PAIRS = "- " * 110
+BRACKETS = "[" * 150
+
+
+@pytest.mark.parametrize("text", [
+    f"# {PAIRS}\n",  # a comment
+    f"description: \"{PAIRS}\"\n",  # quoted text
+    f"description: \"{BRACKETS}\"\n",
+    f"description: |\n  {PAIRS}\n  {BRACKETS}\n",  # a block scalar
+    f"x-note: a {PAIRS}\n",  # a plain scalar
+], ids=["comment", "quoted pairs", "quoted brackets", "block scalar", "plain scalar"])
+def test_nesting_that_is_only_text_is_not_nesting(tmp_path: Path, text: str) -> None:
+    """110 `- ` pairs in a comment were "nesting deeper than 100 levels"."""
+    path = write(tmp_path, HEAD + text + BOARD_END)
+    result = validate(path)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("x-deep:\n  " + "- " * 150 + "a\n", "  " + "- " * 100 + "^- "),
+    ("x-deep: " + "[" * 150 + "]" * 150 + "\n", "x-deep: " + "[" * 100 + "^["),
+    ("x-deep: " + "{a: " * 150 + "1" + "}" * 150 + "\n", "x-deep: " + "{a: " * 100 + "^{"),
+], ids=["compact block", "flow sequences", "flow mappings"])
+def test_real_deep_nesting_is_refused_at_the_level_too_deep(tmp_path: Path, text: str,
+                                                            needle: str) -> None:
+    path = write(tmp_path, HEAD + text + BOARD_END)
+    result = validate(path)
+    line, column = at(path, needle)
+    assert result.output.startswith(f"{path}:{line}:{column}: nesting deeper than 100 levels"), \
+        result.output
+
+
+@pytest.mark.parametrize("text,needle,bracket,gave_up", [
+    ("shots: [{id: a, prompt: p}\n# the end\n\n", "shots: ^[", "'['", "at line 7, column 1"),
+    ("vars: {a: [1, 2\n" + BOARD_END, "a: ^[", "'['", "at line 4, column 9"),
+    ("vars: {a: 1\n" + BOARD_END, "vars: ^{", "'{'", "at line 4, column 9"),
+], ids=["at the end of the file", "before the next key", "a mapping"])
+def test_an_unclosed_bracket_is_reported_where_it_opened(tmp_path: Path, text: str, needle: str,
+                                                       bracket: str, gave_up: str) -> None:
+    """It was reported where the parser gave up: often the end of the file."""
+    head = HEAD + f"defaults: {{model: {T2V}}}\n" if text.startswith("shots") else HEAD
+    path = write(tmp_path, head + text)
+    result = validate(path)
+    line, column = at(path, needle)
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"{path}:{line}:{column}: YAML syntax error: this {bracket} is not "
+                            f"closed: {gave_up} the parser did not find expected ','"), first
+
+
+def test_a_bracket_closed_wrongly_on_its_line_is_reported_where_it_went_wrong(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "vars: {a: [1, 2}\n" + BOARD_END)
+    result = validate(path)
+    line, column = at(path, "[1, 2^}")
+    assert result.output.startswith(f"{path}:{line}:{column}: YAML syntax error: did not find "
+                                    "expected ',' or ']'"), result.output
+
+
+def test_ids_colliding_within_one_foreach_name_the_items(tmp_path: Path) -> None:
+    """"shots[0] has it too" was said of shots[0] itself."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, prompt: p}}\nshots:\n"
+                 "  - id: \"a-{{ item % 2 }}\"\n    foreach: [1, 2, 3, 4]\n"
+                 "  - id: \"m\"\n    matrix: {x: [1, 2]}\n")
+    result = validate(path)
+    found = lines_at(result, path, "id: ^\"a-", "shots[0].id")
+    assert sorted(found) == sorted(
+        found[0].split(": shots[0].id: ")[0] + ": shots[0].id: " + message for message in (
+            "duplicate shot id 'a-1' (foreach item 3): shots[0] (foreach item 1) has it too "
+            "(ids must be unique, ignoring case)",
+            "duplicate shot id 'a-0' (foreach item 4): shots[0] (foreach item 2) has it too "
+            "(ids must be unique, ignoring case)"))
+    [matrix] = lines_at(result, path, "id: ^\"m\"", "shots[1].id")
+    assert "'m' (matrix combination 2): shots[1] (matrix combination 1) has it too" in matrix
+
+
+def test_a_foreach_id_colliding_with_a_plain_shot_names_its_item(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}, prompt: p}}\nshots:\n"
+                 "  - id: wave-2\n  - id: \"wave-{{ item }}\"\n    foreach: [1, 2]\n")
+    expect(path, 'id: ^"wave-{{', "shots[1].id",
+           "duplicate shot id 'wave-2' (foreach item 2): shots[0] has it too")
