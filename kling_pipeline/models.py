@@ -25,7 +25,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kling_pipeline.endpoints import ENDPOINTS, type_name
+from kling_pipeline.endpoints import ENDPOINTS
+from kling_pipeline.textsafe import described, looks_like_secret
 
 SCHEMA_ID = "https://kling-pipeline.dev/schemas/storyboard.schema.json"
 _TEMPLATE = re.compile(r"\{\{|\{%")
@@ -59,7 +60,7 @@ def _typed_or_template(accepts: tuple[type, ...], label: str) -> Callable[[Any],
                                       {"label": label})
         if isinstance(value, accepts):
             return value
-        got = "text " + repr(value) if isinstance(value, str) else type_name(value)
+        got = described(value)
         raise PydanticCustomError("wrong_type", "must be {label} (or a {tmpl}), got {got}",
                                   {"label": label, "got": got, "tmpl": "{{ template }}"})
 
@@ -162,13 +163,22 @@ class Price(_Strict):
                                            description="With sound on; per_second when absent")
 
 
+def _a_name_not_a_key(value: str) -> str:
+    """`sk_live_...` fits the name pattern, and apply would then print it in "set the
+    environment variable ...": a value that looks like a key is refused (never echoed)."""
+    if looks_like_secret(value):
+        raise PydanticCustomError("looks_like_a_key", "looks like a key, not a name")
+    return value
+
+
 class Provider(_Strict):
     """Where requests go and how hard the tool may push."""
 
     base_url: str = Field(default="https://api.novita.ai", pattern=r"^https?://",
                           description="The router serving /v3/async/*; not part of any key")
-    api_key_env: str = Field(default="NOVITA_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                             description="Name of the environment variable holding the key")
+    api_key_env: Annotated[str, AfterValidator(_a_name_not_a_key)] = Field(
+        default="NOVITA_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the key")
     requests_per_minute: int = Field(default=20, ge=1, le=6000,
                                      description="Submissions per minute per endpoint")
     concurrency: int = Field(default=4, ge=1, le=256, description="Shots worked on at once")
