@@ -276,7 +276,7 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     from kling_pipeline.executor import RunOptions
     from kling_pipeline.jobs import make_jobs
     from kling_pipeline.lockfile import read_lock
-    from kling_pipeline.lockstore import LockKeeper, hold_run_lock
+    from kling_pipeline.lockstore import LockKeeper, hold_run_lock, run_lock_path
     from kling_pipeline.outfolder import OutputFolder, check_output_folder
     from kling_pipeline.planner import make_plan
     from kling_pipeline.planview import render_text
@@ -294,6 +294,8 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     target = target_for(storyboard, loaded.board, simulate=simulate, cache_dir=cache_dir,
                         out_dir=out_dir)
     check_output_folder(target.out_dir, storyboard, loaded.board.name)
+    if not run_lock_path(target.lock_path).exists():
+        read_lock(target.lock_path, loaded.board.name)  # a bad lock file: stop before making one
     store = Store(target.store_root)
     with hold_run_lock(target.lock_path, lock_wait):
         had_lock = target.lock_path.exists()
