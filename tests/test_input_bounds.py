@@ -157,3 +157,145 @@ def test_asking_whether_a_snippet_exists_is_true_or_false(tmp_path: Path) -> Non
     done = run(tmp_path, "validate", "--no-cache", "--json", path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["shots"][0]["request"]["prompt"] == "False True teal Falsex"
+
+
+# --- templates: every way to build big is checked before it builds -----------------------------
+
+TOO_LONG = "making text longer than 100,000 characters is not allowed in templates"
+STEPS = "the template takes more than 1,000,000 steps"
+SHARED = "['x' * 99999] * 99999"  # 99,999 references to one string: 800 KB, printed 10 GB
+TEMPLATE_BOMBS = [
+    # the issue's five
+    ("printing a repeated list", "{{ " + SHARED + " }}", TOO_LONG),
+    ("printing batch padding", "{{ [1] | batch(99999, 'x' * 99999) | list }}", TOO_LONG),
+    ("indent by a number", "{{ ('a\\n' * 49999) | indent(99999) }}", TOO_LONG),
+    ("tojson indent", "{{ range(99999) | list | tojson(indent=99999) }}", TOO_LONG),
+    ("format width from a string", "{{ '{:{}}'.format('x', '999999999') }}", TOO_LONG),
+    # the rest of their class: text made of a shared list
+    ("~ of a repeated list", "{{ 'a' ~ (" + SHARED + ") }}", TOO_LONG),
+    ("string filter", "{{ (" + SHARED + ") | string | length }}", TOO_LONG),
+    ("center of a list", "{{ (" + SHARED + ") | center(10) }}", TOO_LONG),
+    ("join of nested lists", "{{ [" + SHARED + "] | join }}", TOO_LONG),
+    ("urlencode", "{{ {'a': " + SHARED + "} | urlencode | length }}", TOO_LONG),
+    ("percent %s of a list", "{{ '%s' % [" + SHARED + "] }}", TOO_LONG),
+    ("format filter", "{{ '%s' | format(" + SHARED + ") | length }}", TOO_LONG),
+    ("is lower", "{{ (" + SHARED + ") is lower }}", TOO_LONG),
+    ("printing slice padding", "{{ [1] | slice(99999, 'x' * 99999) | list }}", TOO_LONG),
+    # widths and counts that add up
+    ("format fields", "{{ ('{0:99999}' * 9999).format('x') }}", TOO_LONG),
+    ("percent widths", "{{ ('%99999d' * 9999) % ((1,) * 9999) }}", TOO_LONG),
+    ("percent key with parentheses", "{{ '%(a(b)c)99999999s' % {'a(b)c': 1} }}", TOO_LONG),
+    ("expandtabs", "{{ ('\\t' * 99999).expandtabs(99999) }}", TOO_LONG),
+    ("translate", "{{ ('x' * 99999).translate({120: 'y' * 99999}) | length }}", TOO_LONG),
+    ("batch of a billion", "{{ [1] | batch(999999999, 0) | list | length }}", TOO_LONG),
+    ("bytes repetition", "{{ ('x'.encode() * 999999999) | length }}",
+     "repeating text or a list to more than 100,000"),
+    ("bytes ljust", "{{ 'x'.encode().ljust(999999999) | length }}", TOO_LONG),
+    ("int to_bytes", "{{ (1).to_bytes(999999999, 'big') | length }}", TOO_LONG),
+    # output buffered by a block, joined at its end
+    ("set block printing one string", "{% set s = 'x' * 99999 %}{% set t %}"
+     "{% for i in range(99999) %}{{ s }}{% endfor %}{% endset %}{{ t | length }}", TOO_LONG),
+    ("set block of literal text", "{% set t %}{% for i in range(980) %}{% for j in range(980) %}"
+     + "y" * 2000 + "{% endfor %}{% endfor %}{% endset %}{{ t | length }}", TOO_LONG),
+    # work over everything a shared value holds
+    ("sum of lists", "{{ ([[1] * 1000] * 99999) | sum(start=[]) | length }}",
+     "making a list longer than 100,000 items"),
+    ("case-blind sort", "{{ (" + SHARED + ") | sort | length }}", STEPS),
+    ("comparing doubled lists", "{% set ns = namespace(a=[1], b=[1]) %}{% for i in range(40) %}"
+     "{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}{{ ns.a == ns.b }}",
+     STEPS),
+    ("hashing a doubled tuple", "{% set ns = namespace(t=(1,)) %}{% for i in range(40) %}"
+     "{% set ns.t = (ns.t, ns.t) %}{% endfor %}{{ {ns.t: 1} | length }}", STEPS),
+    ("looking up a doubled tuple", "{% set ns = namespace(t=(1,)) %}{% for i in range(40) %}"
+     "{% set ns.t = (ns.t, ns.t) %}{% endfor %}{{ {}.get(ns.t) }}", STEPS),
+    ("pprint", "{{ {'k' * 50000: range(20000) | list} | pprint | length }}",
+     "No filter named 'pprint'"),
+]
+
+
+@pytest.mark.parametrize("template,message", [b[1:] for b in TEMPLATE_BOMBS],
+                         ids=[b[0] for b in TEMPLATE_BOMBS])
+def test_a_template_that_would_build_gigabytes_is_refused_before_it_does(
+        tmp_path: Path, template: str, message: str) -> None:
+    """Regression: each grew to gigabytes (up to the 2 GB cap, exit 1 as "too much memory"),
+    passed (bytes, to_bytes: 1 GB), or never finished (sum, comparing, hashing)."""
+    path = prompt_board(tmp_path, template)
+    done = run(tmp_path, "validate", "--no-cache", path, timeout=20)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt", message)
+
+
+LONG_VAR = "vars: {big: '" + "x " * 100_000 + "'}\n"
+
+
+@pytest.mark.parametrize("template", ["{{ big | upper | length }}", "{{ big.split() | length }}",
+                                      "{{ big.encode('utf-32') | length }}"])
+def test_a_filter_or_method_is_given_at_most_100000_characters(tmp_path: Path,
+                                                              template: str) -> None:
+    """What it makes is then at most a few times that: a 10 MB var split into words made
+    5,000,000 strings."""
+    path = prompt_board(tmp_path, template, extra=LONG_VAR)
+    done = run(tmp_path, "validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt",
+            "giving a filter or method text or a list longer than 100,000 characters")
+
+
+ORDINARY = [
+    ("{{ 'ab' | replace('a', 'c') }}", "cb"),
+    ("{{ '{0:>5}|{0!r}'.format('x') }}", "    x|'x'"),
+    ("{{ '%s-%03d|%(w)s' % ('q', 7) if false else '%s-%03d' % ('q', 7) }}", "q-007"),
+    ("{{ '%(who)s' % {'who': 'ana'} }}", "ana"),
+    ("{{ '%d %s' % (1000000, 2.5) }} {{ '{}'.format(1000000) }}", "1000000 2.5 1000000"),
+    ("{{ '%.2f|%5s' | format(3.14159, 'ab') }}", "3.14|   ab"),
+    ("{{ {'b': [1, 2], 'a': '<x>'} | tojson }}", '{"a": "\\u003cx\\u003e", "b": [1, 2]}'),
+    ("{{ [1] | tojson(indent=2) }}", "[\n  1\n]"),
+    ("{{ [[1], [2, 3]] | sum(start=[]) }} {{ [1, 2] | sum }}", "[1, 2, 3] 3"),
+    ("{{ ['b', 'A', 'c'] | sort | join }} {{ ['b', 'a', 'B'] | unique | join }}", "Abc ba"),
+    ("{{ 'x' in ['x'] }} {{ ('a', 1) in {('a', 1): 2} }} {{ [1, [2]] == [1, [2]] }}",
+     "True True True"),
+    ("{{ {('a', 1): 2}[('a', 1)] }} {{ {(1, 2): 3}.get((1, 2)) }}", "2 3"),
+    ("{{ 'a\\tb'.expandtabs(4) }}|{{ 'ab'.translate({97: 'xy'}) }}|{{ 'x'.center(5, '-') }}",
+     "a   b|xyb|--x--"),
+    ("{{ [1, 2, 3] | batch(2, 0) | list }} {{ [1, 2, 3] | slice(2) | list }}",
+     "[[1, 2], [3, 0]] [[1, 2], [3]]"),
+    ("{{ ['a', 'b'] ~ 1 }} {{ ('x' * 3) ~ ('y' * 2) }} {{ {'k': (1, 'v')} }}",
+     "['a', 'b']1 xxxyy {'k': (1, 'v')}"),
+    ("{% set ns = namespace(n=1) %}{{ ns.n }} {{ range(3) | list | string }}", "1 [0, 1, 2]"),
+    ("{% macro m(x) %}<{{ x }}>{% endmacro %}{% set b %}{{ m(1) }}{{ m(2) }}{% endset %}{{ b }}",
+     "<1><2>"),
+    ("{{ 'ab'.encode() * 2 }} {{ ('ab' * 3)[1:4] }} {{ [3, 1, 2] | max }}", "b'abab' bab 3"),
+]
+
+
+def test_ordinary_templates_still_render(tmp_path: Path) -> None:
+    """The checks refuse only what is huge: each of these renders as Python would."""
+    shots = "".join(f"  - id: s{i}\n    prompt: '{t.replace(chr(39), chr(39) * 2)}x'\n"
+                    for i, (t, _) in enumerate(ORDINARY))
+    path = write(tmp_path, HEAD + "shots:\n" + shots)
+    done = run(tmp_path, "validate", "--no-cache", "--json", path)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, report.get("errors")
+    prompts = {s["id"]: s["request"]["prompt"] for s in report["shots"]}
+    for i, (template, expected) in enumerate(ORDINARY):
+        assert prompts[f"s{i}"] == expected + "x", template
+    bounded(done)
+
+
+def test_summing_a_list_and_a_tuple_fails_as_python_does(tmp_path: Path) -> None:
+    """`sum(start=[])` joins in one pass now, and still refuses what `+` would refuse."""
+    path = prompt_board(tmp_path, "{{ [[1, 2], (3,)] | sum(start=[]) }}")
+    done = run(tmp_path, "validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (a).prompt",
+            'template error: TypeError: can only concatenate list (not "tuple") to list')
+
+
+@pytest.mark.slow
+def test_a_step_takes_about_as_long_whatever_the_template_does(tmp_path: Path) -> None:
+    """Regression: a method call was one step but took as long as 20 empty iterations, so 60
+    templates of 30,000 method calls passed every limit and took 14 s of CPU. Calls, attributes,
+    filters and `~` now count as many steps as they take time."""
+    loop = "{% for i in range(30000) %}{% set x = v.upper() %}{% endfor %}x"
+    path = write(tmp_path, HEAD + "vars: {v: ab}\nshots:\n  - id: 's{{ item }}'\n"
+                 f"    foreach: {list(range(60))}\n    prompt: '{loop}'\n")
+    done = run(tmp_path, "validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (s12).prompt",
+            "the storyboard's templates take more than 10,000,000 steps")
