@@ -299,3 +299,26 @@ def test_a_step_takes_about_as_long_whatever_the_template_does(tmp_path: Path) -
     done = run(tmp_path, "validate", "--no-cache", path)
     refused(done, at(path, "prompt: ^'"), "shots[0] (s12).prompt",
             "the storyboard's templates take more than 10,000,000 steps")
+
+
+# --- the memo files in .kling-cache ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["3 GB", "fifo", "deeply nested"])
+def test_a_memo_file_that_is_no_memo_is_ignored(tmp_path: Path, kind: str) -> None:
+    """Regression: a 3 GB templates.json was read whole (exit 3, MemoryError), a deeply nested
+    one overflowed json's recursion (exit 3), a FIFO would have blocked the run. A memo only
+    saves work: such a file is ignored, then replaced."""
+    path = prompt_board(tmp_path, "{{ 'ok' | upper }}")
+    memo = tmp_path / ".kling-cache" / "templates.json"
+    memo.parent.mkdir()
+    if kind == "3 GB":
+        with memo.open("wb") as sparse:
+            sparse.truncate(3 << 30)
+    elif kind == "fifo":
+        os.mkfifo(memo)
+    else:
+        memo.write_text("[" * 200_000, encoding="utf-8")
+    done = run(tmp_path, "validate", "--json", path, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["shots"][0]["request"]["prompt"] == "OKx"
+    bounded(done)
