@@ -336,7 +336,7 @@ def _enter(value: Any, depth: int, ruler: _Ruler, room: int
     count = sum(map(len, parts))
     per_item = ruler.item + ruler.indent * depth
     return size + sum(f for f in flats if f is not None) + count * per_item, \
-        1 + count // _ITEMS_PER_STEP, None
+        2 + count // 5, None  # summing in C is ~5 times as fast as walking, plus its setup
 
 
 def _measure(value: Any, ruler: _Ruler, room: int, most_steps: int | None = None
