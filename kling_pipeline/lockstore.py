@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kling_pipeline.errors import KlingPipelineError
@@ -76,14 +76,19 @@ def hold_run_lock(lock_path: Path, timeout: float) -> Iterator[None]:
 class LockKeeper:
     """The lock file of a run: every change goes to disk before the caller goes on."""
 
-    def __init__(self, path: Path, lock: LockFile) -> None:
+    def __init__(self, path: Path, lock: LockFile,
+                 write: Callable[[Path, bytes], None] = atomic_write_bytes) -> None:
+        """`write` puts bytes on disk durably (a test passes a slow one)."""
         self.path = path
         self.lock = lock
+        self._write = write
         self.writes = 0
         self._text = LockText()
         self._version = 0  # changes made in memory
         self._written = 0  # ... of which on disk
         self._writer: asyncio.Task[None] | None = None
+        self._wrote: asyncio.Condition | None = None  # notified after every write
+        self._failure: BaseException | None = None  # why the last write failed
 
     def get(self, shot_id: str) -> LockEntry | None:
         return self.lock.shots.get(shot_id)
@@ -117,23 +122,42 @@ class LockKeeper:
             self.writes += 1
 
     async def commit(self, changes: dict[str, LockEntry | None]) -> None:
-        """Set (or drop) entries now; return once a write holding them is on disk."""
+        """Set (or drop) entries now; return as soon as a write holding them is on disk (not
+        when the writer has caught up with changes made after them)."""
         self._apply(changes)
-        while self._written < self._version:
-            if self._writer is None:
-                self._writer = asyncio.ensure_future(self._flush())
-            await asyncio.shield(self._writer)
+        wanted = self._version
+        if self._written >= wanted:
+            return
+        if self._wrote is None:
+            self._wrote = asyncio.Condition()
+        if self._writer is None:
+            self._failure = None
+            self._writer = asyncio.ensure_future(self._flush())
+        async with self._wrote:
+            await self._wrote.wait_for(lambda: self._written >= wanted or self._failure is not None)
+        if self._written < wanted and self._failure is not None:
+            raise self._failure
 
     async def _flush(self) -> None:
         """Write the newest state until the disk has caught up with memory, one write at a
-        time; the bytes are rendered here, the fsync waits in a thread."""
+        time, waking the waiters of each write as it lands; the bytes are rendered here, the
+        fsync waits in a thread."""
+        assert self._wrote is not None
         try:
             while self._written < self._version:
                 version = self._version
                 data = self._text.render(self.lock)
-                await asyncio.to_thread(atomic_write_bytes, self.path, data)
+                await asyncio.to_thread(self._write, self.path, data)
                 self._written = version
                 self.writes += 1
+                async with self._wrote:
+                    self._wrote.notify_all()
+        except (Exception, asyncio.CancelledError) as exc:  # the waiters raise it
+            self._failure = exc
+            async with self._wrote:
+                self._wrote.notify_all()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         finally:
             self._writer = None
 

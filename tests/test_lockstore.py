@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kling_pipeline.errors import KlingPipelineError
+from kling_pipeline.fsutil import atomic_write_bytes
 from kling_pipeline.lockfile import LockEntry, LockFile, Output, read_lock
 from kling_pipeline.lockstore import LockKeeper, RunLockBusy, hold_run_lock, run_lock_path
 
@@ -126,6 +128,59 @@ def busy(lock_path: Path, timeout: float = 0.3) -> RunLockBusy:
         pytest.fail("took a lock that another process holds")
     assert timeout <= time.monotonic() - started < timeout + 2
     return caught.value
+
+
+def test_commits_in_one_loop_turn_share_one_write_and_return_with_it_on_disk(
+        tmp_path: Path) -> None:
+    path = tmp_path / "demo.lock.json"
+    keeper = LockKeeper(path, LockFile("demo"))
+
+    async def one(i: int) -> set[str]:
+        await keeper.commit({f"s{i}": entry()})
+        return set(read_lock(path, "demo").shots)  # what is on disk when commit returns
+
+    async def burst() -> list[set[str]]:
+        return await asyncio.gather(*(one(i) for i in range(40)))
+
+    seen = asyncio.run(burst())
+    assert all(f"s{i}" in on_disk for i, on_disk in enumerate(seen))
+    assert keeper.writes == 1
+
+
+def test_a_commit_returns_with_its_own_write_not_after_later_ones(tmp_path: Path) -> None:
+    """Changes that keep coming (connections opening one by one) must not hold back the
+    shots whose records are already on disk: each waits for its own write only."""
+    path = tmp_path / "demo.lock.json"
+
+    def slow_write(target: Path, data: bytes) -> None:
+        time.sleep(0.05)
+        atomic_write_bytes(target, data)
+
+    keeper = LockKeeper(path, LockFile("demo"), write=slow_write)
+    returned: list[tuple[int, int]] = []  # (shot, writes done when its commit returned)
+
+    async def one(i: int) -> None:
+        await keeper.commit({f"s{i}": entry()})
+        returned.append((i, keeper.writes))
+
+    async def trickle() -> None:
+        tasks = []
+        for i in range(6):
+            tasks.append(asyncio.ensure_future(one(i)))
+            await asyncio.sleep(0.03)  # a new change during every write
+        await asyncio.gather(*tasks)
+
+    asyncio.run(trickle())
+    first = dict(returned)[0]
+    assert first == 1 and keeper.writes > 1, returned
+
+
+def test_a_failed_write_fails_its_commit(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir-is-a-file"
+    path.write_text("in the way")
+    keeper = LockKeeper(path / "demo.lock.json", LockFile("demo"))
+    with pytest.raises(OSError):
+        asyncio.run(keeper.commit({"a": entry()}))
 
 
 def test_run_lock_path_is_a_hidden_file_beside_the_lock(tmp_path: Path) -> None:
