@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from kling_pipeline.images import ImageProblem, decode_data_uri
+
 HEAD = "version: 1\nname: t\ndefaults: {model: kling-v3.0-pro-t2v}\n"
 MAX_SECONDS = 5.0
 MAX_RSS_MB = 500
@@ -322,3 +324,33 @@ def test_a_memo_file_that_is_no_memo_is_ignored(tmp_path: Path, kind: str) -> No
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["shots"][0]["request"]["prompt"] == "OKx"
     bounded(done)
+
+
+def test_an_image_that_grew_after_the_plan_is_refused_without_being_read(tmp_path: Path) -> None:
+    """`apply` reads a planned image again to send it: a file grown to 3 GB since was read whole
+    (MemoryError); now the read stops at the limit. Run in a child capped at 1 GB."""
+    with (tmp_path / "grown.png").open("wb") as sparse:
+        sparse.truncate(3 << 30)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from pathlib import Path\n"
+        "from kling_pipeline.images import ImageProblem\n"
+        "from kling_pipeline.localimages import LocalImage, body_to_send\n"
+        "image = LocalImage(Path(sys.argv[1]), 'ab' * 32, 'image/png', 300, 300, 1000)\n"
+        "try:\n"
+        "    body_to_send({'image': 'sha256:' + 'ab' * 32}, {'image': image})\n"
+        "except ImageProblem as exc:\n"
+        "    print(exc.reason, exc.message)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "grown.png")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == ("IMAGE_FILE_EXCEEDS_MAX_SIZE is 3072.0 MB; at most 10 MB "
+                                   "(10,485,760 bytes) is allowed"), done.stderr[-2000:]
+
+
+def test_a_data_uri_is_refused_by_its_length_before_it_is_decoded() -> None:
+    """The simulator decoded a data URI of any length, then found it too large."""
+    with pytest.raises(ImageProblem) as refusal:
+        decode_data_uri("data:image/png;base64," + "A" * (15 << 20))
+    assert refusal.value.reason == "IMAGE_FILE_EXCEEDS_MAX_SIZE"
+    assert refusal.value.message.startswith("is 11.2 MB; at most 10 MB")
