@@ -95,11 +95,11 @@ MAX_RUN_STEPS = 10_000_000
 MAX_SECONDS = 10.0
 MAX_RUN_SECONDS = 120.0
 _ITEMS_PER_STEP = 10
-# Steps of one use: a method or macro call takes ~5 us, an attribute up to ~1.5 us (the
+# Steps of one use: a method or macro call takes 5-7 us, an attribute up to ~1.5 us (the
 # sandbox checks each: `loop.index`), `~` ~1 us, a filter or test ~0.7 us; `*`, `+`, an item or
 # printing a value ~0.3 us. (A call was one step: 10,000,000 steps of calls took 50 s of CPU,
 # of empty loops 3 s.)
-_CALL_STEPS = 20
+_CALL_STEPS = 25
 _ATTRIBUTE_STEPS = 5
 _CONCAT_STEPS = 3
 _FILTER_STEPS = 2
