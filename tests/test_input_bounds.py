@@ -188,6 +188,8 @@ TEMPLATE_BOMBS = [
     ("percent widths", "{{ ('%99999d' * 9999) % ((1,) * 9999) }}", TOO_LONG),
     ("percent key with parentheses", "{{ '%(a(b)c)99999999s' % {'a(b)c': 1} }}", TOO_LONG),
     ("expandtabs", "{{ ('\\t' * 99999).expandtabs(99999) }}", TOO_LONG),
+    ("wordwrap joined by a long text",
+     "{{ ('x' * 99999) | wordwrap(1, true, 'y' * 99999) | length }}", TOO_LONG),
     ("translate", "{{ ('x' * 99999).translate({120: 'y' * 99999}) | length }}", TOO_LONG),
     ("batch of a billion", "{{ [1] | batch(999999999, 0) | list | length }}", TOO_LONG),
     ("bytes repetition", "{{ ('x'.encode() * 999999999) | length }}",
