@@ -139,8 +139,9 @@ class Budget:
             self.run_seconds += time.perf_counter() - self.started
 
     def room(self) -> int:
-        """Steps the current template may still take."""
-        return max(min(MAX_STEPS - self.steps, MAX_RUN_STEPS - self.run_steps - self.steps), 0)
+        """Steps the current template may still take before a limit stops it."""
+        run_left = max(MAX_RUN_STEPS - self.run_steps, _SMALL_TEMPLATE) - self.steps
+        return max(min(MAX_STEPS - self.steps, run_left), 0)
 
     def step(self, cost: int = 1) -> None:
         self.steps += cost
@@ -393,12 +394,26 @@ def _weigh(values: Iterable[Any]) -> None:
         elif value is None or isinstance(value, _REAL):
             continue
         else:
-            left = budget.room()
-            size, walked = _measure(value, _WEIGHT, (left + 1) * _ITEMS_PER_STEP,
-                                    left // _WALK_STEPS + 1)
-            cost = max(size // _ITEMS_PER_STEP, walked * _WALK_STEPS)
-        if cost:
+            size, walked = _charged_measure(value, _WEIGHT,
+                                            (budget.room() + 1) * _ITEMS_PER_STEP)
+            cost = size // _ITEMS_PER_STEP - walked
+        if cost > 0:
             budget.step(cost)
+
+
+def _charged_measure(value: Any, ruler: _Ruler, room: int) -> tuple[int, int]:
+    """`_measure` within the steps left to the template, and the steps charged for the walk.
+
+    The walk is charged before anything is done with the value; one cut short by the budget
+    charges past it, so the template stops there (2,000 shots each printing a var of a million
+    aliased values would otherwise each walk it before failing).
+    """
+    budget = _BUDGET.get()
+    left = MAX_STEPS if budget is None else budget.room()
+    size, walked = _measure(value, ruler, room, left // _WALK_STEPS + 1)
+    if budget is not None and walked:
+        budget.step(walked * _WALK_STEPS)
+    return size, walked * _WALK_STEPS
 
 
 def _text_length(value: Any, ruler: _Ruler = _PRINTED) -> int:
@@ -409,10 +424,7 @@ def _text_length(value: Any, ruler: _Ruler = _PRINTED) -> int:
             return len(value)
         if value is None or isinstance(value, _REAL):
             return ruler.number(value)
-    size, walked = _measure(value, ruler, MAX_TEXT)
-    if walked:
-        _step(walked * _WALK_STEPS)
-    return size
+    return _charged_measure(value, ruler, MAX_TEXT)[0]
 
 
 def _require_text(values: Iterable[Any]) -> None:

@@ -20,6 +20,7 @@ import pytest
 from kling_pipeline.images import ImageProblem, decode_data_uri
 
 HEAD = "version: 1\nname: t\ndefaults: {model: kling-v3.0-pro-t2v}\n"
+TOO_LONG = "making text longer than 100,000 characters is not allowed in templates"
 MAX_SECONDS = 5.0
 MAX_RSS_MB = 500
 _CHILD = """
@@ -108,6 +109,23 @@ def _alias_board(tmp_path: Path, items: int) -> Path:
     return write(tmp_path, "".join(lines))
 
 
+def test_printing_a_large_aliased_var_in_every_shot_stops_at_the_storyboard_limit(
+        tmp_path: Path) -> None:
+    """Regression: each of 20,000 shots walked the var (a million values) to find it too long
+    to print, even after the storyboard's steps were spent: 50 s. A walk is now cut short by
+    the steps left, and charged before anything else is done with the value."""
+    lines = [HEAD, "x-anchors:\n", "  a: &a [" + ", ".join(["xxxxxxxxxx"] * 10) + "]\n"]
+    for name, previous in zip("bcde", "abcd", strict=True):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{previous}"] * 10) + "]\n")
+    lines.append("vars: {big: *e}\nshots:\n  - id: 's{{ index }}'\n"
+                 f"    foreach: {json.dumps(list(range(5000)))}\n    prompt: 'p {{{{ big }}}}'\n")
+    path = write(tmp_path, "".join(lines))
+    done = run(tmp_path, "validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (s1).prompt", TOO_LONG)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (s1000).prompt",
+            "the storyboard's templates take more than 10,000,000 steps")
+
+
 def test_aliased_shot_vars_are_digested_once_per_entry_not_per_item(tmp_path: Path) -> None:
     """Regression: the shot's vars were serialised again for each foreach item (800 items
     took 215 s)."""
@@ -163,7 +181,6 @@ def test_asking_whether_a_snippet_exists_is_true_or_false(tmp_path: Path) -> Non
 
 # --- templates: every way to build big is checked before it builds -----------------------------
 
-TOO_LONG = "making text longer than 100,000 characters is not allowed in templates"
 STEPS = "the template takes more than 1,000,000 steps"
 SHARED = "['x' * 99999] * 99999"  # 99,999 references to one string: 800 KB, printed 10 GB
 TEMPLATE_BOMBS = [
