@@ -87,8 +87,7 @@ class LockKeeper:
         self._version = 0  # changes made in memory
         self._written = 0  # ... of which on disk
         self._writer: asyncio.Task[None] | None = None
-        self._wrote: asyncio.Condition | None = None  # notified after every write
-        self._failure: BaseException | None = None  # why the last write failed
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # (version, its waiter)
 
     def get(self, shot_id: str) -> LockEntry | None:
         return self.lock.shots.get(shot_id)
@@ -125,24 +124,18 @@ class LockKeeper:
         """Set (or drop) entries now; return as soon as a write holding them is on disk (not
         when the writer has caught up with changes made after them)."""
         self._apply(changes)
-        wanted = self._version
-        if self._written >= wanted:
+        if self._written >= self._version:
             return
-        if self._wrote is None:
-            self._wrote = asyncio.Condition()
+        landed = asyncio.get_running_loop().create_future()
+        self._waiting.append((self._version, landed))
         if self._writer is None:
-            self._failure = None
             self._writer = asyncio.ensure_future(self._flush())
-        async with self._wrote:
-            await self._wrote.wait_for(lambda: self._written >= wanted or self._failure is not None)
-        if self._written < wanted and self._failure is not None:
-            raise self._failure
+        await asyncio.shield(landed)
 
     async def _flush(self) -> None:
         """Write the newest state until the disk has caught up with memory, one write at a
         time, waking the waiters of each write as it lands; the bytes are rendered here, the
         fsync waits in a thread."""
-        assert self._wrote is not None
         try:
             while self._written < self._version:
                 version = self._version
@@ -150,16 +143,24 @@ class LockKeeper:
                 await asyncio.to_thread(self._write, self.path, data)
                 self._written = version
                 self.writes += 1
-                async with self._wrote:
-                    self._wrote.notify_all()
-        except (Exception, asyncio.CancelledError) as exc:  # the waiters raise it
-            self._failure = exc
-            async with self._wrote:
-                self._wrote.notify_all()
-            if isinstance(exc, asyncio.CancelledError):
+                self._release(lambda waiter: waiter.set_result(None), up_to=version)
+        except (Exception, asyncio.CancelledError) as exc:  # each waiter raises it
+            failure = exc
+            self._release(lambda waiter: waiter.set_exception(failure), up_to=self._version)
+            if isinstance(failure, asyncio.CancelledError):
                 raise
         finally:
             self._writer = None
+
+    def _release(self, settle: Callable[[asyncio.Future[None]], None], up_to: int) -> None:
+        """Settle the waiters of every version up to `up_to` at once (one loop turn)."""
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for version, waiter in self._waiting:
+            if version > up_to:
+                still.append((version, waiter))
+            elif not waiter.done():
+                settle(waiter)
+        self._waiting = still
 
     def discard_if_empty(self) -> None:
         """Remove the file when it records no shot: a run that recorded nothing (every POST
