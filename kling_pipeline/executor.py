@@ -444,7 +444,8 @@ class Executor:
         assert task_id is not None
         options = self.options
         deadline = time.monotonic() + options.max_wait
-        overdue = failures = pending = 0
+        failures = pending = 0
+        due_since: float | None = None  # when the eta last said "more than 0 s" (or None)
         last_error: ApiError | None = None
         if fresh and await self._sleep(options.min_poll):
             self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
@@ -514,8 +515,11 @@ class Executor:
                     await self._write(job, state.status)  # type: ignore[arg-type]
                     last_status = state.status
                 self.reporter.update(job.label, state.status, state.progress, "")
-                # Polls since the eta last said "more than 0 s": an eta of 0 means due now.
-                overdue = 0 if state.eta is not None and state.eta > 0 else overdue + 1
+                # An eta of 0 (or none) means due now: the schedule counts from that moment.
+                if state.eta is not None and state.eta > 0:
+                    due_since = None
+                elif due_since is None:
+                    due_since = time.monotonic()
             if failures and last_error is not None:
                 if failures >= options.read_failures:
                     self._result(job, "in flight", f"could not ask about the task ({last_error})"
@@ -523,8 +527,8 @@ class Executor:
                     return None
                 delay = self._backoff(failures, last_error.retry_after)
             else:
-                delay = next_poll_delay(state.eta, max(0, overdue - 1), options.min_poll,
-                                        options.max_poll)
+                overdue = 0.0 if due_since is None else time.monotonic() - due_since
+                delay = next_poll_delay(state.eta, overdue, options.min_poll, options.max_poll)
             if time.monotonic() + delay > deadline:
                 self._result(job, "in flight", f"not finished after {options.max_wait:g} s "
                                                "(--max-wait); the next run picks it up",

@@ -24,18 +24,22 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     return delay
 
 
-def next_poll_delay(eta: float | None, overdue: int, floor: float, ceiling: float) -> float:
+def next_poll_delay(eta: float | None, overdue: float, floor: float, ceiling: float) -> float:
     """When to ask about a task again.
 
     With an eta: most of it while it is long, then every `floor` seconds over its last second
     (providers give eta in whole seconds, so a task with eta 1 may be done in 0.1 s); an eta too
-    short costs a poll, too long costs waiting. Without one, or at 0 (due now): `floor`, growing
-    with `overdue`, the polls already made since the eta last said more than 0 s, so a task
-    stuck at 99% is not asked about every quarter second for an hour.
+    short costs a poll, too long costs waiting. At 0 or without one, `overdue` is the seconds
+    since the eta last said more than 0 s: over the first of them the task is due at any moment
+    (an eta rounded down says 0 during its last second), so every `floor` seconds; after it,
+    half the time overdue, so a task stuck at 99% is asked about a few times a minute, not
+    four times a second for an hour.
     """
     if eta is not None and eta > 0:
         return min(ceiling, max(floor, min(eta * 0.8, eta - 1.0)))
-    return min(ceiling, floor * (1.5 ** min(max(0, overdue), 20)))
+    if overdue < 1.0:
+        return floor
+    return min(ceiling, max(floor, overdue / 2))
 
 
 class Reachability:

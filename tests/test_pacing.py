@@ -105,19 +105,23 @@ def test_poll_uses_most_of_the_eta_within_floor_and_ceiling(eta: float, expected
 
 
 @pytest.mark.parametrize("eta", [None, 0.0, -5.0])
-def test_poll_without_an_eta_grows(eta: float | None) -> None:
-    delays = [next_poll_delay(eta, polls, 2.0, 60.0) for polls in range(30)]
-    assert delays[0] == 2.0 and delays[1] == pytest.approx(3.0)
-    assert delays[2] == pytest.approx(4.5)
+def test_poll_without_an_eta_is_at_the_floor_for_a_second_then_grows_with_the_wait(
+        eta: float | None) -> None:
+    overdue = [0.0, 0.5, 0.99, 1.0, 2.0, 10.0, 59.0, 120.0, 10.0**9]
+    delays = [next_poll_delay(eta, seconds, 0.25, 30.0) for seconds in overdue]
+    assert delays[:3] == [0.25, 0.25, 0.25]
+    assert delays[3:6] == [0.5, 1.0, 5.0]
     assert all(a <= b for a, b in itertools.pairwise(delays))
-    assert delays[-1] == 60.0 and max(delays) == 60.0
-    assert next_poll_delay(eta, 10**9, 2.0, 60.0) == 60.0
+    assert delays[-1] == 30.0 and max(delays) == 30.0
 
 
-def test_an_eta_of_zero_starts_the_schedule_over_at_the_floor() -> None:
-    """`overdue` counts polls since the eta last said more than 0 s, not all polls."""
-    assert next_poll_delay(0.0, 0, 0.25, 30.0) == 0.25
-    assert next_poll_delay(0.0, 1, 0.25, 30.0) == pytest.approx(0.375)
+def test_a_stuck_task_is_polled_a_few_times_a_minute_not_four_times_a_second() -> None:
+    """Simulate the schedule of a task that says eta 0 for an hour."""
+    clock, polls = 0.0, 0
+    while clock < 3600:
+        clock += next_poll_delay(0.0, clock, 0.25, 30.0)
+        polls += 1
+    assert polls < 150  # 14,400 at the floor
 
 
 # -- Reachability ---------------------------------------------------------------------------------
