@@ -68,6 +68,8 @@ _TEXT_FILTERS = frozenset({"capitalize", "center", "escape", "e", "forceescape",
                            "wordwrap", "xmlattr"})
 # Filters that may compare, hash or lower-case everything inside their values.
 _DEEP_FILTERS = frozenset({"sort", "unique", "min", "max", "dictsort", "groupby"})
+# Filters that do Python work for each item (a key function, a row): a step per item.
+_ITEM_BY_ITEM = _DEEP_FILTERS | {"batch", "slice", "sum"}
 _DEEP_METHODS = frozenset({"index", "count", "changed"})
 _COMPARING_TESTS = frozenset({"==", "!=", "<", "<=", ">", ">=", "eq", "equalto", "ne", "lt",
                               "le", "gt", "ge", "greaterthan", "lessthan", "in"})
@@ -79,15 +81,16 @@ _REMOVED_FILTERS = frozenset({"pprint"})
 
 # CPU: a template may take this many steps. An empty loop in a loop (`range(100000)` twice)
 # prints nothing, so the output cap never stops it; the step counts do, the same way on every
-# machine. A step is about as long as an empty loop iteration (~0.3 us), so every kind of use
-# counts as many steps as it takes time (below); a filter or a call is one more per 10 items
-# or characters it is given (the sandbox's `sort` of 100,000 numbers takes ~25 ms, as long as
-# ~20,000 empty iterations), so a loop of `range(100000) | list | sort` stops about as fast as
-# an empty loop in a loop. Work that may reach inside values (comparing, sorting, printing) is
-# counted over everything inside, and each item a measuring walk visits is two steps. The
-# storyboard-wide count stops a template that is slow but under the limit, repeated over many
-# shots, after 3-4 s of CPU whatever the templates do: 20,000 shots whose prompts put a few
-# 300-character snippets through filters take about 2,000,000 steps in all.
+# machine. A step is about as long as an empty loop iteration (~0.3 us), and every kind of use
+# counts as many steps as it takes time (below). A filter or a call is one more step per 10
+# items or characters it is given, and a filter that does Python work for each item (`sort`'s
+# key, `batch`'s rows: _ITEM_BY_ITEM) one more per item, so a loop of
+# `range(100000) | list | sort` stops about as fast as an empty loop in a loop. Work that may
+# reach inside values (comparing, sorting, printing) is counted over everything inside, and
+# each item a measuring walk visits is two steps. The storyboard-wide count stops a template
+# that is slow but under the limit, repeated over many shots, after 3-4 s of CPU whatever the
+# templates do: 20,000 shots whose prompts put a few 300-character snippets through filters
+# take about 2,000,000 steps in all.
 # The seconds are backstops only, for work no count sees; they are far from what any real
 # storyboard takes (a cold `validate` of 20,000 shots takes about 15 s in all on 2 cores).
 MAX_STEPS = 1_000_000
@@ -103,6 +106,8 @@ _CALL_STEPS = 25
 _ATTRIBUTE_STEPS = 5
 _CONCAT_STEPS = 3
 _FILTER_STEPS = 2
+_FIELD_STEPS = 8  # a field of str.format, formatted in Python
+_CONVERSION_STEPS = 4  # a `%` conversion, read in Python before it is made
 _WALK_STEPS = 2  # an item a measuring walk visits takes about as long as 2 empty iterations
 # A template of at most this many steps (`s{{ item }}`, `{{ item.mood }}`) renders even after
 # the storyboard's steps are spent, so that later shots keep their names in the errors.
@@ -181,8 +186,9 @@ _TEXT = (str, bytes)
 _REAL = (int, float)
 
 
-def _cost(values: Iterable[Any]) -> int:
-    """Steps for what a filter or call is given: 1 per 10 characters or items of the largest.
+def _cost(values: Iterable[Any], per_step: int = _ITEMS_PER_STEP) -> int:
+    """Steps for what a filter or call is given: 1 per 10 (`per_step`) characters or items of
+    the largest.
 
     A value of more than MAX_TEXT characters or items is refused: what a filter or method
     makes of a value is then at most a few times MAX_TEXT (escape 6x, urlencode 12x), where a
@@ -194,7 +200,7 @@ def _cost(values: Iterable[Any]) -> int:
             largest = len(value)
     if largest > MAX_TEXT:
         raise SecurityError(_TOO_LARGE_INPUT)
-    return largest // _ITEMS_PER_STEP
+    return largest // per_step
 
 
 # --- measuring values without building them ---------------------------------------------------
@@ -574,10 +580,14 @@ def _joined_items(joiner: Any, items: Iterable[Any]) -> list[Any]:
     """`joiner.join(items)` or `items | join(joiner)`, measured before any item is converted."""
     listed = list(items)
     length = _text_length(joiner) * len(listed)
-    for item in listed:
-        if length > MAX_TEXT:
-            break
-        length += len(item) if isinstance(item, bytes) else _text_length(item)
+    if set(map(type, listed)) <= {str, bytes}:
+        length += sum(map(len, listed))
+    else:
+        for item in listed:
+            _step(2)  # measured in Python
+            length += _text_length(item)
+            if length > MAX_TEXT:
+                break
     if length > MAX_TEXT:
         raise SecurityError(_TOO_LONG)
     return listed
@@ -630,6 +640,7 @@ def _percent_specs(text: str) -> Iterator[tuple[str | None, int, int, str]]:
 def _percent_length(fmt: str | bytes, values: Any) -> int:
     """An upper bound of `len(fmt % values)`, found without formatting anything."""
     text = fmt.decode("latin-1") if isinstance(fmt, bytes) else fmt
+    _step(_CONVERSION_STEPS * text.count("%"))
     positional = iter(values if isinstance(values, tuple) else (values,))
     total = len(text)
     for key, width, precision, conversion in _percent_specs(text):
@@ -676,6 +687,7 @@ class _BoundedFields:
         return super().convert_field(value, conversion)  # type: ignore[misc]
 
     def format_field(self, value: Any, format_spec: str) -> Any:
+        _step(_FIELD_STEPS)
         for digits in _DIGITS.findall(format_spec):
             if len(digits) > 6 or int(digits) > MAX_TEXT:
                 raise SecurityError(_TOO_LONG)
@@ -718,6 +730,7 @@ def _sum(environment: jinja2.Environment, iterable: Iterable[Any],
     kind = list if isinstance(start, list) else tuple
     parts, length = [start], len(start)
     for item in iterable:
+        _step()  # the iterable may be a generator, its size unknown to the filter's count
         if not isinstance(item, kind):
             raise TypeError(f'can only concatenate {kind.__name__} (not '
                             f'"{type(item).__name__}") to {kind.__name__}')
@@ -755,13 +768,13 @@ def _guarded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     (`'x' | center(10**8)`, `[['x' * 99999] * 99999] | join`), and whose result is checked."""
     lead = 0 if getattr(func, "jinja_pass_arg", None) is None else 1  # context, environment
     deep, text = name in _DEEP_FILTERS, name in _TEXT_FILTERS
+    per_step = 1 if name in _ITEM_BY_ITEM else _ITEMS_PER_STEP
     special = name in _CHECKED_BEFORE or name in _WIDENING or name in _LENGTH_AFTER
 
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         values = (*args[lead:], *kwargs.values()) if kwargs else args[lead:]
-        cost = _cost(values)
-        _step(_FILTER_STEPS if deep else _FILTER_STEPS + cost)
+        _step(_FILTER_STEPS + _cost(values, per_step))
         if deep:
             _weigh(values)
         if text:

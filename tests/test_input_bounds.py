@@ -373,3 +373,27 @@ def test_a_data_uri_is_refused_by_its_length_before_it_is_decoded() -> None:
         decode_data_uri("data:image/png;base64," + "A" * (15 << 20))
     assert refusal.value.reason == "IMAGE_FILE_EXCEEDS_MAX_SIZE"
     assert refusal.value.message.startswith("is 11.2 MB; at most 10 MB")
+
+
+ITEM_BY_ITEM = [
+    ("batch", "{% set x = range(100000) | batch(1) | list %}"),
+    ("slice", "{% set x = range(100000) | slice(100000) | list %}"),
+    ("sum", "{% set x = range(100000) | batch(1) | sum(start=[]) %}"),
+    ("unique", "{% set x = range(100000) | unique | list %}"),
+    ("format fields", "{% set x = ('{0}' * 30000).format(1) %}"),
+    ("percent conversions", "{% set x = ('%s' * 20000) % ((1,) * 20000) %}"),
+    ("join of numbers", "{% set x = range(15000) | join(',') %}"),
+]
+
+
+@pytest.mark.parametrize("work", [w[1] for w in ITEM_BY_ITEM], ids=[w[0] for w in ITEM_BY_ITEM])
+def test_work_done_item_by_item_is_counted_item_by_item(tmp_path: Path, work: str) -> None:
+    """Regression: these do Python work for every item or field but counted one step per 10
+    items (or none): two templates repeating `batch` or `slice` 100 times took 7 s of CPU, and
+    200 `unique` or `join` of 15,000 numbers passed as a few hundred thousand steps. Now each
+    counts a step per item (per field, per conversion) and stops at the template's limit."""
+    loop = "{% for i in range(100) %}" + work + "{% endfor %}x"
+    path = write(tmp_path, HEAD + "shots:\n  - id: 's{{ item }}'\n    foreach: [1, 2]\n"
+                 f"    prompt: '{loop.replace(chr(39), chr(39) * 2)}'\n")
+    done = run(tmp_path, "validate", "--no-cache", path)
+    refused(done, at(path, "prompt: ^'"), "shots[0] (s2).prompt", STEPS)
