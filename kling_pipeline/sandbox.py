@@ -88,7 +88,7 @@ _REMOVED_FILTERS = frozenset({"pprint"})
 # `range(100000) | list | sort` stops about as fast as an empty loop in a loop. Work that may
 # reach inside values (comparing, sorting, printing) is counted over everything inside, and
 # each item a measuring walk visits is two steps. The storyboard-wide count stops a template
-# that is slow but under the limit, repeated over many shots, after 3-4 s of CPU whatever the
+# that is slow but under the limit, repeated over many shots, after 3-5 s of CPU whatever the
 # templates do: 20,000 shots whose prompts put a few 300-character snippets through filters
 # take about 2,000,000 steps in all.
 # The seconds are backstops only, for work no count sees; they are far from what any real
