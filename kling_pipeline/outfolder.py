@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -120,6 +121,9 @@ class OutputFolder:
         self.simulated = simulated
         total = len(shots)
         self.names = {s.id: shot_file_name(i, s.id, total) for i, s in enumerate(shots, 1)}
+        # Thumbnails made while the run goes on, by video file name: (its sha256, (w, h)).
+        self._early: dict[str, tuple[str, Future[tuple[int, int]]]] = {}
+        self._thumbnailer: ThreadPoolExecutor | None = None
 
     def worth_writing(self, lock: LockFile) -> bool:
         """Whether a sync has anything to show: the folder exists already (it is kept in line
@@ -132,11 +136,21 @@ class OutputFolder:
                    for entry in entries)
 
     def place_job(self, job: Job, sha256: str) -> None:
-        """Link a finished video into `shots/` at once, before the run ends."""
+        """Link a finished video into `shots/` at once, before the run ends, and start the
+        thumbnail of a new download in a worker thread (200 of them made at the end made a
+        run 1.5 s longer)."""
         for shot_id in job.shot_ids:
             name = self.names.get(shot_id)
-            if name is not None:
-                place(self.store.object_path(sha256), self.out_dir / SHOTS / name)
+            if name is None:
+                continue
+            video = self.out_dir / SHOTS / name
+            place(self.store.object_path(sha256), video)
+            if job.kind == "place":  # from the store: its thumbnail is likely there already
+                continue
+            if self._thumbnailer is None:
+                self._thumbnailer = ThreadPoolExecutor(1, thread_name_prefix="thumbnails")
+            thumb = self.out_dir / _thumb_of(name)
+            self._early[name] = (sha256, self._thumbnailer.submit(_thumbnail, video, thumb))
 
     def sync(self, lock: LockFile, *, build_final: bool = True,
              notify: Callable[[str], None] | None = None,
@@ -149,8 +163,13 @@ class OutputFolder:
         known = {s.file: s for s in previous.shots if s.file} if previous else {}
         problems: list[str] = []
         checkpoint(SHOTS)
-        shots = [self._shot(position, shot, lock.shots.get(shot.id), known, problems)
-                 for position, shot in enumerate(self.shots, 1)]
+        try:
+            shots = [self._shot(position, shot, lock.shots.get(shot.id), known, problems)
+                     for position, shot in enumerate(self.shots, 1)]
+        finally:
+            if self._thumbnailer is not None:
+                self._thumbnailer.shutdown(wait=True, cancel_futures=True)
+                self._thumbnailer = None
         if previous is None:  # claim the folder before its first page or cut
             checkpoint(f"{MANIFEST} (claim)")
             write_manifest(self.out_dir / MANIFEST, self._manifest(None, shots))
@@ -192,18 +211,21 @@ class OutputFolder:
         place(self.store.object_path(output.sha256), video)
         record = replace(record, file=f"{SHOTS}/{name}", duration=output.duration,
                          size=output.size, sha256=output.sha256)
-        thumb = f"{THUMBS}/{Path(name).stem}.jpg"
+        thumb = _thumb_of(name)
         old = known.get(record.file or "")
         if (old is not None and old.sha256 == output.sha256 and old.thumbnail == thumb
                 and old.width and old.height and (self.out_dir / thumb).is_file()):
             return replace(record, thumbnail=thumb, width=old.width, height=old.height)
+        early = self._early.pop(name, None)
         try:
-            info = probe_video(video, decode=False)
-            write_thumbnail(video, self.out_dir / thumb)
+            if early is not None and early[0] == output.sha256 and not early[1].cancelled():
+                width, height = early[1].result()  # made during the run
+            else:
+                width, height = _thumbnail(video, self.out_dir / thumb)
         except MediaError as exc:
             problems.append(f"{shot.id}: no thumbnail: {exc}")
             return record
-        return replace(record, thumbnail=thumb, width=info.width, height=info.height)
+        return replace(record, thumbnail=thumb, width=width, height=height)
 
     def _final(self, shots: list[ManifestShot], previous: Manifest | None, build: bool,
                problems: list[str], notify: Callable[[str], None] | None,
@@ -260,6 +282,17 @@ class OutputFolder:
             else:
                 strangers.append(path.name)
         return strangers
+
+
+def _thumb_of(video_name: str) -> str:
+    return f"{THUMBS}/{Path(video_name).stem}.jpg"
+
+
+def _thumbnail(video: Path, dest: Path) -> tuple[int, int]:
+    """Write the thumbnail of `video`; the video's width and height. MediaError if bad."""
+    info = probe_video(video, decode=False)
+    write_thumbnail(video, dest)
+    return info.width, info.height
 
 
 def _status(shot: ShotRequest, entry: LockEntry | None) -> str:
