@@ -37,6 +37,7 @@ from kling_pipeline.templating import (
     fingerprint,
     suggest,
 )
+from kling_pipeline.textsafe import shown
 from kling_pipeline.yamlsource import YamlSource, format_path
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -273,8 +274,8 @@ class StoryboardRenderer:
         if shot_id is not None:
             reason = shot_is_safe_id(shot_id)
             if reason:
-                self.problems.add((*here, "id"), f"{shot_id!r} {reason}" if is_template(shot.id)
-                                  else reason)
+                self.problems.add((*here, "id"), f"{shown(shot_id)} {reason}"
+                                  if is_template(shot.id) else reason)
                 shot_id = None
 
         raw, origin = self._merge(shot, here, label)

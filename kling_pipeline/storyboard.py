@@ -17,6 +17,7 @@ from kling_pipeline.render import ShotRequest, StoryboardRenderer
 from kling_pipeline.shotmemo import ShotMemo
 from kling_pipeline.speed import gc_paused
 from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
+from kling_pipeline.textsafe import described
 from kling_pipeline.validation import diagnostics_from
 from kling_pipeline.yamlsource import YamlSource, load_yaml
 
@@ -47,7 +48,7 @@ def _structure(source: YamlSource) -> tuple[StoryboardHead | None, list[tuple[in
                                             list[Diagnostic]]:
     """Validate the structure; on errors inside shots only, keep the good shots going."""
     if not isinstance(source.data, dict):
-        what = "empty" if source.data is None else f"a {type(source.data).__name__}"
+        what = "empty" if source.data is None else described(source.data)
         return None, [], [Diagnostic(source.display, 1, 1, "",
                                      f"a storyboard must be a mapping with version, name and "
                                      f"shots; this file is {what}")]

@@ -395,6 +395,24 @@ def test_a_template_rendering_thousands_of_digits(tmp_path: Path) -> None:
     assert all(len(x) < 400 for x in found), found
 
 
+def test_a_long_rendered_id_is_cut_in_its_error(tmp_path: Path) -> None:
+    """Issue 9, item 11: a rendered value entered the message whole."""
+    path = write(tmp_path, HEAD + f"defaults: {{model: {T2V}}}\nshots:\n"
+                 "  - {id: \"{{ 'x/' * 3000 }}\", prompt: p}\n")
+    result = validate(path)
+    assert result.exit_code == 1 and "(6,000 characters) must be a safe file name" in result.output
+    assert len(result.output) < 600
+
+
+@pytest.mark.parametrize(("text", "said"), [("- a\n- b\n", "this file is a list"),
+                                            ("just text\n", "this file is text 'just text'")])
+def test_a_file_that_is_no_mapping_says_what_it_is_in_words(tmp_path: Path, text: str,
+                                                             said: str) -> None:
+    """It said "this file is a str"."""
+    result = validate(write(tmp_path, text))
+    assert result.exit_code == 1 and said in result.output
+
+
 def test_an_image_path_with_a_nul_character(tmp_path: Path) -> None:
     """The OS refuses such a path with ValueError, which was not caught (exit 3)."""
     path = write(tmp_path, HEAD + "shots:\n  - {id: a, model: kling-v3.0-pro-i2v, prompt: p, "
