@@ -125,41 +125,39 @@ def test_an_eta_of_zero_is_polled_at_the_floor_not_on_the_grown_schedule(tmp_pat
 
 # -- statuses we do not know (issue 9, item 13) ---------------------------------------------------
 
-def test_an_unknown_status_keeps_polling_until_the_task_ends(tmp_path: Path) -> None:
-    answers = [task("TASK_STATUS_UNKNOWN")] * 12 + [task("TASK_STATUS_FAILED")]
-    polls = 0
+class Polls:
+    """An API that accepts every submission, then answers polls from a script (its last
+    answer again once the script runs out), counting them."""
 
-    async def api(request: httpx.Request) -> httpx.Response:
-        nonlocal polls
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.answers = answers
+        self.count = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
         if is_submit(request):
             return submitted()
-        polls += 1
-        return answers[polls - 1]
+        self.count += 1
+        return self.answers[min(self.count, len(self.answers)) - 1]
 
+
+def test_an_unknown_status_keeps_polling_until_the_task_ends(tmp_path: Path) -> None:
+    api = Polls(*[task("TASK_STATUS_UNKNOWN")] * 12, task("TASK_STATUS_FAILED"))
     run = Run(tmp_path, [("a", "one shot")])
     report = run.run(api)
     assert [(r.outcome, r.note) for r in report.results] == [
         ("failed", "scripted failure (--retry-failed renders it again)")]
-    assert polls == 13
+    assert api.count == 13
     assert run.keeper.lock.shots["a"].status == "failed"
 
 
 def test_an_unknown_status_without_end_is_left_in_flight_after_its_own_bound(
         tmp_path: Path) -> None:
-    polls = 0
-
-    async def api(request: httpx.Request) -> httpx.Response:
-        nonlocal polls
-        if is_submit(request):
-            return submitted()
-        polls += 1
-        return task("TASK_STATUS_UNKNOWN")
-
+    api = Polls(task("TASK_STATUS_UNKNOWN"))
     run = Run(tmp_path, [("a", "one shot")])
     report = run.run(api, pending_polls=5, max_poll=0.02)
     (result,) = report.results
     assert result.outcome == "in flight" and "TASK_STATUS_UNKNOWN 5 times" in result.note
-    assert polls == 6
+    assert api.count == 6
     entry = run.keeper.lock.shots["a"]
     assert (entry.status, entry.task_id) == ("queued", "t-1")  # kept for the next run
 
