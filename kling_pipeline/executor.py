@@ -209,8 +209,10 @@ class Executor:
 
     # -- the lock --------------------------------------------------------------------------
 
-    async def _write(self, job: Job, status: Status, **fields: object) -> None:
-        """Give every shot of the job the same new state, and write the lock at once."""
+    async def _write(self, job: Job, status: Status, *, alone: bool = False,
+                     **fields: object) -> None:
+        """Give every shot of the job the same new state, and wait until the lock file holding
+        it is on disk (`alone`: in a write of its own, see `LockKeeper.commit`)."""
         changes: dict[str, LockEntry | None] = {}
         for shot_id in job.shot_ids:
             if job.shot is not None:
@@ -232,7 +234,7 @@ class Executor:
             if old is not None and entry is not None and replace(
                     entry, updated_at=old.updated_at) == old:
                 del changes[shot_id]  # nothing but the time: no rewrite
-        await self.keeper.commit(changes)
+        await self.keeper.commit(changes, alone=alone)
 
     def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
                 submitted: bool = False) -> ShotResult:
@@ -355,7 +357,7 @@ class Executor:
             self.reporter.update(job.label, "submitting")
 
             async def sending(now: str = now) -> None:  # the first byte is about to leave
-                await self._write(job, "submitting", submitted_at=now, task_id=None)
+                await self._write(job, "submitting", submitted_at=now, task_id=None, alone=True)
 
             try:
                 task_id = await client.submit(shot.endpoint, wire, on_send=sending)
