@@ -175,12 +175,32 @@ def test_a_commit_returns_with_its_own_write_not_after_later_ones(tmp_path: Path
     assert first == 1 and keeper.writes > 1, returned
 
 
+def test_intents_get_a_write_each_and_go_as_soon_as_theirs_lands(tmp_path: Path) -> None:
+    """A request must not wait, its record on disk, for the framing of 39 others."""
+    path = tmp_path / "demo.lock.json"
+    keeper = LockKeeper(path, LockFile("demo"))
+    returned: list[tuple[int, int, set[str]]] = []  # (shot, writes so far, ids on disk)
+
+    async def one(i: int) -> None:
+        await keeper.commit({f"s{i}": entry()}, alone=True)
+        returned.append((i, keeper.writes, set(read_lock(path, "demo").shots)))
+
+    async def burst() -> None:
+        await asyncio.gather(*(one(i) for i in range(5)))
+
+    asyncio.run(burst())
+    assert [(i, writes) for i, writes, _ in returned] == [(i, i + 1) for i in range(5)]
+    assert all(on_disk == {f"s{j}" for j in range(i + 1)} for i, _, on_disk in returned)
+
+
 def test_a_failed_write_fails_its_commit(tmp_path: Path) -> None:
     path = tmp_path / "missing-dir-is-a-file"
     path.write_text("in the way")
     keeper = LockKeeper(path / "demo.lock.json", LockFile("demo"))
     with pytest.raises(OSError):
         asyncio.run(keeper.commit({"a": entry()}))
+    with pytest.raises(OSError):
+        asyncio.run(keeper.commit({"b": entry()}, alone=True))
 
 
 def test_run_lock_path_is_a_hidden_file_beside_the_lock(tmp_path: Path) -> None:
