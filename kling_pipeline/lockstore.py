@@ -5,9 +5,10 @@ holder's pid) instead of racing the first one's writes. `LockKeeper` holds the l
 memory and writes it whole after every change. During a run, `commit` returns only once the
 change is on disk, so a job goes on (polls after recording its task id, sends its POST after
 recording its intent) only when a kill can no longer lose the record. The writes run in a
-thread, one at a time, each taking every change made before it began (a group commit): a burst
-of forty submissions costs a few fsyncs, not forty in a row with the event loop stopped, which
-held every other request between its intent and its first byte.
+thread, one at a time, so the event loop never stops for an fsync (forty blocking fsyncs in a
+row held every request between its intent and its first byte). Statuses and task ids share a
+write (each takes every change made before it began); an intent gets one of its own, so its
+request leaves the moment its record lands.
 """
 
 from __future__ import annotations
