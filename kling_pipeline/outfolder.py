@@ -103,7 +103,7 @@ def _left_by_apply(out: Path) -> bool:
             if b'<meta name="generator" content="kling-pipeline">' in page.read(4096):
                 return True
     except OSError:
-        pass
+        pass  # no page (or none readable): the videos may still say whose folder it is
     shots = out / SHOTS
     return shots.is_dir() and any(
         path.is_file() and _OURS_IN_SUBFOLDER.match(path.name) for path in shots.iterdir())
