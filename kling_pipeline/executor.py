@@ -315,7 +315,7 @@ class Executor:
         output = job.known_output
         assert output is not None
         await self._write(job, "done", task_id=job.task_id, output=output,
-                    finished_at=self._finished_at(job))
+                          finished_at=self._finished_at(job))
         self.on_done(job, output)
         self._result(job, "up to date", job.note, output)
 
@@ -383,14 +383,14 @@ class Executor:
                     delay = self._backoff(limited, exc.retry_after)
                     self.limiter.pause(shot.endpoint, delay)
                     if time.monotonic() + delay > deadline:
-                        return await self._unsubmitted(job, previous, f"still rate limited after "
-                                                                f"{self.options.max_wait:g} s "
-                                                                f"(--max-wait): {exc}")
+                        return await self._unsubmitted(
+                            job, previous, f"still rate limited after "
+                                           f"{self.options.max_wait:g} s (--max-wait): {exc}")
                 else:
                     attempt += 1
                     if attempt >= self.options.submit_attempts:
-                        return await self._unsubmitted(job, previous, f"not accepted after "
-                                                                f"{attempt} tries: {exc}")
+                        return await self._unsubmitted(
+                            job, previous, f"not accepted after {attempt} tries: {exc}")
                     delay = self._backoff(attempt, exc.retry_after)
                 self.reporter.update(job.label, "retrying", None, str(exc))
                 if await self._wait_to_submit(delay):
@@ -403,7 +403,8 @@ class Executor:
                 return await self._not_submitted(job, previous)
             except Ambiguous as exc:
                 await self._write(job, "unknown", submitted_at=now,
-                            error=f"submission not confirmed ({exc}); it may have been billed")
+                                  error=f"submission not confirmed ({exc}); it may have been "
+                                        "billed")
                 self._result(job, "unknown", f"{exc}; it may have been billed "
                                              "(--resubmit-unknown submits it again)",
                              submitted=True)
@@ -475,9 +476,10 @@ class Executor:
             except TaskNotFound as exc:
                 self.reach.answered()
                 if not fresh:
-                    await self._write(job, "lost", output=job.known_output,
-                                finished_at=self._finished_at(job) if job.known_output else None,
-                                error=f"the provider no longer knows task {task_id} ({exc})")
+                    await self._write(
+                        job, "lost", output=job.known_output,
+                        finished_at=self._finished_at(job) if job.known_output else None,
+                        error=f"the provider no longer knows task {task_id} ({exc})")
                     self._result(job, "lost", f"task {task_id} can no longer be fetched; "
                                               f"--force {job.label.split()[0]} renders it again "
                                               "(paid)")
@@ -495,8 +497,8 @@ class Executor:
                 if state.status == SUCCEED:
                     if state.video_url:
                         return state
-                    await self._write(job, "failed", error="the provider reported success but gave "
-                                                     "no video URL", finished_at=utc_now())
+                    await self._write(job, "failed", finished_at=utc_now(),
+                                      error="the provider reported success but gave no video URL")
                     self._result(job, "failed", "succeeded without a video URL "
                                                 "(--retry-failed renders it again)",
                                  submitted=fresh)
@@ -578,8 +580,8 @@ class Executor:
             output = Output(got.sha256, got.size, round(duration, 3))
             self.store.record(job.key, CachedResult(output, job.task_id, job.endpoint))
             same = job.known_output is not None and job.known_output.sha256 == output.sha256
-            await self._write(job, "done", output=output, error=None,  # a re-fetch changes nothing
-                        finished_at=self._finished_at(job) if same else utc_now())
+            await self._write(job, "done", output=output, error=None,  # a re-fetch: no change
+                              finished_at=self._finished_at(job) if same else utc_now())
             if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
                 await self.keeper.commit(dict.fromkeys(job.removed_ids))
             self.on_done(job, output)
