@@ -701,11 +701,11 @@ class _BoundedFields:
 
 
 class _BoundedFormatter(_BoundedFields, SandboxedFormatter):
-    pass
+    """`str.format` in the sandbox, with every field measured before it is formatted."""
 
 
 class _BoundedEscapeFormatter(_BoundedFields, SandboxedEscapeFormatter):
-    pass
+    """The same for Markup strings (Jinja's escaping formatter)."""
 
 
 # --- steps of filters, tests and loops ----------------------------------------------------------

@@ -19,6 +19,8 @@ import pytest
 
 from kling_pipeline.images import ImageProblem, decode_data_uri
 
+import located
+
 HEAD = "version: 1\nname: t\ndefaults: {model: kling-v3.0-pro-t2v}\n"
 TOO_LONG = "making text longer than 100,000 characters is not allowed in templates"
 MAX_SECONDS = 5.0
@@ -81,12 +83,7 @@ def at(path: Path, needle: str) -> str:
 
 
 def refused(done: Run, place: str, location: str, *fragments: str) -> None:
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    found = [x for x in done.stderr.splitlines() if x.startswith(f"{place}: {location}: ")]
-    assert found, f"no line at {place}: {location}: in\n{done.stderr}"
-    for fragment in fragments:
-        assert any(fragment in x for x in found), f"{fragment!r} not in {found}"
+    located.refused(done, place, location, *fragments)
     bounded(done)
 
 

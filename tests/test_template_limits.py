@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from located import refused
+
 HEAD = "version: 1\nname: t\ndefaults: {model: kling-v3.0-pro-t2v}\n"
 
 
@@ -48,16 +50,6 @@ def at(path: Path, needle: str) -> str:
     line = text.count("\n", 0, index) + 1
     return f"{path}:{line}:{index - (text.rfind(chr(10), 0, index) + 1) + 1}"
 
-
-def refused(done: subprocess.CompletedProcess[str], place: str, location: str,
-            *fragments: str) -> list[str]:
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    found = [x for x in done.stderr.splitlines() if x.startswith(f"{place}: {location}: ")]
-    assert found, f"no line at {place}: {location}: in\n{done.stderr}"
-    for fragment in fragments:
-        assert any(fragment in x for x in found), f"{fragment!r} not in {found}"
-    return found
 
 
 # --- 1. templates that never finish -----------------------------------------------------------
