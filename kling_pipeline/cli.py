@@ -319,10 +319,9 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
         store.clean_tmp()
         folder = OutputFolder(target.out_dir, loaded.shots, store,
                               storyboard=loaded.board.name, simulated=target.simulated)
-        from kling_pipeline.simulator.config import SimulatorConfig, submit_pace
         options = RunOptions(jobs=jobs or provider.concurrency, max_wait=wait,
-                             requests_per_minute=submit_pace(SimulatorConfig()) if
-                             target.simulated else provider.requests_per_minute)
+                             requests_per_minute=_simulator_pace() if target.simulated
+                             else provider.requests_per_minute)
         report = None
         try:
             report = _execute(work, target, base_url or provider.base_url,
@@ -338,6 +337,13 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
                                  ) if folder.worth_writing(keeper.lock) else None
             store.close()
     _finish(report, plan, result)
+
+
+def _simulator_pace() -> int:
+    """Submissions a minute the embedded simulator takes (imported only for a simulated run)."""
+    from kling_pipeline.simulator.config import SimulatorConfig, submit_pace
+
+    return submit_pace(SimulatorConfig())
 
 
 def _confirm(count: int) -> None:
