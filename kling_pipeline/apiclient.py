@@ -14,9 +14,10 @@ whether a retry could pay twice. What an answer means follows api-notes' error t
 - `TaskNotFound`: the provider does not know the task id.
 - `Transient`: a read (task-result, download) that failed and may be tried again.
 
-`submit` awaits its `on_send` callback at the moment the request's first byte is about to be
-written to the socket (httpcore's trace extension), so the caller can record "sent" exactly:
-a submit stopped before that moment provably paid nothing.
+`submit` calls its `on_send` callback at the moment the request's body is about to be written
+to the socket (httpcore's trace extension), and the body follows it with no loop turn between,
+so the caller can record "sent" exactly: a submit stopped before that moment provably paid
+nothing (a server makes no task of headers without their body).
 
 The API key goes in one header of API requests only, never to the storage host of a result
 URL, and never into an exception message.
@@ -28,7 +29,7 @@ import email.utils
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,25 +245,31 @@ def parse_task(task_id: str, body: Any) -> TaskState:
                      str(task.get("reason") or ""), url, raw_status[:60] or "no status")
 
 
-async def _nothing() -> None:
+def _nothing() -> None:
     return None
 
 
 class _SendHook:
-    """Awaits `on_send` once, when httpcore is about to write the request's headers."""
+    """Calls `on_send` once, when httpcore is about to write the request's body.
 
-    def __init__(self, on_send: Callable[[], Awaitable[None]]) -> None:
+    Synchronously: the trace runs in the task that sends, and from here to the socket's
+    `send` of the body nothing awaits (h11 frames the bytes, anyio writes them at once), so
+    no other job runs between the caller's record and the bytes leaving. The headers have
+    gone by then; they alone make no task.
+    """
+
+    def __init__(self, on_send: Callable[[], None]) -> None:
         self._on_send = on_send
         self.fired = False
 
-    async def fire(self) -> None:
+    def fire(self) -> None:
         if not self.fired:
             self.fired = True
-            await self._on_send()
+            self._on_send()
 
     async def trace(self, name: str, info: dict[str, Any]) -> None:
-        if name.endswith("send_request_headers.started"):
-            await self.fire()
+        if name.endswith("send_request_body.started"):
+            self.fire()
 
 
 def _traces(http: httpx.AsyncClient) -> bool:
@@ -296,20 +303,21 @@ class KlingClient:
         return error
 
     async def submit(self, slug: str, body: dict[str, Any],
-                     on_send: Callable[[], Awaitable[None]] = _nothing) -> str:
+                     on_send: Callable[[], None] = _nothing) -> str:
         """POST once; the task id, or the classified reason there is none.
 
-        `on_send` is awaited (once) just before the first byte leaves: what it writes is on
-        disk before the provider can have seen the request. A transport that does not trace
-        (a test's MockTransport) gets it awaited before the request is handed over.
+        `on_send` is called (once) just before the body leaves: what it writes is on disk
+        before the provider can have the request. A transport that does not trace (a test's
+        MockTransport) gets it called before the request is handed over.
         """
         url = f"{self._base}/v3/async/{slug}"
         sending = _SendHook(on_send)
+        traced = _traces(self._http)
         try:
             request = self._http.build_request("POST", url, json=body,
                                                extensions={"trace": sending.trace})
-            if not _traces(self._http):
-                await sending.fire()
+            if not traced:
+                sending.fire()
             response = await self._http.send(request, auth=self._auth)
         except _CONNECT_ERRORS as exc:
             raise Unreachable(f"could not connect to {self._base} ({_cause(exc)})",
@@ -325,6 +333,9 @@ class KlingClient:
                           "an API key or URL that an HTTP request cannot carry?)",
                           reason=type(exc).__name__) from exc
         except (httpx.TransportError, httpx.DecodingError) as exc:
+            if traced and not sending.fired:  # the body never left: no task can be made
+                raise NotAccepted(f"the connection failed before the request was sent "
+                                  f"({type(exc).__name__})", reason=type(exc).__name__) from exc
             raise Ambiguous(f"the connection failed after the request was sent "
                             f"({type(exc).__name__})", reason=type(exc).__name__) from exc
         if response.status_code != 200:

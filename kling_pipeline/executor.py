@@ -1,12 +1,12 @@
 """Run jobs against the API: submit once, record the task id, poll, download, verify, store.
 
 The submission protocol of DESIGN.md, step by step: the intent (`submitting`) is written to the
-lock at the moment the POST's first byte is about to leave (not before: a burst would otherwise
-write a dozen intents for requests that never left, all `unknown` after a kill), the POST is sent
-once, and its answer is on disk before anything else runs (lock writes are synchronous, so no
-other coroutine runs between an answer and its record). A POST is sent again only when the
-provider provably made no task; anything ambiguous leaves the shot `unknown`. Polls, downloads
-and the lock all survive a stop: whatever is in flight keeps its task id for the next run. A stop
+lock at the moment the POST's body is about to leave, and the body follows with no loop turn
+between (not before: a burst would otherwise write a dozen intents for requests that never left,
+all `unknown` after a kill); the POST is sent once, and its answer is on disk before its job does
+anything else (the job waits for the write; see `LockKeeper`). A POST is sent again only when the
+provider provably made no task; anything ambiguous leaves the shot `unknown`. Polls, downloads and
+the lock all survive a stop: whatever is in flight keeps its task id for the next run. A stop
 abandons a poll or a download at once (a read pays nothing); it never abandons a POST. A server
 that cannot be reached at all stops the run's submitting after a few seconds, not minutes.
 """
@@ -209,10 +209,14 @@ class Executor:
 
     # -- the lock --------------------------------------------------------------------------
 
-    async def _write(self, job: Job, status: Status, *, alone: bool = False,
-                     **fields: object) -> None:
+    async def _write(self, job: Job, status: Status, **fields: object) -> None:
         """Give every shot of the job the same new state, and wait until the lock file holding
-        it is on disk (`alone`: in a write of its own, see `LockKeeper.commit`)."""
+        it is on disk."""
+        await self.keeper.commit(self._changes(job, status, **fields))
+
+    def _changes(self, job: Job, status: Status, **fields: object) -> dict[str, LockEntry | None]:
+        """The job's shots in their new state (entries back where they began keep their time,
+        so git sees no change)."""
         changes: dict[str, LockEntry | None] = {}
         for shot_id in job.shot_ids:
             if job.shot is not None:
@@ -234,7 +238,7 @@ class Executor:
             if old is not None and entry is not None and replace(
                     entry, updated_at=old.updated_at) == old:
                 del changes[shot_id]  # nothing but the time: no rewrite
-        await self.keeper.commit(changes, alone=alone)
+        return changes
 
     def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
                 submitted: bool = False) -> ShotResult:
@@ -356,8 +360,9 @@ class Executor:
             now = utc_now()
             self.reporter.update(job.label, "submitting")
 
-            async def sending(now: str = now) -> None:  # the first byte is about to leave
-                await self._write(job, "submitting", submitted_at=now, task_id=None, alone=True)
+            def sending(now: str = now) -> None:  # the body is about to leave
+                self.keeper.record_now(self._changes(job, "submitting", submitted_at=now,
+                                                     task_id=None))
 
             try:
                 task_id = await client.submit(shot.endpoint, wire, on_send=sending)

@@ -2,13 +2,18 @@
 
 `hold_run_lock` makes a second `apply` on the same storyboard wait (then stop, naming the
 holder's pid) instead of racing the first one's writes. `LockKeeper` holds the lock file in
-memory and writes it whole after every change. During a run, `commit` returns only once the
-change is on disk, so a job goes on (polls after recording its task id, sends its POST after
-recording its intent) only when a kill can no longer lose the record. The writes run in a
-thread, one at a time, so the event loop never stops for an fsync (forty blocking fsyncs in a
-row held every request between its intent and its first byte). Statuses and task ids share a
-write (each takes every change made before it began); an intent gets one of its own, so its
-request leaves the moment its record lands.
+memory and writes it whole after every change, so a job goes on (polls after recording its task
+id) only when a kill can no longer lose the record.
+
+Two ways to the disk. `commit` (statuses, task ids) writes in a thread, and every change made
+before a write began shares it, so the event loop never stops for an fsync. `record_now` (a
+shot's intent to send) writes on the spot, blocking the loop for one write: the submit calls it
+from inside the send, when the body is about to leave, and the body's bytes go to the socket
+straight after, with no loop turn between. A kill can then leave a shot `submitting` whose body
+never left only during the last flush of that one write (the folder's fsync after the rename,
+a fraction of a millisecond); a write in a thread added a thread handoff and loop turns, in
+which other jobs ran, to that window (1.5 ms median). Both ways take one lock around the
+write, and neither puts an older version over a newer one.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections import deque
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kling_pipeline.errors import KlingPipelineError
 from kling_pipeline.fsutil import atomic_write_bytes
-from kling_pipeline.lockfile import LockEntry, LockFile, LockText, write_lock
+from kling_pipeline.lockfile import LockEntry, LockFile, LockText
 
 
 class RunLockBusy(KlingPipelineError):
@@ -87,15 +92,15 @@ class LockKeeper:
         self.writes = 0
         self._text = LockText()
         self._version = 0  # changes made in memory
-        self._written = 0  # ... of which on disk
+        self._on_disk = 0  # the newest version written (set under `_disk`, by either way)
+        self._disk = threading.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # (version, its waiter)
-        self._alone: deque[tuple[dict[str, LockEntry | None], asyncio.Future[None]]] = deque()
 
     def get(self, shot_id: str) -> LockEntry | None:
         return self.lock.shots.get(shot_id)
 
-    def _apply(self, changes: dict[str, LockEntry | None]) -> bool:
+    def _apply(self, changes: dict[str, LockEntry | None]) -> None:
         changed = False
         for shot_id, entry in changes.items():
             if entry is None:
@@ -105,43 +110,48 @@ class LockKeeper:
                 changed = True
         if changed:
             self._version += 1
-        return changed
+
+    def _store(self, version: int, data: bytes) -> None:
+        """Write `data` (the state at `version`) unless a newer state is already on disk."""
+        with self._disk:
+            if self._on_disk >= version:
+                return
+            self._write(self.path, data)
+            self._on_disk = version
+            self.writes += 1
+
+    def _store_now(self) -> None:
+        if self._on_disk < self._version:
+            self._store(self._version, self._text.render(self.lock))
 
     def put(self, changes: dict[str, LockEntry | None]) -> None:
         """Set (or, with None, drop) entries, then write the file atomically, now (outside a
         run, or where nothing else may happen first)."""
-        if self._apply(changes):
-            write_lock(self.path, self.lock, self._text)
-            self._written = self._version
-            self.writes += 1
+        self._apply(changes)
+        self._store_now()
 
     def settle(self) -> None:
         """Write now whatever is only in memory: after a run that was cancelled while a
         write was pending (the write in its thread finishes; a later change would be lost)."""
-        if self._written < self._version:
-            write_lock(self.path, self.lock, self._text)
-            self._written = self._version
-            self.writes += 1
+        self._store_now()
 
-    async def commit(self, changes: dict[str, LockEntry | None], *,
-                     alone: bool = False) -> None:
+    def record_now(self, changes: dict[str, LockEntry | None]) -> None:
+        """Set (or drop) entries and return with them on disk, blocking the event loop for
+        the write (and for a write of `commit` under way, which it waits for): for the one
+        record after which a request's bytes must leave at once (see the module's doc)."""
+        self._apply(changes)
+        self._store_now()
+        self._release(lambda waiter: waiter.set_result(None), up_to=self._on_disk)
+
+    async def commit(self, changes: dict[str, LockEntry | None]) -> None:
         """Set (or drop) entries; return as soon as a write holding them is on disk (not when
-        the writer has caught up with changes made after them).
-
-        Changes are made at once and share the next write, except `alone` ones (a shot's
-        intent to send): each is made just before a write of its own, in turn. An intent that
-        shared a write with 39 others waited for all 40 requests' framing after it landed, so
-        a kill in those few milliseconds left 40 shots `unknown` that had not left; alone, a
-        request goes out the moment its own record lands.
-        """
+        the writer has caught up with changes made after them). Changes made in one loop turn
+        share the next write."""
+        self._apply(changes)
+        if self._on_disk >= self._version:
+            return
         landed = asyncio.get_running_loop().create_future()
-        if alone:
-            self._alone.append((changes, landed))
-        else:
-            self._apply(changes)
-            if self._written >= self._version:
-                return
-            self._waiting.append((self._version, landed))
+        self._waiting.append((self._version, landed))
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._flush())
         await asyncio.shield(landed)
@@ -150,29 +160,14 @@ class LockKeeper:
         """Write the newest state until the disk has caught up with memory, one write at a
         time, waking the waiters of each write as it lands; the bytes are rendered here, the
         fsync waits in a thread."""
-        turn: asyncio.Future[None] | None = None
         try:
-            while self._alone or self._written < self._version:
-                turn = None
-                if self._alone:
-                    changes, turn = self._alone.popleft()
-                    self._apply(changes)
+            while self._on_disk < self._version:
                 version = self._version
-                if self._written < version:
-                    data = self._text.render(self.lock)
-                    await asyncio.to_thread(self._write, self.path, data)
-                    self._written = version
-                    self.writes += 1
-                if turn is not None:
-                    self._waiting.append((version, turn))
-                self._release(lambda waiter: waiter.set_result(None), up_to=version)
+                data = self._text.render(self.lock)
+                await asyncio.to_thread(self._store, version, data)
+                self._release(lambda waiter: waiter.set_result(None), up_to=self._on_disk)
         except (Exception, asyncio.CancelledError) as exc:  # each waiter raises it
             failure = exc
-            if turn is not None:
-                self._waiting.append((self._version, turn))
-            for _, waiter in self._alone:
-                self._waiting.append((self._version, waiter))
-            self._alone.clear()
             self._release(lambda waiter: waiter.set_exception(failure), up_to=self._version)
             if isinstance(failure, asyncio.CancelledError):
                 raise

@@ -5,6 +5,9 @@ import email.utils
 import gzip
 import hashlib
 import json
+import re
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -279,6 +282,94 @@ def test_submit_transport_errors(failure: httpx.TransportError, cls: type[ApiErr
     assert name in str(exc)
     assert exc.__cause__ is failure
     assert len(recorder.requests) == 1
+
+
+# -- submit: the moment of sending ----------------------------------------------------------------
+
+def test_on_send_comes_after_the_headers_and_before_the_body_over_real_http() -> None:
+    """A loopback server that has the request's headers and none of its body when `on_send`
+    runs, and the body only after it returned: the record is made while no task can exist,
+    and nothing runs between it and the body leaving (`on_send` is synchronous)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    headers_in, recorded = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, rest = data.split(b"\r\n\r\n", 1)
+            seen["body before on_send"] = rest
+            headers_in.set()
+            recorded.wait(5)
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            while len(rest) < length:
+                rest += conn.recv(65536)
+            seen["body"] = json.loads(rest)
+            answer = b'{"task_id": "t-1"}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    def on_send() -> None:
+        seen["headers in at on_send"] = headers_in.wait(5)
+        time.sleep(0.05)  # a body that were already on its way would arrive meanwhile
+        recorded.set()
+
+    async def main() -> str:
+        async with httpx.AsyncClient() as http:
+            client = KlingClient(http, f"http://127.0.0.1:{port}", KEY)
+            return await client.submit(SLUG, BODY, on_send=on_send)
+
+    try:
+        assert asyncio.run(main()) == "t-1"
+    finally:
+        listener.close()
+        server.join(5)
+    assert seen == {"headers in at on_send": True, "body before on_send": b"", "body": BODY}
+
+
+class TracingTransport(httpx.AsyncHTTPTransport):
+    """An httpcore transport as far as `submit` can tell, that fails at a chosen moment."""
+
+    def __init__(self, failure: httpx.TransportError, body_started: bool) -> None:
+        super().__init__()
+        self.failure, self.body_started = failure, body_started
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        trace = request.extensions["trace"]
+        await trace("http11.send_request_headers.started", {"request": request})
+        if self.body_started:
+            await trace("http11.send_request_body.started", {"request": request})
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", [
+    httpx.ReadError("[Errno 104] Connection reset by peer"),
+    httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    httpx.WriteError("[Errno 32] Broken pipe"),
+])
+@pytest.mark.parametrize("body_started", [False, True])
+def test_a_connection_lost_before_the_body_left_is_not_ambiguous(
+        failure: httpx.TransportError, body_started: bool) -> None:
+    """Headers alone make no task: a try that failed before the body started may be sent
+    again (NotAccepted), one that failed after may have been billed (Ambiguous)."""
+    sent: list[bool] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=TracingTransport(failure, body_started)) as http:
+            await KlingClient(http, BASE, KEY).submit(SLUG, BODY,
+                                                      on_send=lambda: sent.append(True))
+
+    exc = raised(lambda: asyncio.run(main()))
+    assert type(exc) is (Ambiguous if body_started else NotAccepted)
+    assert sent == ([True] if body_started else [])
+    assert exc.__cause__ is failure
 
 
 # -- task-result ----------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ Each test runs `python -m kling_pipeline apply` as a child process (cwd tmp_path
 key per run) against a simulator served from this process behind `Gate`, an ASGI middleware
 that lets the test choose its moments deterministically:
 
-- it can hold one chosen request (a POST on arrival or just after its answer went out, a
-  task-result, a download on arrival or half streamed) until the test releases it or kills
-  the child;
+- it can hold one chosen request (a POST once all of it has arrived, or just after its answer
+  went out, a task-result, a download on arrival or half streamed) until the test releases it
+  or kills the child;
 - it admits one POST at a time, only while nothing is held and once every task id answered
   before is in the lock file, and `kill_if_quiet` kills only when no POST is between "made a
   task" and "task id on disk". So no kill lands in the ambiguity window by accident; the one
@@ -31,9 +31,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -46,6 +47,8 @@ from kling_pipeline.simulator.runner import running_simulator
 
 from apply_fixtures import shot_files, storyboard_text, submissions
 from simulator_fixtures import SimClient
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -95,6 +98,21 @@ class Hold:
     kind: str
     nth: int | None = 1
 
+
+
+async def _read_whole(receive: Receive) -> Receive:
+    """Read a request's body now; a `receive` that hands it to the app as if it came later."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
 
 class Gate:
     """See the module docstring. The middleware runs on the simulator's thread; the test
@@ -212,8 +230,19 @@ class Gate:
             return (any(h.kind == kind and h.nth in (None, n) for h in self._holds),
                     any(h.kind == then and h.nth in (None, n) for h in self._holds))
 
-    async def _hold(self) -> None:
+    async def _hold(self, before: Awaitable[T] | None = None) -> T | None:
+        """Hold the request until released (or its child is dead); `before` is awaited first
+        (no other POST is let in meanwhile), and its result returned."""
         key = self._key
+        got = None
+        if before is not None:
+            with self._mutex:
+                self._in_app += 1
+            try:
+                got = await before
+            finally:
+                with self._mutex:
+                    self._in_app -= 1
         with self._mutex:
             self.held += 1
         try:
@@ -221,6 +250,7 @@ class Gate:
             while (not self._released.is_set() and key not in self._dead
                    and time.monotonic() < deadline):
                 await asyncio.sleep(0.001)
+            return got
         finally:
             with self._mutex:
                 self.held -= 1
@@ -228,8 +258,8 @@ class Gate:
     async def _post(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
                     key: str) -> None:
         on_arrival, after_answer = self._count("post", "posted")
-        if on_arrival:
-            await self._hold()
+        if on_arrival:  # the whole request is here (headers alone make no task), not yet handled
+            receive = await self._hold(before=_read_whole(receive)) or receive
         admitted = False
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,22 +176,56 @@ def test_a_commit_returns_with_its_own_write_not_after_later_ones(tmp_path: Path
     assert first == 1 and keeper.writes > 1, returned
 
 
-def test_intents_get_a_write_each_and_go_as_soon_as_theirs_lands(tmp_path: Path) -> None:
-    """A request must not wait, its record on disk, for the framing of 39 others."""
+def test_a_record_now_is_on_disk_when_it_returns_and_wakes_the_commits_it_wrote(
+        tmp_path: Path) -> None:
+    """An intent is written on the spot (its request's body leaves straight after); the
+    statuses already made share that write, and their commits return with it."""
     path = tmp_path / "demo.lock.json"
     keeper = LockKeeper(path, LockFile("demo"))
-    returned: list[tuple[int, int, set[str]]] = []  # (shot, writes so far, ids on disk)
 
-    async def one(i: int) -> None:
-        await keeper.commit({f"s{i}": entry()}, alone=True)
-        returned.append((i, keeper.writes, set(read_lock(path, "demo").shots)))
+    async def run() -> tuple[set[str], set[str]]:
+        queued = entry(status="queued", task_id="t-1")
+        waiter = asyncio.ensure_future(keeper.commit({"done": queued}))
+        await asyncio.sleep(0)  # the commit made its change; its write has not begun
+        keeper.record_now({"intent": entry()})
+        on_disk = set(read_lock(path, "demo").shots)
+        await waiter
+        return on_disk, set(read_lock(path, "demo").shots)
 
-    async def burst() -> None:
-        await asyncio.gather(*(one(i) for i in range(5)))
+    at_record, at_end = asyncio.run(run())
+    assert at_record == at_end == {"done", "intent"}
+    assert keeper.writes == 1
 
-    asyncio.run(burst())
-    assert [(i, writes) for i, writes, _ in returned] == [(i, i + 1) for i in range(5)]
-    assert all(on_disk == {f"s{j}" for j in range(i + 1)} for i, _, on_disk in returned)
+
+def test_a_record_now_waits_for_a_write_under_way_and_never_goes_under_it(
+        tmp_path: Path) -> None:
+    """Two ways write the same file: the one in a thread (commit) and the one on the loop
+    (record_now). An older state landing after a newer one would lose an intent."""
+    path = tmp_path / "demo.lock.json"
+    first_write_begun, go_on = threading.Event(), threading.Event()
+    written: list[set[str]] = []
+
+    def write(target: Path, data: bytes) -> None:
+        if not written:
+            first_write_begun.set()
+            go_on.wait(5)
+        atomic_write_bytes(target, data)
+        written.append(set(read_lock(target, "demo").shots))
+
+    keeper = LockKeeper(path, LockFile("demo"), write=write)
+
+    async def run() -> None:
+        waiter = asyncio.ensure_future(keeper.commit({"a": entry(status="queued", task_id="t-1")}))
+        while not first_write_begun.is_set():
+            await asyncio.sleep(0.005)
+        threading.Timer(0.1, go_on.set).start()
+        keeper.record_now({"b": entry()})  # blocks until the thread's write is done
+        assert written == [{"a"}, {"a", "b"}]
+        await waiter
+
+    asyncio.run(run())
+    assert set(read_lock(path, "demo").shots) == {"a", "b"}
+    assert keeper.writes == 2
 
 
 def test_a_failed_write_fails_its_commit(tmp_path: Path) -> None:
@@ -200,7 +235,7 @@ def test_a_failed_write_fails_its_commit(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         asyncio.run(keeper.commit({"a": entry()}))
     with pytest.raises(OSError):
-        asyncio.run(keeper.commit({"b": entry()}, alone=True))
+        keeper.record_now({"b": entry()})
 
 
 def test_run_lock_path_is_a_hidden_file_beside_the_lock(tmp_path: Path) -> None:
