@@ -1,5 +1,117 @@
-"""kling-pipeline: a make-style pipeline for the Kling video-generation API."""
+"""kling-pipeline: a make-style pipeline for the Kling video-generation API.
+
+The names below are the Python API (docs/python-api.md); every other module is private and
+may change. They are imported on first use, so `import kling_pipeline` (and the command
+line's `--help`) stays instant.
+
+    from kling_pipeline import Project
+
+    project = Project.open("film.yaml", simulate=True)
+    print(project.plan().has_work)
+    report = project.apply()
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# name -> the private module it lives in
+_EXPORTS = {
+    "Project": "project", "Validation": "project",
+    "Plan": "planner", "PlanItem": "planner", "FieldChange": "planner",
+    "ApplyReport": "results", "RunReport": "results", "ShotResult": "results",
+    "Outcome": "results", "SUCCESSFUL": "results",
+    "ShotRequest": "render", "ShotStatus": "statusview",
+    "Manifest": "manifest", "ManifestShot": "manifest", "ManifestFinal": "manifest",
+    "FolderResult": "outfolder",
+    "Event": "events", "RunStarted": "events", "ShotUpdate": "events", "Note": "events",
+    "RunEnded": "events", "FolderStep": "events", "CancelToken": "events",
+    "KlingPipelineError": "errors", "StoryboardError": "errors", "Diagnostic": "errors",
+    "LockFileError": "errors", "UsageError": "errors", "NoApiKey": "errors",
+    "Declined": "errors", "RunLockBusy": "lockstore",
+}
+__all__ = [
+    "SUCCESSFUL",
+    "ApplyReport",
+    "CancelToken",
+    "Declined",
+    "Diagnostic",
+    "Event",
+    "FieldChange",
+    "FolderResult",
+    "FolderStep",
+    "KlingPipelineError",
+    "LockFileError",
+    "Manifest",
+    "ManifestFinal",
+    "ManifestShot",
+    "NoApiKey",
+    "Note",
+    "Outcome",
+    "Plan",
+    "PlanItem",
+    "Project",
+    "RunEnded",
+    "RunLockBusy",
+    "RunReport",
+    "RunStarted",
+    "ShotRequest",
+    "ShotResult",
+    "ShotStatus",
+    "ShotUpdate",
+    "StoryboardError",
+    "UsageError",
+    "Validation",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kling_pipeline' has no attribute {name!r}")
+    value = getattr(import_module(f"kling_pipeline.{module}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from kling_pipeline.errors import (
+        Declined,
+        Diagnostic,
+        KlingPipelineError,
+        LockFileError,
+        NoApiKey,
+        StoryboardError,
+        UsageError,
+    )
+    from kling_pipeline.events import (
+        CancelToken,
+        Event,
+        FolderStep,
+        Note,
+        RunEnded,
+        RunStarted,
+        ShotUpdate,
+    )
+    from kling_pipeline.lockstore import RunLockBusy
+    from kling_pipeline.manifest import Manifest, ManifestFinal, ManifestShot
+    from kling_pipeline.outfolder import FolderResult
+    from kling_pipeline.planner import FieldChange, Plan, PlanItem
+    from kling_pipeline.project import Project, Validation
+    from kling_pipeline.render import ShotRequest
+    from kling_pipeline.results import (
+        SUCCESSFUL,
+        ApplyReport,
+        Outcome,
+        RunReport,
+        ShotResult,
+    )
+    from kling_pipeline.statusview import ShotStatus

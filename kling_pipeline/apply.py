@@ -10,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import os
-import signal
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kling_pipeline.cache import Store
-from kling_pipeline.errors import KlingPipelineError
-from kling_pipeline.executor import Executor, Reporter, RunOptions, RunReport
+from kling_pipeline.errors import NoApiKey
+from kling_pipeline.events import CancelToken, Note, OnEvent, ShotUpdate
+from kling_pipeline.executor import Executor, Reporter, RunOptions
 from kling_pipeline.jobs import Job
 from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.models import StoryboardHead
 from kling_pipeline.planner import Plan
 from kling_pipeline.render import ShotRequest
+from kling_pipeline.results import RunReport
 from kling_pipeline.storyboard import default_cache_dir, lock_path_for
+
+if TYPE_CHECKING:
+    import httpx
 
 SIMULATED = "simulated"
 SIMULATOR_KEY = "simulator"  # the embedded simulator accepts any non-empty key
@@ -83,7 +88,7 @@ def api_key_from_env(variable: str) -> str:
     """The key, from the environment only; a clear message (never the value) when it is not set."""
     key = os.environ.get(variable, "").strip()
     if not key:
-        raise KlingPipelineError(
+        raise NoApiKey(
             f"no API key: set the environment variable {variable} (named by the storyboard's "
             "provider.api_key_env), or try the local simulator with --simulate")
     return key
@@ -93,40 +98,46 @@ def needs_network(jobs: list[Job]) -> bool:
     return any(job.kind in ("submit", "follow") for job in jobs)
 
 
-@contextmanager
-def _interrupts(executor: Executor, reporter: Reporter,
-                main: asyncio.Task[RunReport]) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM): stop submitting, keep task ids, wind down. Second: now."""
-    loop = asyncio.get_running_loop()
-    seen = 0
+class _Reporting:
+    """The executor's reporter, turned into events for the caller."""
 
-    def handle() -> None:
-        nonlocal seen
-        seen += 1
-        if seen == 1:
+    def __init__(self, on_event: OnEvent) -> None:
+        self._on_event = on_event
+
+    def update(self, label: str, state: str, percent: int | None = None,
+               note: str = "") -> None:
+        self._on_event(ShotUpdate(label, state, percent, note))
+
+    def message(self, text: str) -> None:
+        self._on_event(Note(text))
+
+
+@contextmanager
+def _cancelled_by(cancel: CancelToken, executor: Executor, reporter: Reporter,
+                  main: asyncio.Task[RunReport]) -> Iterator[None]:
+    """First cancel (Ctrl-C, SIGTERM): stop submitting, keep task ids, wind down. Second: now.
+    The token may fire on any thread; the executor is only touched on the loop's."""
+    loop = asyncio.get_running_loop()
+
+    def handle(count: int) -> None:
+        if count == 1:
             reporter.message("stopping: no new submissions; every task id is kept "
                              "(Ctrl-C again to quit at once)")
             executor.stop()
         else:
             main.cancel()
 
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, handle)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue  # not the main thread, or a platform without it: Ctrl-C raises instead
+    stop_listening = cancel.listen(lambda count: loop.call_soon_threadsafe(handle, count))
     try:
         yield
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        stop_listening()
 
 
 async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keeper: LockKeeper,
                store: Store, options: RunOptions, reporter: Reporter,
-               on_done: Callable[[Job, str], None]) -> RunReport:
+               on_done: Callable[[Job, str], None], cancel: CancelToken,
+               transport: httpx.AsyncBaseTransport | None) -> RunReport:
     import httpx
 
     from kling_pipeline import __version__
@@ -136,12 +147,13 @@ async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keepe
     async with httpx.AsyncClient(
             timeout=httpx.Timeout(connect=10.0, read=60.0, write=120.0, pool=None),
             limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-            headers={"User-Agent": f"kling-pipeline/{__version__}"}) as http:
+            headers={"User-Agent": f"kling-pipeline/{__version__}"},
+            transport=transport) as http:
         client = KlingClient(http, base_url, api_key) if base_url and api_key else None
         executor = Executor(client, keeper, store, options, reporter,
                             on_done=lambda job, output: on_done(job, output.sha256))
         main = asyncio.ensure_future(executor.run(jobs))
-        with _interrupts(executor, reporter, main):
+        with _cancelled_by(cancel, executor, reporter, main):
             try:
                 return await main
             except asyncio.CancelledError:
@@ -150,12 +162,14 @@ async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keepe
 
 
 def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
-             keeper: LockKeeper, store: Store, options: RunOptions, reporter: Reporter,
-             on_done: Callable[[Job, str], None]) -> RunReport:
+             keeper: LockKeeper, store: Store, options: RunOptions, on_event: OnEvent,
+             on_done: Callable[[Job, str], None], cancel: CancelToken | None = None,
+             transport: httpx.AsyncBaseTransport | None = None) -> RunReport:
     """Run the jobs to the end (or to a stop); every state change is already in the lock."""
     try:
-        return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options, reporter,
-                                on_done))
+        return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options,
+                                _Reporting(on_event), on_done, cancel or CancelToken(),
+                                transport))
     finally:
         keeper.settle()  # a change a cancelled job made while a write was under way
 

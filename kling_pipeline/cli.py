@@ -1,7 +1,10 @@
-"""The command line. Only this module prints or exits.
+"""The command line: parse the options, make one call into the library (`Project`), print what
+comes back, and give the exit code. Only this module prints or exits.
 
-Exit codes: 0 ok, 1 a known error (invalid storyboard, failed shots, API refusal), 2 usage
-(and `plan --detailed-exitcode` with work to do), 3 a bug (traceback only with --debug).
+Exit codes (kling_pipeline.errors): 0 ok, 1 a known error (invalid storyboard, failed shots, API
+refusal), 2 usage (and `plan --detailed-exitcode` with work to do), 3 a bug (traceback only with
+--debug), 130 interrupted. A command returns its exit code; `_Group` is the one place that turns
+codes and errors into an exit.
 Heavy modules are imported inside the commands so that `--help` starts fast.
 """
 
@@ -9,52 +12,71 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
-if TYPE_CHECKING:
-    from kling_pipeline.apply import Target
-    from kling_pipeline.cache import Store
-    from kling_pipeline.executor import RunOptions, RunReport
-    from kling_pipeline.jobs import Job
-    from kling_pipeline.lockstore import LockKeeper
-    from kling_pipeline.outfolder import FolderResult, OutputFolder
+from kling_pipeline.errors import (
+    EXIT_BUG,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 
-EXIT_ERROR = 1
-EXIT_BUG = 3
+if TYPE_CHECKING:
+    from kling_pipeline.events import CancelToken, Event
+    from kling_pipeline.planner import Plan
+    from kling_pipeline.progress import LiveReporter, PlainReporter
+    from kling_pipeline.project import Project
+    from kling_pipeline.results import ApplyReport
 
 
 def _color() -> bool | None:
     return False if os.environ.get("NO_COLOR") else None
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(message, err=True, color=_color())
-    sys.exit(EXIT_ERROR)
+class _Command(click.Command):
+    """Turns the library's UsageError into click's, so it reads (and exits 2) like any
+    other bad option of this command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from kling_pipeline.errors import UsageError
+
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            if exc.option:
+                raise click.BadParameter(str(exc), ctx=ctx, param_hint=exc.option) from None
+            raise click.UsageError(str(exc), ctx=ctx) from None
 
 
 class _Group(click.Group):
-    """Maps the project's errors to exit 1 and anything unexpected to exit 3."""
+    """The one place that maps what a command returned or raised to an exit code: its
+    returned code; the project's errors to 1; Ctrl-C to 130; anything unexpected to 3."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         from kling_pipeline.errors import KlingPipelineError, StoryboardError
 
         try:
-            return super().invoke(ctx)
+            code = super().invoke(ctx)
         except KlingPipelineError as exc:
             if ctx.meta.get("debug"):
                 raise
             prefix = "" if isinstance(exc, StoryboardError) else click.style(
                 "error: ", fg="red", bold=True)
-            _fail(prefix + str(exc))
+            click.echo(prefix + str(exc), err=True, color=_color())
+            code = EXIT_ERROR
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            code = EXIT_INTERRUPTED
         except Exception as exc:
             if ctx.meta.get("debug"):
                 raise
@@ -63,7 +85,10 @@ class _Group(click.Group):
             click.echo(f"internal error (a bug in kling-pipeline): {type(exc).__name__}: "
                        f"{clip(str(exc))}\nrun again with --debug for the traceback, and please "
                        "report it", err=True)
-            sys.exit(EXIT_BUG)
+            code = EXIT_BUG
+        if isinstance(code, int) and code != EXIT_OK:
+            ctx.exit(code)
+        return code
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,10 +143,12 @@ def _vars(values: tuple[str, ...]) -> dict[str, str]:
     return parsed
 
 
-def _load(storyboard: Path, variables: tuple[str, ...], no_cache: bool) -> Any:
-    from kling_pipeline.storyboard import load_storyboard
+def _project(storyboard: Path, variables: tuple[str, ...], no_cache: bool, simulate: bool,
+             cache_dir: Path | None = None, out_dir: Path | None = None) -> Project:
+    from kling_pipeline.project import Project
 
-    return load_storyboard(storyboard, cli_vars=_vars(variables), use_cache=not no_cache)
+    return Project.open(storyboard, variables=_vars(variables), simulate=simulate,
+                        cache_dir=cache_dir, out_dir=out_dir, use_cache=not no_cache)
 
 
 @main.command()
@@ -132,31 +159,30 @@ def _load(storyboard: Path, variables: tuple[str, ...], no_cache: bool) -> Any:
 @click.option("--simulate", is_flag=True,
               help="Taken as apply takes it; a storyboard is valid or not whatever the server.")
 def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
-             as_json: bool, simulate: bool) -> None:
+             as_json: bool, simulate: bool) -> int:
     """Check a storyboard against the schema and every constraint of its models."""
     from kling_pipeline.errors import StoryboardError
 
     try:
-        loaded = _load(storyboard, variables, no_cache)
+        valid = _project(storyboard, variables, no_cache, simulate).validate()
     except StoryboardError as exc:
         if not as_json:
             raise
         click.echo(json.dumps({"valid": False, "errors": [
             {"file": d.file, "line": d.line, "column": d.column, "location": d.location,
              "message": d.message} for d in exc.diagnostics]}, indent=2))
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
     if as_json:
         from kling_pipeline.textsafe import json_printable
 
         click.echo(json_printable(json.dumps({
-            "valid": True, "storyboard": loaded.board.name, "shots": [
+            "valid": True, "storyboard": valid.name, "shots": [
                 {"id": s.id, "endpoint": s.endpoint, "key": s.key, "duration": s.duration,
-                 "request": s.body} for s in loaded.shots]}, indent=2, ensure_ascii=False)))
-        return
-    endpoints = sorted({s.endpoint for s in loaded.shots})
-    seconds = sum(s.duration for s in loaded.shots)
-    click.echo(f"{storyboard}: valid: {len(loaded.shots)} shots, {seconds} s of video "
-               f"({', '.join(endpoints)})")
+                 "request": s.body} for s in valid.shots]}, indent=2, ensure_ascii=False)))
+        return EXIT_OK
+    click.echo(f"{storyboard}: valid: {len(valid.shots)} shots, {valid.seconds} s of video "
+               f"({', '.join(valid.endpoints)})")
+    return EXIT_OK
 
 
 @main.command()
@@ -173,41 +199,28 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
               help="What apply --simulate would do: the simulated lock file and cache.")
 def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
          detailed_exitcode: bool, force: tuple[str, ...], retry_failed: bool,
-         resubmit_unknown: bool, simulate: bool) -> None:
+         resubmit_unknown: bool, simulate: bool) -> int:
     """Show what a render would do and cost, without touching the network."""
-    from kling_pipeline.apply import target_for
-    from kling_pipeline.cache import Store
-    from kling_pipeline.lockfile import read_lock
-    from kling_pipeline.planner import make_plan
-    from kling_pipeline.planview import render_json, render_text
-    from kling_pipeline.pricing import PriceTable
-
-    loaded = _load(storyboard, variables, no_cache)
-    _check_selection(loaded.shots, force, ())
-    target = target_for(storyboard, loaded.board, simulate=simulate)
-    lock = read_lock(target.lock_path, loaded.board.name)
-    store = Store(target.store_root)  # what apply would reuse instead of paying
-    try:
-        result = make_plan(loaded.board.name, loaded.shots, lock,
-                           PriceTable(loaded.board.provider.prices), force=force,
-                           retry_failed=retry_failed, resubmit_unknown=resubmit_unknown,
-                           cached=store.lookup)
-    finally:
-        store.close()
+    result = _project(storyboard, variables, no_cache, simulate).plan(
+        force=force, retry_failed=retry_failed, resubmit_unknown=resubmit_unknown)
     if as_json:
+        from kling_pipeline.planview import render_json
         from kling_pipeline.textsafe import json_printable
 
         click.echo(json_printable(json.dumps(render_json(result), indent=2, ensure_ascii=False)))
     else:
-        def style(text: str, color: str) -> str:
-            return click.style(text, fg=color)
-
-        click.echo(render_text(result, style), color=_color())
+        _show_plan(result)
         if simulate:
             click.echo("Simulated: apply --simulate renders animatics of the timing on the local "
                        "simulator; nothing is billed.")
-    if detailed_exitcode and result.has_work:
-        sys.exit(2)
+    return EXIT_USAGE if detailed_exitcode and result.has_work else EXIT_OK
+
+
+def _show_plan(plan: Plan) -> None:
+    from kling_pipeline.planview import render_text
+
+    click.echo(render_text(plan, lambda text, color: click.style(text, fg=color)),
+               color=_color())
 
 
 def _seconds(text: str) -> float:
@@ -223,19 +236,6 @@ def _seconds(text: str) -> float:
     if value <= 0:
         raise click.BadParameter("must be more than 0")
     return value
-
-
-def _check_selection(shots: Any, force: tuple[str, ...], only: tuple[str, ...]) -> None:
-    from kling_pipeline.apply import unmatched_globs
-
-    ids = {s.id for s in shots}
-    unknown = sorted(set(force) - ids)
-    if unknown:
-        raise click.BadParameter(f"no shot named {', '.join(unknown)}", param_hint="--force")
-    nothing = unmatched_globs(shots, only)
-    if nothing:
-        raise click.BadParameter(f"{', '.join(nothing)} matches no shot id",
-                                 param_hint="--only")
 
 
 @main.command()
@@ -265,141 +265,108 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
           simulate: bool, base_url: str | None, jobs: int | None, max_wait: str,
           lock_timeout: str, only: tuple[str, ...], force: tuple[str, ...],
           retry_failed: bool, resubmit_unknown: bool, cache_dir: Path | None,
-          out_dir: Path | None) -> None:
+          out_dir: Path | None) -> int:
     """Render what changed: submit, poll, download, and fill the output folder.
 
     Every task id is in the lock file before anything else happens, so an interrupted run
     (Ctrl-C, a crash, kill -9) is resumed by running apply again, without paying twice.
     """
-    from kling_pipeline.apply import api_key_from_env, needs_network, select, target_for
-    from kling_pipeline.cache import Store
-    from kling_pipeline.executor import RunOptions
-    from kling_pipeline.jobs import make_jobs
-    from kling_pipeline.lockfile import read_lock
-    from kling_pipeline.lockstore import LockKeeper, hold_run_lock, run_lock_path
-    from kling_pipeline.outfolder import OutputFolder, check_output_folder
-    from kling_pipeline.planner import make_plan
-    from kling_pipeline.planview import render_text
-    from kling_pipeline.pricing import PriceTable
+    from kling_pipeline.events import CancelToken
 
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise click.BadParameter("must start with http:// or https://", param_hint="--base-url")
-    if simulate and base_url:
-        raise click.UsageError("--simulate and --base-url choose different servers; "
-                               "give one of them")
     wait, lock_wait = _seconds(max_wait), _seconds(lock_timeout)
-    loaded = _load(storyboard, variables, no_cache)
-    _check_selection(loaded.shots, force, only)
-    provider = loaded.board.provider
-    target = target_for(storyboard, loaded.board, simulate=simulate, cache_dir=cache_dir,
-                        out_dir=out_dir)
-    check_output_folder(target.out_dir, storyboard, loaded.board.name)
-    if not run_lock_path(target.lock_path).exists():
-        read_lock(target.lock_path, loaded.board.name)  # a bad lock file: stop before making one
-    store = Store(target.store_root)
-    with hold_run_lock(target.lock_path, lock_wait):
-        had_lock = target.lock_path.exists()
-        lock = read_lock(target.lock_path, loaded.board.name)
-        plan = select(make_plan(loaded.board.name, loaded.shots, lock,
-                                PriceTable(provider.prices), force=force,
-                                retry_failed=retry_failed, resubmit_unknown=resubmit_unknown,
-                                cached=store.lookup), only)
-        click.echo(render_text(plan, lambda text, color: click.style(text, fg=color)),
-                   color=_color())
-        work, changes = make_jobs(plan, store)
-        if needs_network(work) and not target.simulated:
-            api_key_from_env(provider.api_key_env)  # fail before asking, and before any write
-        if target.simulated:
+    project = _project(storyboard, variables, no_cache, simulate, cache_dir, out_dir)
+
+    def on_plan(plan: Plan) -> bool:
+        _show_plan(plan)
+        if simulate:
             click.echo("Simulated: the local simulator renders animatics of the timing; "
                        "nothing is billed.")
         elif plan.to_submit and not yes:
-            _confirm(len(plan.to_submit))
-        keeper = LockKeeper(target.lock_path, lock)
-        keeper.put(changes)
-        store.clean_tmp()
-        folder = OutputFolder(target.out_dir, loaded.shots, store,
-                              storyboard=loaded.board.name, simulated=target.simulated)
-        options = RunOptions(jobs=jobs or provider.concurrency, max_wait=wait,
-                             requests_per_minute=_simulator_pace() if target.simulated
-                             else provider.requests_per_minute)
-        report = None
-        try:
-            report = _execute(work, target, base_url or provider.base_url,
-                              provider.api_key_env, keeper, store, options, folder)
-        finally:
-            if not had_lock:  # a run that recorded nothing leaves no lock file for git to show
-                keeper.discard_if_empty()
-            # Even after a crash the folder shows what is done; only a whole run makes a cut.
-            # A run with nothing to show makes no folder at all.
-            result = folder.sync(keeper.lock,
-                                 build_final=report is not None and not report.interrupted,
-                                 notify=lambda step: click.echo(f"{step} ...")
-                                 ) if folder.worth_writing(keeper.lock) else None
-            store.close()
-    _finish(report, plan, result)
+            return _confirmed(len(plan.to_submit))
+        return True
+
+    cancel = CancelToken()
+    with _ProgressView(cancel) as view:
+        report = project.apply(
+            force=force, only=only, retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown, jobs=jobs, max_wait=wait,
+            lock_timeout=lock_wait, base_url=base_url, on_plan=on_plan, on_event=view.show,
+            cancel=cancel)
+    _show_report(report)
+    return report.exit_code
 
 
-def _simulator_pace() -> int:
-    """Submissions a minute the embedded simulator takes (imported only for a simulated run)."""
-    from kling_pipeline.simulator.config import SimulatorConfig, submit_pace
+def _confirmed(count: int) -> bool:
+    from kling_pipeline.errors import KlingPipelineError
 
-    return submit_pace(SimulatorConfig())
-
-
-def _confirm(count: int) -> None:
     if not sys.stdin.isatty():
-        _fail(f"error: {count} shot(s) would be submitted and billed, and there is no "
-              "terminal to ask for confirmation: run again with --yes to go ahead")
-    if not click.confirm(f"Submit {count} shot(s) now? They are billed", default=False):
-        _fail("nothing was submitted")
+        raise KlingPipelineError(
+            f"{count} shot(s) would be submitted and billed, and there is no terminal to ask "
+            "for confirmation: run again with --yes to go ahead")
+    return click.confirm(f"Submit {count} shot(s) now? They are billed", default=False)
 
 
-def _execute(work: list[Job], target: Target, base_url: str, key_env: str,
-             keeper: LockKeeper, store: Store, options: RunOptions,
-             folder: OutputFolder) -> RunReport:
-    """Start the simulator if asked, pick the key, and run the jobs with a progress view."""
-    import contextlib
+class _ProgressView:
+    """What `apply` shows while it runs: a live view on a terminal, plain lines elsewhere.
 
-    from kling_pipeline.apply import (
-        SIMULATOR_KEY,
-        api_key_from_env,
-        embedded_simulator,
-        needs_network,
-        run_jobs,
-    )
-    from kling_pipeline.progress import LiveReporter, PlainReporter
+    While the jobs run, Ctrl-C and SIGTERM cancel the run (once: wind down, every task id
+    kept; twice: stop now) instead of raising wherever the program happens to be; before
+    (at the confirmation prompt) and after (the output folder) they interrupt as usual.
+    """
 
-    live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-    reporter = LiveReporter(len(work), color=_color() is None) if live else PlainReporter(
-        click.echo, len(work))
-    network = needs_network(work)
-    with contextlib.ExitStack() as stack:
-        key: str | None = None
-        if network and target.simulated:
-            base_url = stack.enter_context(embedded_simulator(target))
-            key = SIMULATOR_KEY
-        elif network:
-            key = api_key_from_env(key_env)
-        with reporter:
-            return run_jobs(work, base_url=base_url if network else None, api_key=key,
-                            keeper=keeper, store=store, options=options, reporter=reporter,
-                            on_done=folder.place_job)
+    def __init__(self, cancel: CancelToken) -> None:
+        self._cancel = cancel
+        self._reporter: LiveReporter | PlainReporter | None = None
+        self._handlers: dict[int, Any] = {}
+
+    def show(self, event: Event) -> None:
+        from kling_pipeline.events import FolderStep, Note, RunEnded, RunStarted, ShotUpdate
+
+        if isinstance(event, RunStarted):
+            self._handlers = {sig: signal.signal(sig, lambda *_: self._cancel.cancel())
+                              for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._reporter = self._open(event.total)
+        elif isinstance(event, ShotUpdate) and self._reporter is not None:
+            self._reporter.update(event.label, event.state, event.percent, event.note)
+        elif isinstance(event, Note) and self._reporter is not None:
+            self._reporter.message(event.text)
+        elif isinstance(event, RunEnded):
+            self._close()
+        elif isinstance(event, FolderStep):
+            click.echo(f"{event.text} ...")
+
+    def _open(self, total: int) -> LiveReporter | PlainReporter:
+        from kling_pipeline.progress import LiveReporter, PlainReporter
+
+        live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+        reporter = LiveReporter(total, color=_color() is None) if live else PlainReporter(
+            click.echo, total)
+        reporter.__enter__()
+        return reporter
+
+    def _close(self) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._handlers = {}
+        if self._reporter is not None:
+            reporter, self._reporter = self._reporter, None
+            reporter.__exit__(None, None, None)
+
+    def __enter__(self) -> _ProgressView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
 
 
-def _finish(report: Any, plan: Any, folder: FolderResult | None) -> None:
+def _show_report(report: ApplyReport) -> None:
     from kling_pipeline.progress import render_folder, render_summary
 
-    covered = {shot_id for result in report.results for shot_id in result.shot_ids}
-    missing = [item.id for item in plan.items
-               if item.action != "remove" and item.id not in covered]
     click.echo("")
-    click.echo(render_summary(report, missing, [item.id for item in plan.items]))
-    click.echo(render_folder(folder) if folder is not None else
+    click.echo(render_summary(report.run, list(report.missing),
+                              [item.id for item in report.plan.items]))
+    click.echo(render_folder(report.folder) if report.folder is not None else
                "Output: none written: no shot is rendered yet.")
-    if report.interrupted:
-        sys.exit(130)
-    if missing or any(r.outcome not in ("done", "up to date") for r in report.results):
-        sys.exit(EXIT_ERROR)
 
 
 @main.command()
@@ -416,55 +383,23 @@ def _finish(report: Any, plan: Any, folder: FolderResult | None) -> None:
 @out_option
 def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
            refresh: bool, simulate: bool, base_url: str | None, cache_dir: Path | None,
-           out_dir: Path | None) -> None:
+           out_dir: Path | None) -> int:
     """Show every shot's state from the lock file, the cache and the output folder.
 
     Offline unless --refresh is given.
     """
-    from kling_pipeline.apply import (
-        SIMULATOR_KEY,
-        api_key_from_env,
-        ask_tasks,
-        embedded_simulator,
-        target_for,
-    )
-    from kling_pipeline.cache import Store
-    from kling_pipeline.lockfile import read_lock
-    from kling_pipeline.statusview import (
-        apply_refresh,
-        collect_status,
-        render_status_json,
-        render_status_text,
-    )
+    from kling_pipeline.statusview import render_status_json, render_status_text
 
-    loaded = _load(storyboard, variables, no_cache)
-    target = target_for(storyboard, loaded.board, simulate=simulate, cache_dir=cache_dir,
-                        out_dir=out_dir)
-    store = Store(target.store_root)
-    try:
-        rows = collect_status(loaded.shots, read_lock(target.lock_path, loaded.board.name),
-                              store, target.out_dir)
-    finally:
-        store.close()
-    if refresh:
-        tasks = {row.id: row.task_id for row in rows
-                 if row.task_id and row.state in ("queued", "processing", "rendered")}
-        if tasks and simulate:
-            with embedded_simulator(target) as url:
-                live = ask_tasks(url, SIMULATOR_KEY, tasks)
-        elif tasks:
-            live = ask_tasks(base_url or loaded.board.provider.base_url,
-                             api_key_from_env(loaded.board.provider.api_key_env), tasks)
-        else:
-            live = {}
-        rows = apply_refresh(rows, live)
+    project = _project(storyboard, variables, no_cache, simulate, cache_dir, out_dir)
+    rows = project.status(refresh=refresh, base_url=base_url)
     if as_json:
         from kling_pipeline.textsafe import json_printable
 
-        click.echo(json_printable(json.dumps(render_status_json(rows, loaded.board.name),
+        click.echo(json_printable(json.dumps(render_status_json(rows, project.name),
                                              indent=2, ensure_ascii=False)))
     else:
-        click.echo(render_status_text(rows, loaded.board.name))
+        click.echo(render_status_text(rows, project.name))
+    return EXIT_OK
 
 
 @main.command()
@@ -523,6 +458,37 @@ def schema(output: Path | None) -> None:
 
         atomic_write_bytes(output, text.encode("utf-8"))
         click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--dir", "folder", default=".", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The project folder (made if missing).")
+def init(name: str | None, folder: Path) -> None:
+    """Start a project: a storyboard that renders as written, and what it needs.
+
+    Writes a storyboard with one text-to-video and one image-to-video shot, the image it
+    starts from (assets/start.png), the JSON Schema its first line names for editors
+    (storyboard.schema.json), and the suggested .gitignore lines (only those missing). NAME
+    defaults to the folder's name. Never overwrites a file.
+    """
+    from kling_pipeline.starter import init_project, typed_path
+    from kling_pipeline.textsafe import printable
+
+    here = Path.cwd()
+    result = init_project(folder, name, cwd=here)
+    for title, notes in (("Wrote:", result.written), ("Kept as it was:", result.kept)):
+        if notes:
+            shown = [printable(typed_path(n.path, here)) for n in notes]
+            width = max(len(s) for s in shown)
+            click.echo(title)
+            for path_text, note in zip(shown, notes, strict=True):
+                click.echo(f"  {path_text.ljust(width)}  {printable(note.note)}")
+    click.echo("Next: see what a render would do, then render it on the local simulator "
+               "(no key, nothing billed):")
+    for command in result.next_commands:
+        click.echo(f"  {printable(command)}")
 
 
 def _register_simulator() -> None:

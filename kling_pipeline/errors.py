@@ -1,4 +1,18 @@
-"""The project's own errors. The CLI maps them to exit code 1; anything else is a bug (3).
+"""The project's own errors, and the exit codes the command line gives for them.
+
+    KlingPipelineError        a known failure a person can act on (exit 1, no traceback)
+    ├── StoryboardError       everything wrong with a storyboard, each problem located
+    │                         (`.diagnostics`: file, line, column, location, message)
+    ├── LockFileError         a lock file that cannot be read, located
+    ├── UsageError            arguments that do not fit together or name nothing (exit 2;
+    │                         `.option` names the option, for the command line)
+    ├── NoApiKey              the key's environment variable is not set
+    ├── Declined              `apply`'s `on_plan` said no: nothing was written or submitted
+    ├── RunLockBusy           another apply holds the storyboard (kling_pipeline.lockstore)
+    └── (others)              an output folder that is not ours, a cache gc cannot read, ...
+
+Anything else that escapes is a bug (exit 3). A run's own result (failed shots, an interrupted
+run) is not an exception: `ApplyReport.exit_code` says what the command line exits with.
 
 Their text often quotes a file (a lock file's shot ids, a storyboard's values) or the API, so
 what `str()` gives is made printable (textsafe): a committed lock file must not be able to send
@@ -11,6 +25,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kling_pipeline.textsafe import cut_middle, printable
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # a known error: an invalid storyboard, failed shots, an API refusal
+EXIT_USAGE = 2  # wrong arguments (and `plan --detailed-exitcode` with work to do)
+EXIT_BUG = 3  # anything unexpected: a traceback with --debug
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 # Characters of one diagnostic's message and location: a template can render megabytes, and a
 # value echoed whole made 15 MB of errors. The middle goes; the start and end stay.
@@ -79,3 +99,19 @@ def _order(d: Diagnostic) -> tuple[str, int, int, str, str]:
 
 class LockFileError(KlingPipelineError):
     """A lock file that cannot be read as format v1."""
+
+
+class UsageError(KlingPipelineError):
+    """Arguments that do not fit together, or a selection that names no shot."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option  # "--force", "--only", ...: where the command line points
+
+
+class NoApiKey(KlingPipelineError):
+    """The environment variable the storyboard names for the key is empty or not set."""
+
+
+class Declined(KlingPipelineError):
+    """The plan was not confirmed: nothing was written or submitted."""

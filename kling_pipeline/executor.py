@@ -17,9 +17,9 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from kling_pipeline.apiclient import (
     FAILED,
@@ -48,9 +48,8 @@ from kling_pipeline.lockfile import LockEntry, Output, Status, utc_now
 from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.media import MediaError, probe_video
 from kling_pipeline.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
+from kling_pipeline.results import Outcome, RunReport, ShotResult
 
-Outcome = Literal["done", "up to date", "failed", "unknown", "in flight", "lost",
-                  "not submitted"]
 T = TypeVar("T")
 
 
@@ -81,18 +80,6 @@ class RunOptions:
     pending_polls: int = 40  # answers in a row with a status we do not know before leaving it
 
 
-@dataclass(frozen=True)
-class ShotResult:
-    """How one job ended in this run."""
-
-    shot_ids: tuple[str, ...]
-    outcome: Outcome
-    task_id: str | None = None
-    note: str = ""
-    output: Output | None = None
-    submitted: bool = False
-
-
 class Reporter(Protocol):
     """Where the executor says what happens (the CLI's live view or plain lines)."""
 
@@ -100,13 +87,6 @@ class Reporter(Protocol):
                note: str = "") -> None: ...
 
     def message(self, text: str) -> None: ...
-
-
-@dataclass
-class RunReport:
-    results: list[ShotResult] = field(default_factory=list)
-    stop_reason: str = ""  # why submitting stopped early (account problem), if it did
-    interrupted: bool = False
 
 
 def _verify(path: Path, expected: float | None) -> float:

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from kling_pipeline.executor import RunReport, ShotResult
+from kling_pipeline.results import INTERRUPTED, OUTCOMES, SUCCESSFUL, RunReport, ShotResult
 from kling_pipeline.textsafe import NOTE_LIMIT, clip, printable
 
 if TYPE_CHECKING:
     from kling_pipeline.outfolder import FolderResult
 
-FINAL = frozenset({"done", "up to date", "failed", "unknown", "in flight", "lost", "not submitted"})
+FINAL = frozenset(OUTCOMES)
 _COLORS = {"done": "green", "failed": "red", "unknown": "magenta", "in flight": "cyan",
            "lost": "red", "not submitted": "yellow", "queued": "blue", "processing": "cyan",
            "downloading": "green", "submitting": "yellow", "retrying": "yellow"}
@@ -103,7 +103,7 @@ class LiveReporter:
             self._active.pop(label, None)
             self._done += 1
             self._progress.update(self._task, completed=self._done)
-            if state not in ("done", "up to date"):
+            if state not in SUCCESSFUL:
                 from rich.text import Text
 
                 line = _state_text(state) + Text(f" {clip(label)}"
@@ -144,12 +144,12 @@ def render_summary(report: RunReport, missing: list[str],
     keyed: list[tuple[str, tuple[str, str, str, str]]] = []
     for result in report.results:
         counts[result.outcome] = counts.get(result.outcome, 0) + len(result.shot_ids)
-        if result.outcome not in ("done", "up to date") or (
+        if not result.ok or (
                 result.note and result.outcome == "done"):
             keyed.append((result.shot_ids[0] if result.shot_ids else "", _row(result)))
     for shot_id in missing:
-        counts["interrupted"] = counts.get("interrupted", 0) + 1
-        keyed.append((shot_id, (clip(shot_id), "interrupted", "-",
+        counts[INTERRUPTED] = counts.get(INTERRUPTED, 0) + 1
+        keyed.append((shot_id, (clip(shot_id), INTERRUPTED, "-",
                                 "the run stopped before this shot ended; see `status`")))
     position = {shot_id: i for i, shot_id in enumerate(order)}
     keyed.sort(key=lambda pair: position.get(pair[0], len(position)))  # stable: others last
@@ -164,8 +164,7 @@ def render_summary(report: RunReport, missing: list[str],
             lines.append(f"  {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
                          f"{row[2]:<{widths[2]}}  {row[3]}".rstrip())
         lines.append("")
-    order = ["done", "up to date", "failed", "unknown", "in flight", "lost", "not submitted",
-             "interrupted"]
+    order = [*OUTCOMES, INTERRUPTED]
     paid = sum(1 for r in report.results if r.submitted)
     parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
     lines.append("Apply: " + (", ".join(parts) or "nothing to do") +

@@ -19,12 +19,13 @@ import pytest
 
 from kling_pipeline.apiclient import KlingClient
 from kling_pipeline.cache import Store
-from kling_pipeline.executor import Executor, RunOptions, RunReport
+from kling_pipeline.executor import Executor, RunOptions
 from kling_pipeline.jobs import Job, make_jobs
 from kling_pipeline.lockfile import LockEntry, LockFile
 from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.planner import make_plan
 from kling_pipeline.pricing import PriceTable
+from kling_pipeline.results import RunReport
 from kling_pipeline.storyboard import load_storyboard
 
 from apply_fixtures import write_board

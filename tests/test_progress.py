@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from kling_pipeline.executor import RunReport, ShotResult
 from kling_pipeline.progress import LiveReporter, PlainReporter, render_summary
+from kling_pipeline.results import RunReport, ShotResult
 
 
 def test_plain_lines_one_per_state_change() -> None:

@@ -1,0 +1,329 @@
+"""The workflow as a library: one object per storyboard, one method per command.
+
+    from kling_pipeline import Project
+
+    project = Project.open("film.yaml", variables={"grade": "noir"}, simulate=True)
+    plan = project.plan()                  # what a render would do and cost; no network
+    report = project.apply(on_event=print)  # submit, poll, download, fill the output folder
+    print(report.ok, report.folder)
+
+The command line is a thin shell over this: it parses options, calls one method, prints what
+comes back and maps it to an exit code. Every step of `apply` (load, check the output folder,
+take the run lock, plan, confirm, run the jobs, fill the folder) is here, once, in that order,
+so the steps that later work adds (frames of other shots, a shared remote) have one home.
+
+Nothing here prints. Errors are the exception tree of `kling_pipeline.errors`; a run's own
+result (failed shots, an interrupted run) is the returned `ApplyReport`, not an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kling_pipeline.errors import Declined, UsageError
+from kling_pipeline.events import CancelToken, FolderStep, OnEvent, RunEnded, RunStarted, ignore
+
+if TYPE_CHECKING:
+    import httpx
+
+    from kling_pipeline.apply import Target
+    from kling_pipeline.cache import Store
+    from kling_pipeline.executor import RunOptions
+    from kling_pipeline.lockfile import LockFile
+    from kling_pipeline.manifest import Manifest
+    from kling_pipeline.planner import Plan
+    from kling_pipeline.render import ShotRequest
+    from kling_pipeline.results import ApplyReport
+    from kling_pipeline.statusview import ShotStatus
+    from kling_pipeline.storyboard import LoadedStoryboard
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A valid storyboard: its name and its shots, each rendered and keyed."""
+
+    name: str
+    shots: tuple[ShotRequest, ...]
+
+    @property
+    def seconds(self) -> float:
+        return sum(shot.duration for shot in self.shots)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return sorted({shot.endpoint for shot in self.shots})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which shots a plan takes, beyond those whose request changed."""
+
+    force: tuple[str, ...] = ()  # shot ids rendered again though up to date (paid)
+    only: tuple[str, ...] = ()  # id globs: work on these shots only
+    retry_failed: bool = False
+    resubmit_unknown: bool = False  # may pay twice: the user asked
+
+
+class Project:
+    """A storyboard and where its runs read and write (lock file, cache, output folder).
+
+    Opening reads nothing; the storyboard is loaded (and checked) by the first call that needs
+    it, once. `simulate=True` works on the built-in simulator's own lock file, store and output
+    folder, so an animatic is never taken for a paid render.
+    """
+
+    def __init__(self, storyboard: Path, *, variables: Mapping[str, str], simulate: bool,
+                 cache_dir: Path | None, out_dir: Path | None, use_cache: bool) -> None:
+        self.path = storyboard
+        self.variables = dict(variables)
+        self.simulate = simulate
+        self.cache_dir = cache_dir
+        self.out_dir = out_dir
+        self.use_cache = use_cache
+        self._loaded: LoadedStoryboard | None = None
+
+    @classmethod
+    def open(cls, storyboard: str | os.PathLike[str], *,
+             variables: Mapping[str, str] | None = None, simulate: bool = False,
+             cache_dir: str | os.PathLike[str] | None = None,
+             out_dir: str | os.PathLike[str] | None = None,
+             use_cache: bool = True) -> Project:
+        """`variables` override the storyboard's vars (as `--var`); `cache_dir` and `out_dir`
+        as `--cache-dir` and `--out`; `use_cache=False` as `--no-cache`."""
+        return cls(Path(storyboard), variables=variables or {}, simulate=simulate,
+                   cache_dir=None if cache_dir is None else Path(cache_dir),
+                   out_dir=None if out_dir is None else Path(out_dir), use_cache=use_cache)
+
+    # -- the storyboard ------------------------------------------------------------------
+
+    def _load(self) -> LoadedStoryboard:
+        if self._loaded is None:
+            from kling_pipeline.storyboard import load_storyboard
+
+            self._loaded = load_storyboard(self.path, cli_vars=self.variables,
+                                           use_cache=self.use_cache)
+        return self._loaded
+
+    def validate(self) -> Validation:
+        """Load and check the storyboard against the schema and every constraint of its
+        models; StoryboardError names every problem at its file, line and column."""
+        loaded = self._load()
+        return Validation(loaded.board.name, tuple(loaded.shots))
+
+    @property
+    def name(self) -> str:
+        return self._load().board.name
+
+    @property
+    def target(self) -> Target:
+        """Where runs of this storyboard read and write."""
+        from kling_pipeline.apply import target_for
+
+        return target_for(self.path, self._load().board, simulate=self.simulate,
+                          cache_dir=self.cache_dir, out_dir=self.out_dir)
+
+    # -- plan ----------------------------------------------------------------------------
+
+    def plan(self, *, force: Sequence[str] = (), only: Sequence[str] = (),
+             retry_failed: bool = False, resubmit_unknown: bool = False) -> Plan:
+        """What `apply` would do and cost now, from the lock file and the local store; no
+        network. `force` names shots to render again (paid); `only` keeps the shots whose id
+        matches one of the globs."""
+        from kling_pipeline.cache import Store
+        from kling_pipeline.lockfile import read_lock
+
+        selection = self._selection(force, only, retry_failed, resubmit_unknown)
+        target = self.target
+        lock = read_lock(target.lock_path, self.name)
+        store = Store(target.store_root)  # what apply would reuse instead of paying
+        try:
+            return self._plan(lock, store, selection)
+        finally:
+            store.close()
+
+    def _selection(self, force: Sequence[str], only: Sequence[str], retry_failed: bool,
+                   resubmit_unknown: bool) -> Selection:
+        """The selection, refused (UsageError) when it names no shot."""
+        ids = {shot.id for shot in self._load().shots}
+        unknown = sorted(set(force) - ids)
+        if unknown:
+            raise UsageError(f"no shot named {', '.join(unknown)}", option="--force")
+        nothing = [p for p in only if not any(fnmatch.fnmatchcase(i, p) for i in ids)]
+        if nothing:
+            raise UsageError(f"{', '.join(nothing)} matches no shot id", option="--only")
+        return Selection(tuple(force), tuple(only), retry_failed, resubmit_unknown)
+
+    def _plan(self, lock: LockFile, store: Store, selection: Selection) -> Plan:
+        from kling_pipeline.apply import select
+        from kling_pipeline.planner import make_plan
+        from kling_pipeline.pricing import PriceTable
+
+        loaded = self._load()
+        return select(make_plan(loaded.board.name, loaded.shots, lock,
+                                PriceTable(loaded.board.provider.prices),
+                                force=selection.force, retry_failed=selection.retry_failed,
+                                resubmit_unknown=selection.resubmit_unknown,
+                                cached=store.lookup), selection.only)
+
+    # -- apply ---------------------------------------------------------------------------
+
+    def apply(self, *, force: Sequence[str] = (), only: Sequence[str] = (),
+              retry_failed: bool = False, resubmit_unknown: bool = False,
+              jobs: int | None = None, max_wait: float = 3600.0, lock_timeout: float = 30.0,
+              base_url: str | None = None, api_key: str | None = None,
+              on_plan: Callable[[Plan], bool | None] | None = None,
+              on_event: OnEvent = ignore, cancel: CancelToken | None = None,
+              transport: httpx.AsyncBaseTransport | None = None) -> ApplyReport:
+        """Render what changed: submit, poll, download, verify, and fill the output folder.
+
+        Every task id is in the lock file before anything else happens with it, so a run
+        that stops (`cancel`, a crash, kill -9) is finished by applying again, without paying
+        twice. `on_plan` sees the plan (under the run lock, after the key is found, before
+        anything is written); returning False stops with `Declined`. `api_key` defaults to
+        the environment variable the storyboard names; it is never written anywhere.
+        `transport` replaces httpx's (a test's `httpx.MockTransport`). Shots that fail are
+        in the report (`report.ok`, `report.exit_code`), not raised.
+        """
+        from kling_pipeline.apply import needs_network, run_jobs
+        from kling_pipeline.cache import Store
+        from kling_pipeline.jobs import make_jobs
+        from kling_pipeline.lockfile import read_lock
+        from kling_pipeline.lockstore import LockKeeper, hold_run_lock, run_lock_path
+        from kling_pipeline.outfolder import OutputFolder, check_output_folder
+        from kling_pipeline.results import ApplyReport
+
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            raise UsageError("must start with http:// or https://", option="--base-url")
+        if self.simulate and base_url:
+            raise UsageError("--simulate and --base-url choose different servers; give one "
+                             "of them")
+        selection = self._selection(force, only, retry_failed, resubmit_unknown)
+        board, target = self._load().board, self.target
+        check_output_folder(target.out_dir, self.path, board.name)
+        if not run_lock_path(target.lock_path).exists():
+            read_lock(target.lock_path, board.name)  # a bad lock file: stop before making one
+        store = Store(target.store_root)
+        try:
+            with hold_run_lock(target.lock_path, lock_timeout):
+                had_lock = target.lock_path.exists()
+                lock = read_lock(target.lock_path, board.name)
+                plan = self._plan(lock, store, selection)
+                work, changes = make_jobs(plan, store)
+                network = needs_network(work)
+                key = self._api_key(api_key) if network and not target.simulated else None
+                if on_plan is not None and on_plan(plan) is False:
+                    raise Declined("nothing was submitted")
+                keeper = LockKeeper(target.lock_path, lock)
+                keeper.put(changes)
+                store.clean_tmp()
+                folder = OutputFolder(target.out_dir, self._load().shots, store,
+                                      storyboard=board.name, simulated=target.simulated)
+                options = self._run_options(jobs, max_wait)
+                run = None
+                try:
+                    on_event(RunStarted(len(work)))
+                    try:
+                        with self._server(network, base_url, key) as (url, key):
+                            run = run_jobs(work, base_url=url, api_key=key, keeper=keeper,
+                                           store=store, options=options, on_event=on_event,
+                                           on_done=folder.place_job, cancel=cancel,
+                                           transport=transport)
+                    finally:
+                        on_event(RunEnded())
+                finally:
+                    if not had_lock:  # a run that recorded nothing leaves no lock file
+                        keeper.discard_if_empty()
+                    # Even after a crash the folder shows what is done; only a whole run
+                    # makes a cut. A run with nothing to show makes no folder at all.
+                    result = folder.sync(
+                        keeper.lock, build_final=run is not None and not run.interrupted,
+                        notify=lambda step: on_event(FolderStep(step)),
+                    ) if folder.worth_writing(keeper.lock) else None
+        finally:
+            store.close()
+        assert run is not None  # run_jobs returned (it raised otherwise)
+        covered = {shot_id for shot in run.results for shot_id in shot.shot_ids}
+        missing = tuple(item.id for item in plan.items
+                        if item.action != "remove" and item.id not in covered)
+        return ApplyReport(plan, run, missing, result)
+
+    def _api_key(self, given: str | None) -> str:
+        from kling_pipeline.apply import api_key_from_env
+
+        return given if given else api_key_from_env(self._load().board.provider.api_key_env)
+
+    def _run_options(self, jobs: int | None, max_wait: float) -> RunOptions:
+        from kling_pipeline.executor import RunOptions
+
+        provider = self._load().board.provider
+        pace = _simulator_pace() if self.simulate else provider.requests_per_minute
+        return RunOptions(jobs=jobs or provider.concurrency, max_wait=max_wait,
+                          requests_per_minute=pace)
+
+    @contextlib.contextmanager
+    def _server(self, network: bool, base_url: str | None,
+                key: str | None) -> Iterator[tuple[str | None, str | None]]:
+        """The server a run talks to and the key it sends: the embedded simulator (started
+        here, stopped after) for a simulated target, else `base_url` or the storyboard's
+        provider with the real key; none when no job needs the network."""
+        if not network:
+            yield None, None
+        elif self.target.simulated:
+            from kling_pipeline.apply import SIMULATOR_KEY, embedded_simulator
+
+            with embedded_simulator(self.target) as url:
+                yield url, SIMULATOR_KEY
+        else:
+            yield base_url or self._load().board.provider.base_url, key
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self, *, refresh: bool = False, base_url: str | None = None,
+               api_key: str | None = None) -> list[ShotStatus]:
+        """Every shot's state from the lock file, the store and the output folder (offline);
+        `refresh` asks the API about the tasks in flight (reads only, never a submit)."""
+        from kling_pipeline.apply import ask_tasks
+        from kling_pipeline.cache import Store
+        from kling_pipeline.lockfile import read_lock
+        from kling_pipeline.statusview import apply_refresh, collect_status
+
+        loaded, target = self._load(), self.target
+        store = Store(target.store_root)
+        try:
+            rows = collect_status(loaded.shots, read_lock(target.lock_path, loaded.board.name),
+                                  store, target.out_dir)
+        finally:
+            store.close()
+        if not refresh:
+            return rows
+        tasks = {row.id: row.task_id for row in rows
+                 if row.task_id and row.state in ("queued", "processing", "rendered")}
+        if not tasks:
+            return apply_refresh(rows, {})
+        key = None if target.simulated else self._api_key(api_key)
+        with self._server(True, base_url, key) as (url, key):
+            assert url is not None and key is not None
+            return apply_refresh(rows, ask_tasks(url, key, tasks))
+
+    # -- the output folder ---------------------------------------------------------------
+
+    def manifest(self) -> Manifest | None:
+        """What the output folder holds, as its last apply wrote it; None before the first."""
+        from kling_pipeline.manifest import read_manifest
+
+        return read_manifest(self.target.out_dir / "manifest.json")
+
+
+def _simulator_pace() -> int:
+    """Submissions a minute the embedded simulator takes (imported only for a simulated run)."""
+    from kling_pipeline.simulator.config import SimulatorConfig, submit_pace
+
+    return submit_pace(SimulatorConfig())
+
+
