@@ -152,7 +152,14 @@ _PRICE_KEYS: dict[str, Any] = {"propertyNames": {"enum": sorted(PRICE_NAMES)}}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    """Strict, frozen, no unknown keys; built on first use, not at import.
+
+    `defer_build`: a class's validator is made the first time it validates, so a valid
+    storyboard builds one (Storyboard's, which holds the others inline) instead of one per class
+    at import; StoryboardHead's and Shot's own are built only for a storyboard with errors.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class Price(_Strict):
@@ -239,7 +246,7 @@ class StoryboardHead(_Strict):
     """Everything of a storyboard but its shots (validated alone when a shot is broken)."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True,
+        extra="forbid", strict=True, frozen=True, defer_build=True,
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema",
                            "$id": SCHEMA_ID,
                            "patternProperties": {"^x-": {}}},

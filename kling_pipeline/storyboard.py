@@ -1,25 +1,23 @@
-"""Load a storyboard file into rendered, keyed shots, or fail with every problem located."""
+"""Load a storyboard file into rendered, keyed shots, or fail with every problem located.
+
+Importing this module is cheap: pydantic, the models, Jinja and the renderer are imported when
+a storyboard is loaded, so a command that needs only its paths (`gc`: where the cache is; `apply`:
+where the lock file is) does not pay for them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from kling_pipeline.errors import Diagnostic, StoryboardError
-from kling_pipeline.localimages import ImageInspector
-from kling_pipeline.memo import JsonMemo
-from kling_pipeline.models import Shot, Storyboard, StoryboardHead, extension_keys
-from kling_pipeline.render import ShotRequest, StoryboardRenderer
-from kling_pipeline.shotmemo import ShotMemo
-from kling_pipeline.speed import gc_paused
-from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
-from kling_pipeline.textsafe import described
-from kling_pipeline.validation import diagnostics_from
-from kling_pipeline.yamlsource import YamlSource, load_yaml
+
+if TYPE_CHECKING:
+    from kling_pipeline.models import Shot, StoryboardHead
+    from kling_pipeline.render import ShotRequest
+    from kling_pipeline.yamlsource import YamlSource
 
 CACHE_DIR_NAME = ".kling-cache"
 # Top-level parts every shot's rendering depends on; with an error there, shots are not checked.
@@ -47,6 +45,12 @@ def lock_path_for(storyboard: Path) -> Path:
 def _structure(source: YamlSource) -> tuple[StoryboardHead | None, list[tuple[int, Shot]],
                                             list[Diagnostic]]:
     """Validate the structure; on errors inside shots only, keep the good shots going."""
+    from pydantic import ValidationError
+
+    from kling_pipeline.models import Shot, Storyboard, StoryboardHead, extension_keys
+    from kling_pipeline.textsafe import described
+    from kling_pipeline.validation import diagnostics_from
+
     if not isinstance(source.data, dict):
         what = "empty" if source.data is None else described(source.data)
         return None, [], [Diagnostic(source.display, 1, 1, "",
@@ -84,12 +88,21 @@ def load_storyboard(path: Path, *, cli_vars: Mapping[str, str] | None = None,
     `cache_dir` holds the memos of rendered templates and image digests (default:
     `.kling-cache/` beside the storyboard); `use_cache=False` keeps nothing between runs.
     """
+    from kling_pipeline.speed import gc_paused
+
     with gc_paused():
         return _load(path, cli_vars, cache_dir, use_cache)
 
 
 def _load(path: Path, cli_vars: Mapping[str, str] | None, cache_dir: Path | None,
           use_cache: bool) -> LoadedStoryboard:
+    from kling_pipeline.localimages import ImageInspector
+    from kling_pipeline.memo import JsonMemo
+    from kling_pipeline.render import StoryboardRenderer
+    from kling_pipeline.shotmemo import ShotMemo
+    from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
+    from kling_pipeline.yamlsource import load_yaml
+
     source = load_yaml(path)
     head, entries, problems = _structure(source)
     if head is None:
