@@ -71,10 +71,10 @@ def small_clip() -> bytes:
 
 def fill_store_and_lock(board: Path) -> None:
     """Every shot done, with its video in the simulated store, as a finished apply leaves them."""
-    from kling_pipeline.apply import target_for
     from kling_pipeline.cache import CachedResult, Store
     from kling_pipeline.lockfile import LockEntry, LockFile, Output, write_lock
     from kling_pipeline.storyboard import load_storyboard
+    from kling_pipeline.target import target_for
 
     loaded = load_storyboard(board, use_cache=False)
     target = target_for(board, loaded.board, simulate=True)

@@ -1,97 +1,25 @@
-"""What `apply` does between the plan and the summary: pick the target, select shots, run the
-jobs with Ctrl-C handled, and put the videos into the output folder.
+"""Running the jobs of a plan: the event loop, the HTTP client, the executor, and a cancel
+token that stops them; and the read-only questions `status --refresh` asks.
 
-Simulated and real renders never mix: `--simulate` has its own lock file, store and output
-folder, so an animatic can never be taken for a paid render of the same request.
+`Project.apply` (project.py) calls `run_jobs` between the plan and the output folder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import os
-from collections.abc import Callable, Collection, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from kling_pipeline.cache import Store
-from kling_pipeline.errors import NoApiKey
 from kling_pipeline.events import CancelToken, Note, OnEvent, ShotUpdate
 from kling_pipeline.executor import Executor, Reporter, RunOptions
 from kling_pipeline.jobs import Job
 from kling_pipeline.lockstore import LockKeeper
-from kling_pipeline.models import StoryboardHead
-from kling_pipeline.planner import Plan
-from kling_pipeline.render import ShotRequest
 from kling_pipeline.results import RunReport
-from kling_pipeline.storyboard import default_cache_dir, lock_path_for
 
 if TYPE_CHECKING:
     import httpx
-
-SIMULATED = "simulated"
-SIMULATOR_KEY = "simulator"  # the embedded simulator accepts any non-empty key
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a run reads and writes."""
-
-    lock_path: Path
-    store_root: Path
-    out_dir: Path
-    simulated: bool
-
-
-def target_for(storyboard: Path, board: StoryboardHead, *, simulate: bool,
-               cache_dir: Path | None = None, out_dir: Path | None = None) -> Target:
-    """Real: `x.lock.json`, `.kling-cache/`, the output folder. Simulated: `x.simulated.lock.json`,
-    `.kling-cache/simulated/`, the output folder's name plus `.simulated` (unless `--out` names
-    one). The output folder is `--out`, else the storyboard's `output:` (relative to the
-    storyboard file), else `renders/<name>/` beside the storyboard."""
-    cache = cache_dir or default_cache_dir(storyboard)
-    home = storyboard.resolve().parent
-    out = out_dir or home / (board.output or f"renders/{board.name}")
-    if not simulate:
-        return Target(lock_path_for(storyboard), cache, out, False)
-    lock = storyboard.with_name(f"{storyboard.stem}.{SIMULATED}.lock.json")
-    if out_dir is None and out.name:
-        out = out.with_name(f"{out.name}.{SIMULATED}")
-    return Target(lock, cache / SIMULATED, out, True)
-
-
-def select(plan: Plan, only: Collection[str]) -> Plan:
-    """Keep the shots whose id matches one of the globs; removals wait for a run of them all."""
-    if not only:
-        return plan
-    kept = [item for item in plan.items if item.action != "remove"
-            and any(fnmatch.fnmatchcase(item.id, pattern) for pattern in only)]
-    return replace(plan, items=kept)
-
-
-def unmatched_globs(shots: list[ShotRequest], only: Collection[str]) -> list[str]:
-    return [p for p in only if not any(fnmatch.fnmatchcase(s.id, p) for s in shots)]
-
-
-def embedded_simulator(target: Target) -> AbstractContextManager[str]:
-    """The built-in simulator for a simulated target, its tasks kept in the target's store so
-    a later run (or `status --refresh`) still knows them; yields its base URL."""
-    from kling_pipeline.simulator.config import SimulatorConfig
-    from kling_pipeline.simulator.runner import running_simulator
-
-    return running_simulator(SimulatorConfig(state_dir=str(target.store_root / "simulator")))
-
-
-def api_key_from_env(variable: str) -> str:
-    """The key, from the environment only; a clear message (never the value) when it is not set."""
-    key = os.environ.get(variable, "").strip()
-    if not key:
-        raise NoApiKey(
-            f"no API key: set the environment variable {variable} (named by the storyboard's "
-            "provider.api_key_env), or try the local simulator with --simulate")
-    return key
 
 
 def needs_network(jobs: list[Job]) -> bool:

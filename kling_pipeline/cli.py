@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
@@ -59,6 +59,20 @@ class _Group(click.Group):
     returned code; the project's errors to 1; Ctrl-C to 130; anything unexpected to 3."""
 
     command_class = _Command
+    # Commands defined in another module, imported only when asked for (or listed by --help).
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "simulator": ("kling_pipeline.simulator.command", "simulator_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            from importlib import import_module
+
+            module, name = self.lazy[cmd_name]
+            self.add_command(getattr(import_module(module), name), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         from kling_pipeline.errors import KlingPipelineError, StoryboardError
@@ -489,14 +503,3 @@ def init(name: str | None, folder: Path) -> None:
                "(no key, nothing billed):")
     for command in result.next_commands:
         click.echo(f"  {printable(command)}")
-
-
-def _register_simulator() -> None:
-    try:
-        from kling_pipeline.simulator.command import simulator_command
-    except ImportError:  # pragma: no cover - the simulator is part of the package
-        return
-    main.add_command(simulator_command, "simulator")
-
-
-_register_simulator()

@@ -43,7 +43,7 @@ from kling_pipeline.lockfile import LockFile, read_lock
 from kling_pipeline.sizes import human_size
 from kling_pipeline.textsafe import clip, printable
 
-SIMULATED = "simulated"  # apply.SIMULATED (importing apply would pull in the executor)
+SIMULATED = "simulated"  # target.SIMULATED (target loads the storyboard models; gc needs none)
 LOCK_SUFFIX = ".lock.json"
 SIMULATED_LOCK_SUFFIX = f".{SIMULATED}{LOCK_SUFFIX}"
 SKIPPED_FOLDERS = frozenset({"node_modules", "renders"})

@@ -22,7 +22,7 @@ import contextlib
 import fnmatch
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,6 @@ from kling_pipeline.events import CancelToken, FolderStep, OnEvent, RunEnded, Ru
 if TYPE_CHECKING:
     import httpx
 
-    from kling_pipeline.apply import Target
     from kling_pipeline.cache import Store
     from kling_pipeline.executor import RunOptions
     from kling_pipeline.lockfile import LockFile
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from kling_pipeline.results import ApplyReport
     from kling_pipeline.statusview import ShotStatus
     from kling_pipeline.storyboard import LoadedStoryboard
+    from kling_pipeline.target import Target
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Project:
     @property
     def target(self) -> Target:
         """Where runs of this storyboard read and write."""
-        from kling_pipeline.apply import target_for
+        from kling_pipeline.target import target_for
 
         return target_for(self.path, self._load().board, simulate=self.simulate,
                           cache_dir=self.cache_dir, out_dir=self.out_dir)
@@ -160,12 +160,11 @@ class Project:
         return Selection(tuple(force), tuple(only), retry_failed, resubmit_unknown)
 
     def _plan(self, lock: LockFile, store: Store, selection: Selection) -> Plan:
-        from kling_pipeline.apply import select
         from kling_pipeline.planner import make_plan
         from kling_pipeline.pricing import PriceTable
 
         loaded = self._load()
-        return select(make_plan(loaded.board.name, loaded.shots, lock,
+        return _select(make_plan(loaded.board.name, loaded.shots, lock,
                                 PriceTable(loaded.board.provider.prices),
                                 force=selection.force, retry_failed=selection.retry_failed,
                                 resubmit_unknown=selection.resubmit_unknown,
@@ -254,7 +253,7 @@ class Project:
         return ApplyReport(plan, run, missing, result)
 
     def _api_key(self, given: str | None) -> str:
-        from kling_pipeline.apply import api_key_from_env
+        from kling_pipeline.target import api_key_from_env
 
         return given if given else api_key_from_env(self._load().board.provider.api_key_env)
 
@@ -275,7 +274,7 @@ class Project:
         if not network:
             yield None, None
         elif self.target.simulated:
-            from kling_pipeline.apply import SIMULATOR_KEY, embedded_simulator
+            from kling_pipeline.target import SIMULATOR_KEY, embedded_simulator
 
             with embedded_simulator(self.target) as url:
                 yield url, SIMULATOR_KEY
@@ -288,7 +287,6 @@ class Project:
                api_key: str | None = None) -> list[ShotStatus]:
         """Every shot's state from the lock file, the store and the output folder (offline);
         `refresh` asks the API about the tasks in flight (reads only, never a submit)."""
-        from kling_pipeline.apply import ask_tasks
         from kling_pipeline.cache import Store
         from kling_pipeline.lockfile import read_lock
         from kling_pipeline.statusview import apply_refresh, collect_status
@@ -306,6 +304,8 @@ class Project:
                  if row.task_id and row.state in ("queued", "processing", "rendered")}
         if not tasks:
             return apply_refresh(rows, {})
+        from kling_pipeline.apply import ask_tasks
+
         key = None if target.simulated else self._api_key(api_key)
         with self._server(True, base_url, key) as (url, key):
             assert url is not None and key is not None
@@ -318,6 +318,15 @@ class Project:
         from kling_pipeline.manifest import read_manifest
 
         return read_manifest(self.target.out_dir / "manifest.json")
+
+
+def _select(plan: Plan, only: Sequence[str]) -> Plan:
+    """Keep the shots whose id matches one of the globs; removals wait for a run of them all."""
+    if not only:
+        return plan
+    kept = [item for item in plan.items if item.action != "remove"
+            and any(fnmatch.fnmatchcase(item.id, pattern) for pattern in only)]
+    return replace(plan, items=kept)
 
 
 def _simulator_pace() -> int:

@@ -50,7 +50,7 @@ def child_env() -> dict[str, str]:
 _SYNC_AND_DIE = r"""
 import os, signal, sys, threading
 from pathlib import Path
-from kling_pipeline.apply import target_for
+from kling_pipeline.target import target_for
 from kling_pipeline.cache import Store
 from kling_pipeline.lockfile import read_lock
 from kling_pipeline.outfolder import OutputFolder

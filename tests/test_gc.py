@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from kling_pipeline.apply import SIMULATED
 from kling_pipeline.cache import CachedResult, Store
 from kling_pipeline.errors import KlingPipelineError
 from kling_pipeline.gc import (
@@ -20,6 +19,7 @@ from kling_pipeline.gc import (
 from kling_pipeline.lockfile import LockEntry, LockFile, Output, Status, read_lock, write_lock
 from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.storyboard import default_cache_dir, lock_path_for
+from kling_pipeline.target import SIMULATED
 
 
 def put(store: Store, name: str, size: int, key: str | None = None,
