@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -42,9 +42,10 @@ from kling_pipeline.apiclient import (
 )
 from kling_pipeline.cache import CachedResult, Store
 from kling_pipeline.images import ImageProblem
-from kling_pipeline.jobs import Job, entry_for
+from kling_pipeline.jobs import Job
+from kling_pipeline.ledger import Ledger
 from kling_pipeline.localimages import body_to_send
-from kling_pipeline.lockfile import LockEntry, Output, Status, utc_now
+from kling_pipeline.lockfile import LockEntry, Output, utc_now
 from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.media import MediaError, probe_video
 from kling_pipeline.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
@@ -116,7 +117,7 @@ class Executor:
                  on_done: Callable[[Job, Output], None] = lambda job, output: None,
                  rng: random.Random | None = None) -> None:
         self.client = client
-        self.keeper = keeper
+        self.ledger = Ledger(keeper)  # every lock entry the run writes is decided there
         self.store = store
         self.options = options
         self.reporter = reporter
@@ -130,9 +131,6 @@ class Executor:
         self._halted = asyncio.Event()  # set with _no_submit: wakes shots waiting to submit
         self._halt_note = ""  # what each shot not submitted says (the reason is said once)
         self._blocked_endpoints: dict[str, str] = {}
-        # The entries as the run found them: a shot that ends where it began (a fresh clone
-        # fetching its videos by task id) gets its old entry back, time stamps included.
-        self._found = dict(keeper.lock.shots)
 
     # -- control -------------------------------------------------------------------------
 
@@ -188,37 +186,6 @@ class Executor:
                              retry_after, self.rng)
 
     # -- the lock --------------------------------------------------------------------------
-
-    async def _write(self, job: Job, status: Status, **fields: object) -> None:
-        """Give every shot of the job the same new state, and wait until the lock file holding
-        it is on disk."""
-        await self.keeper.commit(self._changes(job, status, **fields))
-
-    def _changes(self, job: Job, status: Status, **fields: object) -> dict[str, LockEntry | None]:
-        """The job's shots in their new state (entries back where they began keep their time,
-        so git sees no change)."""
-        changes: dict[str, LockEntry | None] = {}
-        for shot_id in job.shot_ids:
-            if job.shot is not None:
-                old = self.keeper.get(shot_id)
-                keep: dict[str, object] = {"task_id": job.task_id}
-                if old is not None and old.key == job.key:
-                    keep["submitted_at"] = old.submitted_at
-                changes[shot_id] = entry_for(job.shot, status, **{**keep, **fields})
-        for shot_id in job.removed_ids:
-            old = self.keeper.get(shot_id)
-            if old is not None:
-                changes[shot_id] = old.with_status(status, **fields)
-        for shot_id, entry in list(changes.items()):
-            found = self._found.get(shot_id)
-            if entry is not None and found is not None and replace(
-                    entry, updated_at=found.updated_at) == found:
-                entry = changes[shot_id] = found  # back where it began: no noise in git
-            old = self.keeper.get(shot_id)
-            if old is not None and entry is not None and replace(
-                    entry, updated_at=old.updated_at) == old:
-                del changes[shot_id]  # nothing but the time: no rewrite
-        return changes
 
     def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
                 submitted: bool = False) -> ShotResult:
@@ -298,18 +265,10 @@ class Executor:
         """A video the store has: write the entries as done, no network."""
         output = job.known_output
         assert output is not None
-        await self._write(job, "done", task_id=job.task_id, output=output,
-                          finished_at=self._finished_at(job))
+        await self.ledger.write(job, "done", task_id=job.task_id, output=output,
+                          finished_at=self.ledger.finished_at(job))
         self.on_done(job, output)
         self._result(job, "up to date", job.note, output)
-
-    def _finished_at(self, job: Job) -> str:
-        """When the job's video was first finished: kept across re-fetches and placements."""
-        for shot_id in job.shot_ids:
-            for entry in (self.keeper.get(shot_id), self._found.get(shot_id)):
-                if entry is not None and entry.finished_at and entry.key == job.key:
-                    return entry.finished_at
-        return utc_now()
 
     # -- submit ----------------------------------------------------------------------------
 
@@ -329,7 +288,7 @@ class Executor:
         except (ImageProblem, OSError) as exc:
             self._result(job, "not submitted", f"{exc}")
             return False
-        previous = {shot_id: self.keeper.get(shot_id) for shot_id in job.shot_ids}
+        previous = self.ledger.before(job)
         attempt = limited = unreached = 0
         deadline = time.monotonic() + self.options.max_wait
         while True:
@@ -341,13 +300,12 @@ class Executor:
             self.reporter.update(job.label, "submitting")
 
             def sending(now: str = now) -> None:  # the body is about to leave
-                self.keeper.record_now(self._changes(job, "submitting", submitted_at=now,
-                                                     task_id=None))
+                self.ledger.record_intent(job, now)
 
             try:
                 task_id = await client.submit(shot.endpoint, wire, on_send=sending)
             except Unreachable as exc:
-                await self._restore(previous)
+                await self.ledger.restore(previous)
                 self.limiter.forget(shot.endpoint)  # it never reached the server
                 if self._unreachable(exc):
                     return await self._not_submitted(job, previous)
@@ -360,7 +318,7 @@ class Executor:
                 continue
             except NotAccepted as exc:
                 self.reach.answered()
-                await self._restore(previous)
+                await self.ledger.restore(previous)
                 if exc.status == 429:
                     # Provably no task, and waiting is free: a rate-limited shot is never given
                     # up, only slowed (bounded by --max-wait like any wait of a shot).
@@ -382,12 +340,12 @@ class Executor:
                     return await self._not_submitted(job, previous)
                 continue
             except NotSent as exc:
-                await self._restore(previous)  # nothing left this machine: never ambiguous
+                await self.ledger.restore(previous)  # nothing left this machine: never ambiguous
                 self.limiter.forget(shot.endpoint)
                 self._halt("the request could not be sent", str(exc))
                 return await self._not_submitted(job, previous)
             except Ambiguous as exc:
-                await self._write(job, "unknown", submitted_at=now,
+                await self.ledger.write(job, "unknown", submitted_at=now,
                                   error=f"submission not confirmed ({exc}); it may have been "
                                         "billed")
                 self._result(job, "unknown", f"{exc}; it may have been billed "
@@ -405,22 +363,19 @@ class Executor:
                 return await self._refused(job, exc)
             self.reach.answered()
             job.task_id = task_id
-            await self._write(job, "queued", submitted_at=now, task_id=task_id)
+            await self.ledger.write(job, "queued", submitted_at=now, task_id=task_id)
             self.reporter.update(job.label, "queued", 0, "")
             return True
 
-    async def _restore(self, previous: dict[str, LockEntry | None]) -> None:
-        await self.keeper.commit(dict(previous))
-
     async def _unsubmitted(self, job: Job, previous: dict[str, LockEntry | None],
                            note: str) -> bool:
-        await self._restore(previous)
+        await self.ledger.restore(previous)
         self._result(job, "not submitted", note)
         return False
 
     async def _refused(self, job: Job, exc: ApiError) -> bool:
         self.reach.answered()
-        await self._write(job, "failed", error=str(exc), finished_at=utc_now())
+        await self.ledger.write(job, "failed", error=str(exc), finished_at=utc_now())
         self._result(job, "failed", f"refused: {exc}")
         return False
 
@@ -461,9 +416,9 @@ class Executor:
             except TaskNotFound as exc:
                 self.reach.answered()
                 if not fresh:
-                    await self._write(
+                    await self.ledger.write(
                         job, "lost", output=job.known_output,
-                        finished_at=self._finished_at(job) if job.known_output else None,
+                        finished_at=self.ledger.finished_at(job) if job.known_output else None,
                         error=f"the provider no longer knows task {task_id} ({exc})")
                     self._result(job, "lost", f"task {task_id} can no longer be fetched; "
                                               f"--force {job.label.split()[0]} renders it again "
@@ -482,7 +437,7 @@ class Executor:
                 if state.status == SUCCEED:
                     if state.video_url:
                         return state
-                    await self._write(job, "failed", finished_at=utc_now(),
+                    await self.ledger.write(job, "failed", finished_at=utc_now(),
                                       error="the provider reported success but gave no video URL")
                     self._result(job, "failed", "succeeded without a video URL "
                                                 "(--retry-failed renders it again)",
@@ -490,7 +445,7 @@ class Executor:
                     return None
                 if state.status == FAILED:
                     reason = state.reason or "the task failed without a reason"
-                    await self._write(job, "failed", error=reason, finished_at=utc_now())
+                    await self.ledger.write(job, "failed", error=reason, finished_at=utc_now())
                     self._result(job, "failed", f"{reason} (--retry-failed renders it again)",
                                  submitted=fresh)
                     return None
@@ -501,7 +456,7 @@ class Executor:
                                                    "asks again", submitted=fresh)
                     return None
                 if state.status != last_status and state.status != PENDING:
-                    await self._write(job, state.status)  # type: ignore[arg-type]
+                    await self.ledger.write(job, state.status)  # type: ignore[arg-type]
                     last_status = state.status
                 self.reporter.update(job.label, state.status, state.progress, "")
                 # An eta of 0 (or none) means due now: the schedule counts from that moment.
@@ -532,7 +487,7 @@ class Executor:
     async def _download(self, job: Job, client: KlingClient, state: TaskState,
                         fresh: bool) -> None:
         """Fetch, verify and store the video; retried (with a fresh URL if it expired)."""
-        await self._write(job, "rendered")
+        await self.ledger.write(job, "rendered")
         url = state.video_url
         problem = ""
         for attempt in range(1, self.options.download_attempts + 1):
@@ -565,10 +520,10 @@ class Executor:
             output = Output(got.sha256, got.size, round(duration, 3))
             self.store.record(job.key, CachedResult(output, job.task_id, job.endpoint))
             same = job.known_output is not None and job.known_output.sha256 == output.sha256
-            await self._write(job, "done", output=output, error=None,  # a re-fetch: no change
-                              finished_at=self._finished_at(job) if same else utc_now())
+            await self.ledger.write(job, "done", output=output, error=None,  # a re-fetch: no change
+                              finished_at=self.ledger.finished_at(job) if same else utc_now())
             if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
-                await self.keeper.commit(dict.fromkeys(job.removed_ids))
+                await self.ledger.forget(job.removed_ids)
             self.on_done(job, output)
             note = ""
             if job.known_output is not None and job.known_output.sha256 != output.sha256:
@@ -577,7 +532,7 @@ class Executor:
             return
         note = "stopped before the download finished" if self.stopping else (
             f"download failed: {problem}")
-        await self._write(job, "rendered", error=note)
+        await self.ledger.write(job, "rendered", error=note)
         self._result(job, "in flight", f"{note}; the task id is kept and the next run "
                                        "downloads it", submitted=fresh)
 
