@@ -27,6 +27,11 @@ from kling_pipeline.errors import (
     EXIT_USAGE,
 )
 
+# Our models use no pydantic plugin, and looking for plugins scans every installed package's
+# metadata (~30 ms of every command that loads a storyboard). The command line's own process
+# only: a program that imports the library keeps its plugins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 if TYPE_CHECKING:
     from kling_pipeline.events import CancelToken, Event
     from kling_pipeline.planner import Plan
