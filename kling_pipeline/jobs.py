@@ -63,6 +63,9 @@ def _kind_and_source(item: PlanItem, store: Store) -> tuple[JobKind, LockEntry |
     entry = item.entry
     if item.action in PAID:
         return "submit", None, None
+    if item.action == "noop" and entry is not None and entry.output is not None \
+            and store.has_object(entry.output):
+        return "place", entry, None  # its own video is in the store: no index read per shot
     if item.action in ("noop", "reuse"):
         cached = store.lookup(item.shot.key) if item.shot is not None else None
         if cached is not None:

@@ -9,7 +9,7 @@ gives the same bytes, so it can be diffed or kept in git like the lock file.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class ManifestFinal:
     stream_copy: bool             # True: the shots' video was copied, not re-encoded
     built_from: str               # digest of its inputs: unchanged means no rebuild
     missing: list[str]            # ids of shots left out because they are not rendered
+    sha256: str | None = None     # of final.mp4's bytes (None in manifests before it was kept)
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,25 @@ class Manifest:
 
 
 def manifest_json(manifest: Manifest) -> str:
-    data = asdict(manifest)
-    ordered = {"manifest_version": data.pop("manifest_version"), **data}
-    return json.dumps(ordered, indent=2, ensure_ascii=False) + "\n"
+    """The manifest as text: the version first, then the fields in their order.
+
+    Built field by field rather than with `dataclasses.asdict`, which deep-copies every value
+    first (a second at 10,000 shots); the text is the same.
+    """
+    final = manifest.final
+    data = {"manifest_version": manifest.manifest_version, "storyboard": manifest.storyboard,
+            "key_scheme": manifest.key_scheme, "simulated": manifest.simulated,
+            "page": manifest.page, "final": _plain(final, _FINAL) if final else None,
+            "shots": [_plain(shot, _SHOT) for shot in manifest.shots]}
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _plain(record: ManifestShot | ManifestFinal, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in names}
+
+
+_SHOT = tuple(field.name for field in fields(ManifestShot))
+_FINAL = tuple(field.name for field in fields(ManifestFinal))
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:

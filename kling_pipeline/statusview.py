@@ -82,20 +82,21 @@ def _other_note(shot: ShotRequest, entry: LockEntry | None,
 
 def _shot_row(shot: ShotRequest, position: int, entry: LockEntry | None,
               by_key: dict[str, tuple[str, LockEntry]], store: Store, file: Path) -> ShotStatus:
-    cached = store.lookup(shot.key)
-    video: Output | None = cached.output if cached is not None else None
+    video: Output | None
     state: State
     if entry is not None and entry.key == shot.key:
         state, task_id = _STATE_OF[entry.status], entry.task_id
-        video = entry.output or video
+        video, in_cache = _own_video(shot, entry, store)
         note = _matching_note(entry)
     else:
+        cached = store.lookup(shot.key)
+        video = cached.output if cached is not None else None
         state, task_id = ("new" if entry is None else "changed"), None
         twin = by_key.get(shot.key)
         if twin is not None and twin[1].status == "done":
             video = twin[1].output or video
         note = _other_note(shot, entry, by_key, cached is not None)
-    in_cache = cached is not None or (video is not None and store.has_object(video))
+        in_cache = cached is not None or (video is not None and store.has_object(video))
     size = size_or_none(file)
     in_output = video is not None and size == video.size
     if state == "done" and not in_output:
@@ -112,6 +113,19 @@ def _shot_row(shot: ShotRequest, position: int, entry: LockEntry | None,
         note += f"; {file.name} is still the previous video"
     return ShotStatus(shot.id, position, shot.endpoint, shot.duration, state, task_id,
                       in_cache, in_output, note)
+
+
+def _own_video(shot: ShotRequest, entry: LockEntry, store: Store) -> tuple[Output | None, bool]:
+    """The video of a shot whose entry holds its current request, and whether the store has it.
+
+    The entry's own video found in the store settles both: the store's index (a database read
+    per shot, most of what `status` did at 10,000 shots) is asked only when it does not.
+    """
+    if entry.output is not None and store.has_object(entry.output):
+        return entry.output, True
+    cached = store.lookup(shot.key)
+    video = entry.output or (cached.output if cached is not None else None)
+    return video, cached is not None or (video is not None and store.has_object(video))
 
 
 def collect_status(shots: Sequence[ShotRequest], lock: LockFile, store: Store,
