@@ -152,10 +152,10 @@ class OutputFolder:
             name = self.names.get(shot_id)
             if name is None:
                 continue
-            video = self.out_dir / SHOTS / name
             self._place_video(name, sha256)
             if job.kind == "place":  # from the store: its thumbnail is likely there already
                 continue
+            video = self.out_dir / SHOTS / name
             if self._thumbnailer is None:
                 self._thumbnailer = ThreadPoolExecutor(1, thread_name_prefix="thumbnails")
             thumb = self.out_dir / _thumb_of(name)
