@@ -48,10 +48,7 @@ from jinja2.sandbox import (
 from jinja2.utils import Namespace
 from markupsafe import Markup
 
-
-class TemplateProblem(Exception):
-    """A template that cannot be rendered; the message says why in plain words."""
-
+from kling_pipeline.templating import TemplateProblem
 
 MAX_TEXT = 100_000
 _TOO_LONG = f"making text longer than {MAX_TEXT:,} characters is not allowed in templates"

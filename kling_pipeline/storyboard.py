@@ -82,25 +82,30 @@ def _structure(source: YamlSource) -> tuple[StoryboardHead | None, list[tuple[in
 
 
 def load_storyboard(path: Path, *, cli_vars: Mapping[str, str] | None = None,
-                    cache_dir: Path | None = None, use_cache: bool = True) -> LoadedStoryboard:
+                    cache_dir: Path | None = None, use_cache: bool = True,
+                    jinja_version: str | None = None) -> LoadedStoryboard:
     """Parse, validate, expand, render and key a storyboard; StoryboardError lists all problems.
 
     `cache_dir` holds the memos of rendered templates and image digests (default:
     `.kling-cache/` beside the storyboard); `use_cache=False` keeps nothing between runs.
+    `jinja_version` is the version the memos are checked against, the installed Jinja's when
+    None: a seam for the test that another Jinja discards them.
     """
     from kling_pipeline.speed import gc_paused
+    from kling_pipeline.templating import render_scheme, scheme_for
 
+    scheme = render_scheme() if jinja_version is None else scheme_for(jinja_version)
     with gc_paused():
-        return _load(path, cli_vars, cache_dir, use_cache)
+        return _load(path, cli_vars, cache_dir, use_cache, scheme)
 
 
 def _load(path: Path, cli_vars: Mapping[str, str] | None, cache_dir: Path | None,
-          use_cache: bool) -> LoadedStoryboard:
+          use_cache: bool, scheme: str) -> LoadedStoryboard:
     from kling_pipeline.localimages import ImageInspector
     from kling_pipeline.memo import JsonMemo
     from kling_pipeline.render import StoryboardRenderer
-    from kling_pipeline.shotmemo import ShotMemo
-    from kling_pipeline.templating import RENDER_SCHEME, TemplateRenderer, fingerprint
+    from kling_pipeline.shotmemo import ShotMemo, memo_version
+    from kling_pipeline.templating import TemplateRenderer, fingerprint
     from kling_pipeline.yamlsource import load_yaml
 
     source = load_yaml(path)
@@ -108,11 +113,11 @@ def _load(path: Path, cli_vars: Mapping[str, str] | None, cache_dir: Path | None
     if head is None:
         raise StoryboardError(problems)
     folder = (cache_dir or default_cache_dir(path)) if use_cache else None
-    template_memo = JsonMemo(folder / "templates.json" if folder else None, RENDER_SCHEME)
+    template_memo = JsonMemo(folder / "templates.json" if folder else None, scheme)
     image_memo = JsonMemo(folder / "images.json" if folder else None, "1")
-    shot_memo_file = JsonMemo(folder / "shots.json" if folder else None, "1")
+    shot_memo_file = JsonMemo(folder / "shots.json" if folder else None, memo_version())
     variables: dict[str, Any] = dict(cli_vars or {})
-    world = fingerprint([RENDER_SCHEME, head.vars, variables, head.snippets])
+    world = fingerprint([scheme, head.vars, variables, head.snippets])
     renderer = TemplateRenderer(template_memo, world)
     inspector = ImageInspector(image_memo)
     defaults = source.data.get("defaults")

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,24 @@ def test_the_commands_did_run(imported: dict[str, set[str]]) -> None:
     assert "kling_pipeline.statusview" in imported["status"]
     assert "kling_pipeline.models" in imported["schema"]
     assert "kling_pipeline.gc" in imported["gc"]
+
+
+WARM_NEVER = ("jinja2", "markupsafe", "kling_pipeline.sandbox")
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "status"])
+def test_a_warm_run_does_not_import_jinja(tmp_path: Path, command: str) -> None:
+    """Every text of an unchanged storyboard comes from the memos: no template is compiled,
+    so Jinja and the sandbox are never imported (the memos name Jinja's version without it)."""
+    board = tmp_path / "imports.yaml"
+    board.write_text(BOARD, encoding="utf-8")
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+    found = []
+    for _ in range(2):  # the first run renders and fills the memos
+        done = subprocess.run([sys.executable, "-c", RUN, json.dumps([command, str(board)])],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        marker = done.stdout.rindex("\nMODULES ")
+        found.append(set(json.loads(done.stdout[marker + len("\nMODULES "):])))
+    assert "jinja2" in found[0]
+    assert [m for name in WARM_NEVER for m in _loaded(found[1], name)] == []

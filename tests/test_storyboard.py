@@ -283,3 +283,32 @@ shots:
 """)
     [shot] = load_storyboard(path, use_cache=False).shots
     assert shot.body["prompt"] == "a lamp, a key, a coin, a hat, a rope"  # YAML folds the line
+
+
+def test_the_jinja_version_is_read_without_importing_jinja(tmp_path: Path) -> None:
+    import jinja2
+
+    from kling_pipeline.templating import jinja_version, render_scheme
+
+    assert render_scheme() == f"1/jinja-{jinja2.__version__}"  # as before: old memos still hit
+    fake = tmp_path / "__init__.py"
+    fake.write_text('"""A Jinja."""\nfrom .x import y\n\n__version__ = "99.1.0"\n')
+    assert jinja_version(fake) == "99.1.0"
+    fake.write_text("__version__ = compute()\n")  # not a literal: Jinja itself is asked
+    assert jinja_version(fake) == jinja2.__version__
+
+
+def test_another_jinja_discards_the_memos(lighthouse: Path, tmp_path: Path) -> None:
+    import json
+
+    import jinja2
+
+    cache = tmp_path / "cache"
+    fresh = load_storyboard(lighthouse, cache_dir=cache).shots
+    memo = json.loads((cache / "templates.json").read_text())
+    assert memo["version"] == f"1/jinja-{jinja2.__version__}"
+    other = load_storyboard(lighthouse, cache_dir=cache, jinja_version="99.1.0").shots
+    assert other == fresh  # rendered again, the same
+    assert json.loads((cache / "templates.json").read_text())["version"] == "1/jinja-99.1.0"
+    shots = json.loads((cache / "shots.json").read_text())["entries"]
+    assert len(shots) == 2 * len({s.entry for s in fresh})  # no entry was taken from the memo
