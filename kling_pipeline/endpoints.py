@@ -439,3 +439,9 @@ def effective_duration(endpoint: Endpoint, body: Mapping[str, Any]) -> int:
     if isinstance(parts, list) and parts:
         return sum(int(p.get("duration", 0)) for p in parts if isinstance(p, dict))
     return endpoint.default_duration()
+
+
+def price_names() -> frozenset[str]:
+    """What a `provider.prices` key may name: an endpoint slug, or a price family of slugs."""
+    return frozenset(ENDPOINTS) | frozenset(
+        e.price_family for e in ENDPOINTS.values() if e.price_family)

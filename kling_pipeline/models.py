@@ -25,28 +25,22 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kling_pipeline.endpoints import ENDPOINTS
+from kling_pipeline.endpoints import ENDPOINTS, price_names
+from kling_pipeline.fieldnames import FIELD_ALIASES, is_template
 from kling_pipeline.textsafe import described, looks_like_secret
 
+__all__ = ["FIELD_ALIASES", "PRICE_NAMES", "Price", "Shot", "ShotFields", "Storyboard",
+           "StoryboardHead", "extension_keys", "is_template", "storyboard_schema"]
+
 SCHEMA_ID = "https://kling-pipeline.dev/schemas/storyboard.schema.json"
-_TEMPLATE = re.compile(r"\{\{|\{%")
 _TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\{|\{%",
                     "description": "A Jinja template that renders to the value"}
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
-# The endpoint pages' own names for fields a storyboard names alike on every model: the v1.6
-# pages say image_url, end_image_url and guidance_scale where v3.0 says image, end_image and
-# cfg_scale. A shot may use either spelling (not both); the request is the same either way.
-FIELD_ALIASES: dict[str, str] = {
-    "image_url": "image", "end_image_url": "end_image", "guidance_scale": "cfg_scale"}
 
 
 def _also(name: str) -> AliasChoices:
     """Accept a field under its storyboard name or the API name of `FIELD_ALIASES`."""
     return AliasChoices(name, *(a for a, c in FIELD_ALIASES.items() if c == name))
-
-
-def is_template(value: object) -> bool:
-    return isinstance(value, str) and _TEMPLATE.search(value) is not None
 
 
 def _typed_or_template(accepts: tuple[type, ...], label: str) -> Callable[[Any], Any]:
@@ -84,8 +78,7 @@ ModelName: TypeAlias = Annotated[str, WithJsonSchema({
 
 
 # What a `provider.prices` key may name: an endpoint slug, or a price family of slugs.
-PRICE_NAMES: frozenset[str] = frozenset(ENDPOINTS) | frozenset(
-    e.price_family for e in ENDPOINTS.values() if e.price_family)
+PRICE_NAMES: frozenset[str] = price_names()
 
 
 def _refused(kind: str, message: str) -> PydanticCustomError:

@@ -9,29 +9,49 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from kling_pipeline.endpoints import get_endpoint
-from kling_pipeline.models import PRICE_NAMES, Price
 from kling_pipeline.render import ShotRequest
 
-DEFAULT_PRICES: Mapping[str, Price] = {
-    "kling-v3.0-std": Price(per_second=0.084, per_second_sound=0.126),
-    "kling-v3.0-pro": Price(per_second=0.112, per_second_sound=0.168),
-    "kling-v3.0-4k": Price(per_second=0.42, per_second_sound=0.63),
+
+class PriceLike(Protocol):
+    """A price: `models.Price` (a storyboard's) or `Rate` (the built-in ones)."""
+
+    @property
+    def per_second(self) -> float: ...
+
+    @property
+    def per_second_sound(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Rate:
+    """US dollars per second of video, with sound when given: a plain value, so that the
+    built-in prices do not import pydantic (a test keeps their names in models.PRICE_NAMES)."""
+
+    per_second: float
+    per_second_sound: float | None = None
+
+
+DEFAULT_PRICES: Mapping[str, Rate] = {
+    "kling-v3.0-std": Rate(per_second=0.084, per_second_sound=0.126),
+    "kling-v3.0-pro": Rate(per_second=0.112, per_second_sound=0.168),
+    "kling-v3.0-4k": Rate(per_second=0.42, per_second_sound=0.63),
 }
-assert DEFAULT_PRICES.keys() <= PRICE_NAMES, "a built-in price names no endpoint or family"
 
 
 @dataclass(frozen=True)
 class PriceTable:
     """Overrides first (slug, then family), then the defaults."""
 
-    overrides: Mapping[str, Price]
+    overrides: Mapping[str, PriceLike]
 
-    def price_for(self, slug: str) -> Price | None:
+    def price_for(self, slug: str) -> PriceLike | None:
         endpoint = get_endpoint(slug)
         family = endpoint.price_family if endpoint else None
-        for table in (self.overrides, DEFAULT_PRICES):
+        tables: tuple[Mapping[str, PriceLike], ...] = (self.overrides, DEFAULT_PRICES)
+        for table in tables:
             if slug in table:
                 return table[slug]
             if family is not None and family in table:

@@ -11,9 +11,10 @@ import collections
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kling_pipeline.endpoints import (
     ENDPOINTS,
@@ -26,10 +27,10 @@ from kling_pipeline.endpoints import (
     wire_body,
 )
 from kling_pipeline.errors import Diagnostic
+from kling_pipeline.fieldnames import FIELD_ALIASES, REQUEST_FIELDS, is_template
 from kling_pipeline.hashing import IMAGE_DIGEST_PREFIX, request_key
 from kling_pipeline.images import ImageProblem
 from kling_pipeline.localimages import ImageInspector, LocalImage
-from kling_pipeline.models import FIELD_ALIASES, Shot, ShotFields, StoryboardHead, is_template
 from kling_pipeline.templating import (
     Snippets,
     TemplateProblem,
@@ -40,10 +41,13 @@ from kling_pipeline.templating import (
 from kling_pipeline.textsafe import shown
 from kling_pipeline.yamlsource import YamlSource, format_path
 
+if TYPE_CHECKING:
+    from kling_pipeline.models import Shot, StoryboardHead
+
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
              *(f"lpt{i}" for i in range(10))}
-_REQUEST_FIELDS = tuple(ShotFields.model_fields)
+_REQUEST_FIELDS = REQUEST_FIELDS
 _INT = re.compile(r"^[+-]?\d+$")
 _RESERVED_VARS = frozenset({"item", "index", "snippets"})
 # Shots a storyboard may make after foreach/matrix: far above real use (the plan benchmark has
@@ -115,7 +119,54 @@ def shot_is_safe_id(shot_id: str) -> str | None:
     return None
 
 
-def _fan_out_size(shot: Shot) -> int:
+class FanOut(Protocol):
+    """What the shot limit and the memo's checks read of an entry: a Shot, or an Entry."""
+
+    @property
+    def foreach(self) -> list[Any] | None: ...
+
+    @property
+    def matrix(self) -> dict[str, list[Any]] | None: ...
+
+    @property
+    def vars(self) -> dict[str, Any]: ...
+
+
+class Entry:
+    """One valid entry of `shots`: its fan-out and vars, and its Shot model made on demand.
+
+    A run whose structure is known valid (storyboard.py's structure memo) has no models; the
+    entries a memo hands back never need one, so pydantic is imported only for an entry that
+    must really be built. Its raw data validated as a Shot before, so reading `foreach`,
+    `matrix` and `vars` from it gives what the model holds.
+    """
+
+    def __init__(self, index: int, raw: Any, shot: Shot | None = None) -> None:
+        self.index = index
+        self.raw: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        self._shot = shot
+
+    @property
+    def foreach(self) -> list[Any] | None:
+        return self._shot.foreach if self._shot is not None else self.raw.get("foreach")
+
+    @property
+    def matrix(self) -> dict[str, list[Any]] | None:
+        return self._shot.matrix if self._shot is not None else self.raw.get("matrix")
+
+    @property
+    def vars(self) -> dict[str, Any]:
+        return self._shot.vars if self._shot is not None else self.raw.get("vars") or {}
+
+    def shot(self) -> Shot:
+        if self._shot is None:
+            from kling_pipeline.models import Shot
+
+            self._shot = Shot.model_validate(self.raw)
+        return self._shot
+
+
+def _fan_out_size(shot: FanOut) -> int:
     """How many shots an entry makes, counted without making them."""
     if shot.foreach is not None:
         return len(shot.foreach)
@@ -124,7 +175,7 @@ def _fan_out_size(shot: Shot) -> int:
     return 1
 
 
-def _fan_out(shot: Shot) -> Iterator[Any]:
+def _fan_out(shot: FanOut) -> Iterator[Any]:
     if shot.foreach is not None:
         yield from shot.foreach
     elif shot.matrix is not None:
@@ -148,25 +199,34 @@ class ShotMemoLike(Protocol):
 class StoryboardRenderer:
     """Turns a validated storyboard into ShotRequests, collecting located problems."""
 
-    def __init__(self, source: YamlSource, board: StoryboardHead,
-                 entries: list[tuple[int, Shot]], cli_vars: Mapping[str, Any],
+    def __init__(self, source: YamlSource, board: Callable[[], StoryboardHead],
+                 variables: Mapping[str, Any], snippets: Mapping[str, str],
+                 entries: list[Entry], cli_vars: Mapping[str, Any],
                  renderer: TemplateRenderer, inspector: ImageInspector) -> None:
+        """`board` gives the validated head, asked only when a shot must be built;
+        `variables` and `snippets` are its vars and snippets."""
         self.source = source
         self.board = board
-        self.entries = entries
+        self.variables = dict(variables)
+        self.entries = [(entry.index, entry) for entry in entries]
         self.cli_vars = dict(cli_vars)
         self.renderer = renderer
         self.inspector = inspector
         self.base_dir = source.path.parent
         self.problems = _Problems(source)
-        self.snippets = Snippets(board.snippets, renderer)
-        self.defaults = {k: getattr(board.defaults, k) for k in board.defaults.model_fields_set}
+        self.snippets = Snippets(snippets, renderer)
         self._vars_fingerprints: dict[int, str] = {}  # id(shot) -> digest of its vars
+
+    @cached_property
+    def defaults(self) -> dict[str, Any]:
+        """The fields the defaults set (the head is validated here on a warm run's miss)."""
+        defaults = self.board().defaults
+        return {k: getattr(defaults, k) for k in defaults.model_fields_set}
 
     def run(self, memo: ShotMemoLike | None = None) -> tuple[list[ShotRequest], list[Diagnostic]]:
         """Build every shot; with a memo, entries that did not change are not built again."""
         shots: list[ShotRequest] = []
-        reserved = sorted(_RESERVED_VARS & set(self.board.vars))
+        reserved = sorted(_RESERVED_VARS & set(self.variables))
         if reserved:
             self.problems.add(("vars", reserved[0]), "is a name the tool sets itself (item, "
                               "index, snippets); choose another", key=True)
@@ -192,8 +252,9 @@ class StoryboardRenderer:
                 if known is not None:
                     shots += known
                     continue
-            built = [self._build(entry, shot, item, index)
-                     for index, item in enumerate(_fan_out(shot), start=1)]
+            model = shot.shot()
+            built = [self._build(entry, model, item, index)
+                     for index, item in enumerate(_fan_out(model), start=1)]
             good = [b for b in built if b is not None]
             if memo is not None and memo_key is not None and len(good) == len(built):
                 memo.put(memo_key, good)
@@ -238,7 +299,7 @@ class StoryboardRenderer:
     # --- one shot --------------------------------------------------------------------------
 
     def _context(self, shot: Shot, item: Any, index: int) -> tuple[dict[str, Any], str]:
-        context: dict[str, Any] = {**self.board.vars, **shot.vars, **self.cli_vars}
+        context: dict[str, Any] = {**self.variables, **shot.vars, **self.cli_vars}
         fanned = shot.foreach is not None or shot.matrix is not None
         if fanned:
             context["item"] = item

@@ -7,16 +7,19 @@ where the lock file is) does not pay for them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kling_pipeline.errors import Diagnostic, StoryboardError
 
 if TYPE_CHECKING:
+    from kling_pipeline.memo import JsonMemo
     from kling_pipeline.models import Shot, StoryboardHead
-    from kling_pipeline.render import ShotRequest
+    from kling_pipeline.render import Entry, ShotRequest
+    from kling_pipeline.settings import BoardSettings
     from kling_pipeline.yamlsource import YamlSource
 
 CACHE_DIR_NAME = ".kling-cache"
@@ -26,11 +29,20 @@ _RENDER_INPUTS = frozenset({"vars", "snippets", "defaults", "shots", ""})
 
 @dataclass(frozen=True)
 class LoadedStoryboard:
-    """A valid storyboard and its shots in storyboard order."""
+    """A valid storyboard and its shots in storyboard order.
+
+    `settings` are plain values; `board`, the pydantic head, is validated when first asked
+    for on a warm run (it imports pydantic: commands should read `settings`).
+    """
 
     path: Path
-    board: StoryboardHead
+    settings: BoardSettings
     shots: list[ShotRequest]
+    head: Callable[[], StoryboardHead] = field(repr=False, compare=False)
+
+    @cached_property
+    def board(self) -> StoryboardHead:
+        return self.head()
 
 
 def default_cache_dir(storyboard: Path) -> Path:
@@ -109,27 +121,89 @@ def _load(path: Path, cli_vars: Mapping[str, str] | None, cache_dir: Path | None
     from kling_pipeline.yamlsource import load_yaml
 
     source = load_yaml(path)
-    head, entries, problems = _structure(source)
-    if head is None:
-        raise StoryboardError(problems)
     folder = (cache_dir or default_cache_dir(path)) if use_cache else None
+    structures = _structure_memo(folder)
+    known = _known_structure(structures, source)
+    if known is not None:
+        settings, head, entries, problems = known
+    else:
+        settings, head, entries, problems = _validated(source, structures)
     template_memo = JsonMemo(folder / "templates.json" if folder else None, scheme)
     image_memo = JsonMemo(folder / "images.json" if folder else None, "1")
     shot_memo_file = JsonMemo(folder / "shots.json" if folder else None, memo_version())
     variables: dict[str, Any] = dict(cli_vars or {})
-    world = fingerprint([scheme, head.vars, variables, head.snippets])
+    world = fingerprint([scheme, settings.vars, variables, settings.snippets])
     renderer = TemplateRenderer(template_memo, world)
     inspector = ImageInspector(image_memo)
     defaults = source.data.get("defaults")
     shot_memo = ShotMemo(shot_memo_file, inspector, [str(path.parent), world, defaults])
     shots, render_problems = StoryboardRenderer(
-        source, head, entries, variables, renderer, inspector).run(shot_memo)
-    for memo in (template_memo, image_memo, shot_memo_file):
+        source, head, settings.vars, settings.snippets, entries, variables, renderer,
+        inspector).run(shot_memo)
+    for memo in (template_memo, image_memo, shot_memo_file, structures):
         memo.save()
     problems += render_problems
     if problems:
         raise StoryboardError(problems)
-    return LoadedStoryboard(path, head, shots)
+    return LoadedStoryboard(path, settings, shots, head)
+
+
+_Structure = tuple["BoardSettings", "Callable[[], StoryboardHead]", "list[Entry]",
+                   "list[Diagnostic]"]
+
+
+def _structure_memo(folder: Path | None) -> JsonMemo:
+    """The memo of files whose structure validated (structmemo.py); none without a version."""
+    from kling_pipeline.memo import JsonMemo
+    from kling_pipeline.structmemo import memo_version
+
+    version = memo_version()
+    usable = folder is not None and version is not None
+    return JsonMemo(folder / "structures.json" if usable and folder else None, version or "",
+                    max_entries=100)
+
+
+def _known_structure(memo: JsonMemo, source: YamlSource) -> _Structure | None:
+    """Settings, lazy head and entries of a file whose exact bytes validated before, with no
+    pydantic; None when the memo does not know the file."""
+    from kling_pipeline.render import Entry
+    from kling_pipeline.settings import BoardSettings
+
+    known = memo.get(source.digest) if memo.path is not None else None
+    if not isinstance(known, dict) or not isinstance(source.data, dict):
+        return None
+    settings = BoardSettings.from_json(known)
+    raw_shots = source.data.get("shots")
+    entries = [Entry(i, raw) for i, raw in enumerate(raw_shots if isinstance(raw_shots, list)
+                                                     else [])]
+    return settings, lambda: _head_of(source), entries, []
+
+
+def _head_of(source: YamlSource) -> StoryboardHead:
+    """The head of a file known valid, validated alone (what validating it whole gives)."""
+    from kling_pipeline.models import StoryboardHead, extension_keys
+
+    data = extension_keys(source.data)
+    return StoryboardHead.model_validate({k: v for k, v in data.items() if k != "shots"})
+
+
+def _validated(source: YamlSource, memo: JsonMemo) -> _Structure:
+    """Validate with the models; a file with no problem is recorded in the memo."""
+    from kling_pipeline.render import Entry
+    from kling_pipeline.settings import BoardSettings
+
+    head, shots, problems = _structure(source)
+    if head is None:
+        raise StoryboardError(problems)
+    settings = BoardSettings.of(head)
+    raw_shots = source.data.get("shots") if isinstance(source.data, dict) else None
+    raws = raw_shots if isinstance(raw_shots, list) else []
+    entries = [Entry(i, raws[i] if i < len(raws) else None, shot) for i, shot in shots]
+    if not problems and memo.path is not None:
+        recorded = settings.to_json()
+        if recorded is not None:
+            memo.put(source.digest, recorded)
+    return settings, lambda: head, entries, problems
 
 
 def parse_var(text: str) -> tuple[str, str]:

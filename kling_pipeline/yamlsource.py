@@ -8,6 +8,7 @@ and so are keys that are one key once read (`1` and `0x1`, `true` and `True`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class YamlSource:
     data: Any
     root: yaml.Node | None
     display: str = field(default="")
+    digest: str = field(default="")  # sha256 of the file's bytes: the structure memo's key
 
     def __post_init__(self) -> None:
         if not self.display:
@@ -267,7 +269,7 @@ def load_yaml(path: Path, display: str | None = None) -> YamlSource:
         assert root is not None
         raise StoryboardError(_duplicate(shown, root, first, again)
                               for first, again in loader.duplicates)
-    return YamlSource(path, data, root, shown)
+    return YamlSource(path, data, root, shown, hashlib.sha256(text).hexdigest())
 
 
 _FLOW = {"while parsing a flow sequence": "'['", "while parsing a flow mapping": "'{'"}

@@ -89,7 +89,8 @@ def test_memos_give_the_same_shots_and_follow_every_input(lighthouse: Path,
     fresh = load_storyboard(lighthouse, use_cache=False).shots
     assert load_storyboard(lighthouse, cache_dir=cache).shots == fresh
     assert load_storyboard(lighthouse, cache_dir=cache).shots == fresh  # from the memos
-    assert {p.name for p in cache.iterdir()} == {"templates.json", "images.json", "shots.json"}
+    assert {p.name for p in cache.iterdir()} == {"templates.json", "images.json", "shots.json",
+                                                 "structures.json"}
     # a --var, a storyboard var and an image edit all reach the keys despite the memos
     changed = load_storyboard(lighthouse, cache_dir=cache, cli_vars={"grade": "red"}).shots
     assert changed[0].key != fresh[0].key
@@ -312,3 +313,38 @@ def test_another_jinja_discards_the_memos(lighthouse: Path, tmp_path: Path) -> N
     assert json.loads((cache / "templates.json").read_text())["version"] == "1/jinja-99.1.0"
     shots = json.loads((cache / "shots.json").read_text())["entries"]
     assert len(shots) == 2 * len({s.entry for s in fresh})  # no entry was taken from the memo
+
+
+def test_a_known_valid_file_is_not_validated_again(lighthouse: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from paths import ROOT
+
+    cache = tmp_path / "cache"
+    cold = load_storyboard(lighthouse, cache_dir=cache)
+    warm = load_storyboard(lighthouse, cache_dir=cache)
+    assert (warm.shots, warm.settings) == (cold.shots, cold.settings)
+    assert warm.board.model_dump() == cold.board.model_dump(exclude={"shots"})
+    run = ("import json, sys; from pathlib import Path\n"
+           "from kling_pipeline.storyboard import load_storyboard\n"
+           "loaded = load_storyboard(Path(sys.argv[1]), cache_dir=Path(sys.argv[2]))\n"
+           "print(json.dumps([loaded.settings.name, 'pydantic' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", run, str(lighthouse), str(cache)],
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert json.loads(done.stdout) == ["lighthouse", False]
+    # one changed byte: validated again, every error found
+    lighthouse.write_text(LIGHTHOUSE.replace("duration: 5,", "duration: 5, colour: red,"))
+    with pytest.raises(StoryboardError, match="colour"):
+        load_storyboard(lighthouse, cache_dir=cache)
+
+
+def test_the_light_tables_match_the_models() -> None:
+    from kling_pipeline.fieldnames import REQUEST_FIELDS
+    from kling_pipeline.models import PRICE_NAMES, ShotFields
+    from kling_pipeline.pricing import DEFAULT_PRICES
+
+    assert tuple(ShotFields.model_fields) == REQUEST_FIELDS
+    assert DEFAULT_PRICES.keys() <= PRICE_NAMES
