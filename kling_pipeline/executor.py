@@ -19,9 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from kling_pipeline.apiclient import (
+from kling_pipeline.apierrors import (
     FAILED,
     PENDING,
     SUCCEED,
@@ -29,7 +29,6 @@ from kling_pipeline.apiclient import (
     Ambiguous,
     ApiError,
     EndpointRefused,
-    KlingClient,
     NotAccepted,
     NotSent,
     ReadUnreachable,
@@ -50,6 +49,9 @@ from kling_pipeline.lockstore import LockKeeper
 from kling_pipeline.media import MediaError, probe_video
 from kling_pipeline.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
 from kling_pipeline.results import Outcome, RunReport, ShotResult
+
+if TYPE_CHECKING:
+    from kling_pipeline.apiclient import KlingClient
 
 T = TypeVar("T")
 
@@ -198,6 +200,8 @@ class Executor:
     # -- running ---------------------------------------------------------------------------
 
     async def run(self, jobs: list[Job]) -> RunReport:
+        """Settle the jobs that need no network at once (one lock write for all of them),
+        then work the others, at most `options.jobs` at a time."""
         slots = asyncio.Semaphore(max(1, self.options.jobs))
 
         async def one(job: Job) -> None:
@@ -205,10 +209,32 @@ class Executor:
                 await self._job(job)
 
         try:
-            await asyncio.gather(*(one(job) for job in jobs))
+            await self._local([job for job in jobs if job.kind in ("report", "place")])
+            await asyncio.gather(*(one(job) for job in jobs
+                                   if job.kind not in ("report", "place")))
         finally:
             self._in_storyboard_order(jobs)
         return self.report
+
+    async def _local(self, jobs: list[Job]) -> None:
+        """Reports and videos the store has: 10,000 shots with nothing to do are 10,000
+        results and, at most, one lock write (none when every entry already says so), not
+        10,000 tasks each awaiting a write of nothing."""
+        places = [job for job in jobs if job.kind == "place"]
+        changes = {}
+        for job in places:
+            assert job.known_output is not None
+            changes.update(self.ledger.changes(job, "done", task_id=job.task_id,
+                                               output=job.known_output,
+                                               finished_at=self.ledger.finished_at(job)))
+        await self.ledger.commit(changes)
+        for job in jobs:
+            if job.kind == "report":
+                self._report_only(job)
+            else:
+                assert job.known_output is not None
+                self.on_done(job, job.known_output)
+                self._result(job, "up to date", job.note, job.known_output)
 
     def _in_storyboard_order(self, jobs: list[Job]) -> None:
         """Results in the order of the jobs (the storyboard's), not the order they ended in."""
@@ -228,12 +254,6 @@ class Executor:
         return True
 
     async def _job(self, job: Job) -> None:
-        if job.kind == "report":
-            self._report_only(job)
-            return
-        if job.kind == "place":
-            await self._place(job)
-            return
         if self.client is None:  # cannot happen: the caller builds a client when needed
             self._result(job, "in flight", "no API client")
             return
@@ -260,15 +280,6 @@ class Executor:
         outcome: Outcome = {"failed": "failed", "unknown": "unknown"}.get(
             item.action, "not submitted")  # type: ignore[assignment]
         self._result(job, outcome, item.note)
-
-    async def _place(self, job: Job) -> None:
-        """A video the store has: write the entries as done, no network."""
-        output = job.known_output
-        assert output is not None
-        await self.ledger.write(job, "done", task_id=job.task_id, output=output,
-                          finished_at=self.ledger.finished_at(job))
-        self.on_done(job, output)
-        self._result(job, "up to date", job.note, output)
 
     # -- submit ----------------------------------------------------------------------------
 

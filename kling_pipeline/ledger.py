@@ -81,6 +81,10 @@ class Ledger:
         self.keeper.record_now(self.changes(job, "submitting", submitted_at=submitted_at,
                                             task_id=None))
 
+    async def commit(self, changes: Changes) -> None:
+        """Record changes made by `changes` for several jobs at once; return once on disk."""
+        await self.keeper.commit(changes)
+
     async def restore(self, previous: Changes) -> None:
         """Put entries back as they were (a submission that provably made no task)."""
         await self.keeper.commit(dict(previous))

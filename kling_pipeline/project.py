@@ -114,18 +114,18 @@ class Project:
         """Load and check the storyboard against the schema and every constraint of its
         models; StoryboardError names every problem at its file, line and column."""
         loaded = self._load()
-        return Validation(loaded.board.name, tuple(loaded.shots))
+        return Validation(loaded.settings.name, tuple(loaded.shots))
 
     @property
     def name(self) -> str:
-        return self._load().board.name
+        return self._load().settings.name
 
     @property
     def target(self) -> Target:
         """Where runs of this storyboard read and write."""
         from kling_pipeline.target import target_for
 
-        return target_for(self.path, self._load().board, simulate=self.simulate,
+        return target_for(self.path, self._load().settings, simulate=self.simulate,
                           cache_dir=self.cache_dir, out_dir=self.out_dir)
 
     # -- plan ----------------------------------------------------------------------------
@@ -164,8 +164,8 @@ class Project:
         from kling_pipeline.pricing import PriceTable
 
         loaded = self._load()
-        return _select(make_plan(loaded.board.name, loaded.shots, lock,
-                                PriceTable(loaded.board.provider.prices),
+        return _select(make_plan(loaded.settings.name, loaded.shots, lock,
+                                PriceTable(loaded.settings.provider.prices),
                                 force=selection.force, retry_failed=selection.retry_failed,
                                 resubmit_unknown=selection.resubmit_unknown,
                                 cached=store.lookup), selection.only)
@@ -203,7 +203,7 @@ class Project:
             raise UsageError("--simulate and --base-url choose different servers; give one "
                              "of them")
         selection = self._selection(force, only, retry_failed, resubmit_unknown)
-        board, target = self._load().board, self.target
+        board, target = self._load().settings, self.target
         check_output_folder(target.out_dir, self.path, board.name)
         if not run_lock_path(target.lock_path).exists():
             read_lock(target.lock_path, board.name)  # a bad lock file: stop before making one
@@ -255,12 +255,12 @@ class Project:
     def _api_key(self, given: str | None) -> str:
         from kling_pipeline.target import api_key_from_env
 
-        return given if given else api_key_from_env(self._load().board.provider.api_key_env)
+        return given if given else api_key_from_env(self._load().settings.provider.api_key_env)
 
     def _run_options(self, jobs: int | None, max_wait: float) -> RunOptions:
         from kling_pipeline.executor import RunOptions
 
-        provider = self._load().board.provider
+        provider = self._load().settings.provider
         pace = _simulator_pace() if self.simulate else provider.requests_per_minute
         return RunOptions(jobs=jobs or provider.concurrency, max_wait=max_wait,
                           requests_per_minute=pace)
@@ -279,7 +279,7 @@ class Project:
             with embedded_simulator(self.target) as url:
                 yield url, SIMULATOR_KEY
         else:
-            yield base_url or self._load().board.provider.base_url, key
+            yield base_url or self._load().settings.provider.base_url, key
 
     # -- status --------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ class Project:
         loaded, target = self._load(), self.target
         store = Store(target.store_root)
         try:
-            rows = collect_status(loaded.shots, read_lock(target.lock_path, loaded.board.name),
+            rows = collect_status(loaded.shots, read_lock(target.lock_path, loaded.settings.name),
                                   store, target.out_dir)
         finally:
             store.close()

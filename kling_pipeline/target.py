@@ -12,10 +12,13 @@ import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kling_pipeline.errors import NoApiKey
-from kling_pipeline.models import StoryboardHead
 from kling_pipeline.storyboard import default_cache_dir, lock_path_for
+
+if TYPE_CHECKING:
+    from kling_pipeline.settings import BoardSettings
 
 SIMULATED = "simulated"
 SIMULATOR_KEY = "simulator"  # the embedded simulator accepts any non-empty key
@@ -31,7 +34,7 @@ class Target:
     simulated: bool
 
 
-def target_for(storyboard: Path, board: StoryboardHead, *, simulate: bool,
+def target_for(storyboard: Path, board: BoardSettings, *, simulate: bool,
                cache_dir: Path | None = None, out_dir: Path | None = None) -> Target:
     """Real: `x.lock.json`, `.kling-cache/`, the output folder. Simulated: `x.simulated.lock.json`,
     `.kling-cache/simulated/`, the output folder's name plus `.simulated` (unless `--out` names
