@@ -147,7 +147,7 @@ _CLIENT = r"""
 import asyncio, resource, sys, tempfile
 from pathlib import Path
 import httpx
-from kling_pipeline.apiclient import KlingClient
+from kling_pipeline.run.apiclient import KlingClient
 async def main():
     async with httpx.AsyncClient(timeout=60) as http:
         client = KlingClient(http, sys.argv[1], "bench")

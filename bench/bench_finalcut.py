@@ -29,10 +29,10 @@ from pathlib import Path
 import av
 
 try:
-    from kling_pipeline.finalcut import FinalCut, build_final_cut
+    from kling_pipeline.output.finalcut import FinalCut, build_final_cut
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from kling_pipeline.finalcut import FinalCut, build_final_cut
+    from kling_pipeline.output.finalcut import FinalCut, build_final_cut
 
 FPS = 24
 BIT_RATE = 9_000_000

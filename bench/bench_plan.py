@@ -23,12 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from kling_pipeline.lockfile import LockEntry, LockFile, Output, read_lock, write_lock
-from kling_pipeline.planner import make_plan
-from kling_pipeline.planview import render_text
-from kling_pipeline.pricing import PriceTable
-from kling_pipeline.storyboard import load_storyboard, lock_path_for
-from kling_pipeline.templating import _compile
+from kling_pipeline.plan.planner import make_plan
+from kling_pipeline.plan.pricing import PriceTable
+from kling_pipeline.state.lockfile import LockEntry, LockFile, Output, read_lock, write_lock
+from kling_pipeline.storyboard.load import load_storyboard, lock_path_for
+from kling_pipeline.storyboard.templating import _compile
+from kling_pipeline.views.plan import render_text
 
 PLACES = ["a neon market", "a foggy pier", "a desert road", "a snowy forest", "a rooftop garden"]
 

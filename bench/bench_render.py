@@ -19,11 +19,11 @@ from functools import partial
 from pathlib import Path
 
 try:
-    from kling_pipeline.media import probe_video
+    from kling_pipeline.output.media import probe_video
     from kling_pipeline.simulator.video import ClipSpec, frame_size, render_clip
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from kling_pipeline.media import probe_video
+    from kling_pipeline.output.media import probe_video
     from kling_pipeline.simulator.video import ClipSpec, frame_size, render_clip
 
 PROMPT = ("A red fox trots through a snowy birch forest at dawn, breath steaming, "

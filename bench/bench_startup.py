@@ -13,8 +13,8 @@ and prints each command's median, its ratio to the floor, and for apply also its
 
 The fixture is built the way a real project gets there, without rendering N distinct videos:
 one small clip rendered by the simulator's own encoder is put into the store
-(kling_pipeline.cache.Store) and recorded under every shot's key, the simulated lock says every
-shot is done with that video, and one real `apply --simulate --yes` fills the output folder
+(kling_pipeline.state.cache.Store) and recorded under every shot's key, the simulated lock says
+every shot is done with that video, and one real `apply --simulate --yes` fills the output folder
 (links, thumbnails, final cut, page), so the timed applies have nothing to do. The memos
 (.kling-cache/) are warm after that run, as after any earlier run. Each command runs once
 untimed before the timed runs.
@@ -71,9 +71,9 @@ def small_clip() -> bytes:
 
 def fill_store_and_lock(board: Path) -> None:
     """Every shot done, with its video in the simulated store, as a finished apply leaves them."""
-    from kling_pipeline.cache import CachedResult, Store
-    from kling_pipeline.lockfile import LockEntry, LockFile, Output, write_lock
-    from kling_pipeline.storyboard import load_storyboard
+    from kling_pipeline.state.cache import CachedResult, Store
+    from kling_pipeline.state.lockfile import LockEntry, LockFile, Output, write_lock
+    from kling_pipeline.storyboard.load import load_storyboard
     from kling_pipeline.target import target_for
 
     loaded = load_storyboard(board, use_cache=False)

@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 from bench_simulator import server_process
 
-from kling_pipeline.hashing import body_digest
+from kling_pipeline.key import body_digest
 
 
 def write_board(folder: Path, shots: int, trial: int) -> Path:

@@ -21,17 +21,18 @@ __version__ = "0.1.0"
 # name -> the private module it lives in
 _EXPORTS = {
     "Project": "project", "Validation": "project",
-    "Plan": "planner", "PlanItem": "planner", "FieldChange": "planner",
+    "Plan": "plan.planner", "PlanItem": "plan.planner", "FieldChange": "plan.planner",
     "ApplyReport": "results", "RunReport": "results", "ShotResult": "results",
     "Outcome": "results", "SUCCESSFUL": "results",
-    "ShotRequest": "render", "ShotStatus": "statusview",
-    "Manifest": "manifest", "ManifestShot": "manifest", "ManifestFinal": "manifest",
-    "FolderResult": "outfolder",
+    "ShotRequest": "storyboard.render", "ShotStatus": "views.status",
+    "Manifest": "output.manifest", "ManifestShot": "output.manifest",
+    "ManifestFinal": "output.manifest",
+    "FolderResult": "output.folder",
     "Event": "events", "RunStarted": "events", "ShotUpdate": "events", "Note": "events",
     "RunEnded": "events", "FolderStep": "events", "CancelToken": "events",
     "KlingPipelineError": "errors", "StoryboardError": "errors", "Diagnostic": "errors",
     "LockFileError": "errors", "UsageError": "errors", "NoApiKey": "errors",
-    "Declined": "errors", "RunLockBusy": "lockstore",
+    "Declined": "errors", "RunLockBusy": "state.lockstore",
 }
 __all__ = [
     "SUCCESSFUL",
@@ -101,12 +102,10 @@ if TYPE_CHECKING:
         RunStarted,
         ShotUpdate,
     )
-    from kling_pipeline.lockstore import RunLockBusy
-    from kling_pipeline.manifest import Manifest, ManifestFinal, ManifestShot
-    from kling_pipeline.outfolder import FolderResult
-    from kling_pipeline.planner import FieldChange, Plan, PlanItem
+    from kling_pipeline.output.folder import FolderResult
+    from kling_pipeline.output.manifest import Manifest, ManifestFinal, ManifestShot
+    from kling_pipeline.plan.planner import FieldChange, Plan, PlanItem
     from kling_pipeline.project import Project, Validation
-    from kling_pipeline.render import ShotRequest
     from kling_pipeline.results import (
         SUCCESSFUL,
         ApplyReport,
@@ -114,4 +113,6 @@ if TYPE_CHECKING:
         RunReport,
         ShotResult,
     )
-    from kling_pipeline.statusview import ShotStatus
+    from kling_pipeline.state.lockstore import RunLockBusy
+    from kling_pipeline.storyboard.render import ShotRequest
+    from kling_pipeline.views.status import ShotStatus

@@ -34,10 +34,10 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 if TYPE_CHECKING:
     from kling_pipeline.events import CancelToken, Event
-    from kling_pipeline.planner import Plan
-    from kling_pipeline.progress import LiveReporter, PlainReporter
+    from kling_pipeline.plan.planner import Plan
     from kling_pipeline.project import Project
     from kling_pipeline.results import ApplyReport
+    from kling_pipeline.views.progress import LiveReporter, PlainReporter
 
 
 def _color() -> bool | None:
@@ -150,7 +150,7 @@ out_option = click.option(
 
 
 def _vars(values: tuple[str, ...]) -> dict[str, str]:
-    from kling_pipeline.storyboard import parse_var
+    from kling_pipeline.storyboard.load import parse_var
 
     parsed: dict[str, str] = {}
     for text in values:
@@ -223,8 +223,8 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
     result = _project(storyboard, variables, no_cache, simulate).plan(
         force=force, retry_failed=retry_failed, resubmit_unknown=resubmit_unknown)
     if as_json:
-        from kling_pipeline.planview import render_json
         from kling_pipeline.textsafe import json_printable
+        from kling_pipeline.views.plan import render_json
 
         click.echo(json_printable(json.dumps(render_json(result), indent=2, ensure_ascii=False)))
     else:
@@ -236,7 +236,7 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
 
 
 def _show_plan(plan: Plan) -> None:
-    from kling_pipeline.planview import render_text
+    from kling_pipeline.views.plan import render_text
 
     click.echo(render_text(plan, lambda text, color: click.style(text, fg=color)),
                color=_color())
@@ -355,7 +355,7 @@ class _ProgressView:
             click.echo(f"{event.text} ...")
 
     def _open(self, total: int) -> LiveReporter | PlainReporter:
-        from kling_pipeline.progress import LiveReporter, PlainReporter
+        from kling_pipeline.views.progress import LiveReporter, PlainReporter
 
         live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
         reporter = LiveReporter(total, color=_color() is None) if live else PlainReporter(
@@ -379,7 +379,7 @@ class _ProgressView:
 
 
 def _show_report(report: ApplyReport) -> None:
-    from kling_pipeline.progress import render_folder, render_summary
+    from kling_pipeline.views.progress import render_folder, render_summary
 
     click.echo("")
     click.echo(render_summary(report.run, list(report.missing),
@@ -407,7 +407,7 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
 
     Offline unless --refresh is given.
     """
-    from kling_pipeline.statusview import render_status_json, render_status_text
+    from kling_pipeline.views.status import render_status_json, render_status_text
 
     project = _project(storyboard, variables, no_cache, simulate, cache_dir, out_dir)
     rows = project.status(refresh=refresh, base_url=base_url)
@@ -440,9 +440,9 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
     """
     import contextlib
 
-    from kling_pipeline.gc import delete_garbage, find_garbage, render_gc_text
-    from kling_pipeline.lockstore import hold_run_lock
-    from kling_pipeline.storyboard import default_cache_dir
+    from kling_pipeline.state.gc import delete_garbage, find_garbage, render_gc_text
+    from kling_pipeline.state.lockstore import hold_run_lock
+    from kling_pipeline.storyboard.load import default_cache_dir
 
     wait = _seconds(lock_timeout)
     project = storyboard.resolve().parent
@@ -467,7 +467,7 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
               help="Write the schema to this file instead of printing it.")
 def schema(output: Path | None) -> None:
     """Print the storyboard JSON Schema (for editors and other validators)."""
-    from kling_pipeline.models import storyboard_schema
+    from kling_pipeline.storyboard.models import storyboard_schema
 
     text = json.dumps(storyboard_schema(), indent=2, ensure_ascii=False) + "\n"
     if output is None:
@@ -492,7 +492,7 @@ def init(name: str | None, folder: Path) -> None:
     (storyboard.schema.json), and the suggested .gitignore lines (only those missing). NAME
     defaults to the folder's name. Never overwrites a file.
     """
-    from kling_pipeline.starter import init_project, typed_path
+    from kling_pipeline.storyboard.starter import init_project, typed_path
     from kling_pipeline.textsafe import printable
 
     here = Path.cwd()

@@ -8,7 +8,7 @@
     │                         `.option` names the option, for the command line)
     ├── NoApiKey              the key's environment variable is not set
     ├── Declined              `apply`'s `on_plan` said no: nothing was written or submitted
-    ├── RunLockBusy           another apply holds the storyboard (kling_pipeline.lockstore)
+    ├── RunLockBusy           another apply holds the storyboard (kling_pipeline.state.lockstore)
     └── (others)              an output folder that is not ours, a cache gc cannot read, ...
 
 Anything else that escapes is a bug (exit 3). A run's own result (failed shots, an interrupted

@@ -32,16 +32,16 @@ from kling_pipeline.events import CancelToken, FolderStep, OnEvent, RunEnded, Ru
 if TYPE_CHECKING:
     import httpx
 
-    from kling_pipeline.cache import Store
-    from kling_pipeline.executor import RunOptions
-    from kling_pipeline.lockfile import LockFile
-    from kling_pipeline.manifest import Manifest
-    from kling_pipeline.planner import Plan
-    from kling_pipeline.render import ShotRequest
+    from kling_pipeline.output.manifest import Manifest
+    from kling_pipeline.plan.planner import Plan
     from kling_pipeline.results import ApplyReport
-    from kling_pipeline.statusview import ShotStatus
-    from kling_pipeline.storyboard import LoadedStoryboard
+    from kling_pipeline.run.executor import RunOptions
+    from kling_pipeline.state.cache import Store
+    from kling_pipeline.state.lockfile import LockFile
+    from kling_pipeline.storyboard.load import LoadedStoryboard
+    from kling_pipeline.storyboard.render import ShotRequest
     from kling_pipeline.target import Target
+    from kling_pipeline.views.status import ShotStatus
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Project:
 
     def _load(self) -> LoadedStoryboard:
         if self._loaded is None:
-            from kling_pipeline.storyboard import load_storyboard
+            from kling_pipeline.storyboard.load import load_storyboard
 
             self._loaded = load_storyboard(self.path, cli_vars=self.variables,
                                            use_cache=self.use_cache)
@@ -135,8 +135,8 @@ class Project:
         """What `apply` would do and cost now, from the lock file and the local store; no
         network. `force` names shots to render again (paid); `only` keeps the shots whose id
         matches one of the globs."""
-        from kling_pipeline.cache import Store
-        from kling_pipeline.lockfile import read_lock
+        from kling_pipeline.state.cache import Store
+        from kling_pipeline.state.lockfile import read_lock
 
         selection = self._selection(force, only, retry_failed, resubmit_unknown)
         target = self.target
@@ -160,8 +160,8 @@ class Project:
         return Selection(tuple(force), tuple(only), retry_failed, resubmit_unknown)
 
     def _plan(self, lock: LockFile, store: Store, selection: Selection) -> Plan:
-        from kling_pipeline.planner import make_plan
-        from kling_pipeline.pricing import PriceTable
+        from kling_pipeline.plan.planner import make_plan
+        from kling_pipeline.plan.pricing import PriceTable
 
         loaded = self._load()
         return _select(make_plan(loaded.settings.name, loaded.shots, lock,
@@ -189,13 +189,13 @@ class Project:
         `transport` replaces httpx's (a test's `httpx.MockTransport`). Shots that fail are
         in the report (`report.ok`, `report.exit_code`), not raised.
         """
-        from kling_pipeline.apply import needs_network, run_jobs
-        from kling_pipeline.cache import Store
-        from kling_pipeline.jobs import make_jobs
-        from kling_pipeline.lockfile import read_lock
-        from kling_pipeline.lockstore import LockKeeper, hold_run_lock, run_lock_path
-        from kling_pipeline.outfolder import OutputFolder, check_output_folder
+        from kling_pipeline.output.folder import OutputFolder, check_output_folder
+        from kling_pipeline.plan.jobs import make_jobs
         from kling_pipeline.results import ApplyReport
+        from kling_pipeline.run.runner import needs_network, run_jobs
+        from kling_pipeline.state.cache import Store
+        from kling_pipeline.state.lockfile import read_lock
+        from kling_pipeline.state.lockstore import LockKeeper, hold_run_lock, run_lock_path
 
         if base_url is not None and not base_url.startswith(("http://", "https://")):
             raise UsageError("must start with http:// or https://", option="--base-url")
@@ -258,7 +258,7 @@ class Project:
         return given if given else api_key_from_env(self._load().settings.provider.api_key_env)
 
     def _run_options(self, jobs: int | None, max_wait: float) -> RunOptions:
-        from kling_pipeline.executor import RunOptions
+        from kling_pipeline.run.executor import RunOptions
 
         provider = self._load().settings.provider
         pace = _simulator_pace() if self.simulate else provider.requests_per_minute
@@ -287,9 +287,9 @@ class Project:
                api_key: str | None = None) -> list[ShotStatus]:
         """Every shot's state from the lock file, the store and the output folder (offline);
         `refresh` asks the API about the tasks in flight (reads only, never a submit)."""
-        from kling_pipeline.cache import Store
-        from kling_pipeline.lockfile import read_lock
-        from kling_pipeline.statusview import apply_refresh, collect_status
+        from kling_pipeline.state.cache import Store
+        from kling_pipeline.state.lockfile import read_lock
+        from kling_pipeline.views.status import apply_refresh, collect_status
 
         loaded, target = self._load(), self.target
         store = Store(target.store_root)
@@ -304,7 +304,7 @@ class Project:
                  if row.task_id and row.state in ("queued", "processing", "rendered")}
         if not tasks:
             return apply_refresh(rows, {})
-        from kling_pipeline.apply import ask_tasks
+        from kling_pipeline.run.runner import ask_tasks
 
         key = None if target.simulated else self._api_key(api_key)
         with self._server(True, base_url, key) as (url, key):
@@ -315,7 +315,7 @@ class Project:
 
     def manifest(self) -> Manifest | None:
         """What the output folder holds, as its last apply wrote it; None before the first."""
-        from kling_pipeline.manifest import read_manifest
+        from kling_pipeline.output.manifest import read_manifest
 
         return read_manifest(self.target.out_dir / "manifest.json")
 

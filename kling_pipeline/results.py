@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
 from kling_pipeline.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
-from kling_pipeline.lockfile import Output
+from kling_pipeline.state.lockfile import Output
 
 if TYPE_CHECKING:
-    from kling_pipeline.outfolder import FolderResult
-    from kling_pipeline.planner import Plan
+    from kling_pipeline.output.folder import FolderResult
+    from kling_pipeline.plan.planner import Plan
 
 Outcome = Literal["done", "up to date", "failed", "unknown", "in flight", "lost",
                   "not submitted"]

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kling_pipeline.errors import NoApiKey
-from kling_pipeline.storyboard import default_cache_dir, lock_path_for
+from kling_pipeline.storyboard.load import default_cache_dir, lock_path_for
 
 if TYPE_CHECKING:
-    from kling_pipeline.settings import BoardSettings
+    from kling_pipeline.storyboard.settings import BoardSettings
 
 SIMULATED = "simulated"
 SIMULATOR_KEY = "simulator"  # the embedded simulator accepts any non-empty key

@@ -6,11 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.simulator_fixtures import SimClient
 
 from kling_pipeline.simulator.config import SimulatorConfig
 from kling_pipeline.simulator.runner import running_simulator
-
-from simulator_fixtures import SimClient
 
 
 @pytest.fixture

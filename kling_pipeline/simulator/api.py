@@ -16,14 +16,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from kling_pipeline.endpoints import (
-    Endpoint,
-    Problem,
-    effective_duration,
-    get_endpoint,
-    validate_body,
-)
-from kling_pipeline.images import ImageProblem, check_image_bytes
 from kling_pipeline.simulator.faults import drop_connection, retry_after_value
 from kling_pipeline.simulator.renderer import clip_spec, data_uri_bytes
 from kling_pipeline.simulator.state import RAW_SEND, Simulator, simulator_of
@@ -36,6 +28,14 @@ from kling_pipeline.simulator.tasks import (
     unknown_body,
     view,
 )
+from kling_pipeline.storyboard.endpoints import (
+    Endpoint,
+    Problem,
+    effective_duration,
+    get_endpoint,
+    validate_body,
+)
+from kling_pipeline.storyboard.images import ImageProblem, check_image_bytes
 
 SUBMIT_ROUTE = "POST /v3/async/{slug}"
 RESULT_ROUTE = "GET /v3/async/task-result"

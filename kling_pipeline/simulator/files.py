@@ -11,13 +11,13 @@ from email.utils import formatdate
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kling_pipeline.endpoints import ENDPOINTS
 from kling_pipeline.simulator.api import render_key
 from kling_pipeline.simulator.faults import drop_connection
 from kling_pipeline.simulator.renderer import clip_spec
 from kling_pipeline.simulator.state import RAW_SEND, Simulator, simulator_of
 from kling_pipeline.simulator.tasks import view
 from kling_pipeline.simulator.urls import s3_error
+from kling_pipeline.storyboard.endpoints import ENDPOINTS
 
 FILES_ROUTE = "GET /_simulator/files"
 _RANGE = re.compile(r"^bytes\s*=\s*(\d*)\s*-\s*(\d*)$", re.IGNORECASE)

@@ -15,9 +15,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kling_pipeline.endpoints import Endpoint, effective_duration
-from kling_pipeline.images import ImageProblem, decode_data_uri
 from kling_pipeline.simulator.video import ClipSpec, render_clip
+from kling_pipeline.storyboard.endpoints import Endpoint, effective_duration
+from kling_pipeline.storyboard.images import ImageProblem, decode_data_uri
 
 log = logging.getLogger(__name__)
 

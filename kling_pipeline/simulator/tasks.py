@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from kling_pipeline.hashing import body_digest
+from kling_pipeline.key import body_digest
 
 Status = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED",
                  "TASK_STATUS_FAILED"]

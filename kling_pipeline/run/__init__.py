@@ -1,0 +1,2 @@
+"""Stage 3: running the jobs: the executor, its ledger of lock writes, the API client, pacing.
+"""

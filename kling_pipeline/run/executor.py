@@ -1,0 +1,557 @@
+"""Run jobs against the API: submit once, record the task id, poll, download, verify, store.
+
+The submission protocol of DESIGN.md, step by step: the intent (`submitting`) is written to the
+lock at the moment the POST's body is about to leave, and the body follows with no loop turn
+between (not before: a burst would otherwise write a dozen intents for requests that never left,
+all `unknown` after a kill); the POST is sent once, and its answer is on disk before its job does
+anything else (the job waits for the write; see `LockKeeper`). A POST is sent again only when the
+provider provably made no task; anything ambiguous leaves the shot `unknown`. Polls, downloads and
+the lock all survive a stop: whatever is in flight keeps its task id for the next run. A stop
+abandons a poll or a download at once (a read pays nothing); it never abandons a POST. A server
+that cannot be reached at all stops the run's submitting after a few seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from kling_pipeline.output.media import MediaError, probe_video
+from kling_pipeline.plan.jobs import Job
+from kling_pipeline.results import Outcome, RunReport, ShotResult
+from kling_pipeline.run.apierrors import (
+    FAILED,
+    PENDING,
+    SUCCEED,
+    AccountProblem,
+    Ambiguous,
+    ApiError,
+    EndpointRefused,
+    NotAccepted,
+    NotSent,
+    ReadUnreachable,
+    Refused,
+    TaskNotFound,
+    TaskState,
+    Transient,
+    Unreachable,
+    UrlExpired,
+)
+from kling_pipeline.run.ledger import Ledger
+from kling_pipeline.run.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
+from kling_pipeline.state.cache import CachedResult, Store
+from kling_pipeline.state.lockfile import LockEntry, Output, utc_now
+from kling_pipeline.state.lockstore import LockKeeper
+from kling_pipeline.storyboard.images import ImageProblem
+from kling_pipeline.storyboard.localimages import body_to_send
+
+if TYPE_CHECKING:
+    from kling_pipeline.run.apiclient import KlingClient
+
+T = TypeVar("T")
+
+
+class _Stopped(Exception):
+    """The run stopped while a read was waiting for the server; the read was abandoned."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How hard and how long to try; the defaults suit the real service."""
+
+    jobs: int = 4
+    requests_per_minute: int = 20
+    max_wait: float = 3600.0  # seconds a shot is polled in one run before it is left in flight
+    min_poll: float = 0.25
+    max_poll: float = 30.0
+    submit_attempts: int = 8  # tries of a POST that provably made no task
+    read_failures: int = 8  # consecutive failed task-result calls before a shot is left
+    download_attempts: int = 5
+    download_backoff: float = 0.25  # a re-fetch costs nothing; the shot stays in flight anyway
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    # No connection at all (refused, no route, no DNS): give up after this long without a single
+    # answer from the server; after `outage_after` if it answered earlier in the run.
+    unreachable_after: float = 10.0
+    outage_after: float = 120.0
+    unreachable_retry: float = 1.0  # the wait between tries of a refused connection
+    pending_polls: int = 40  # answers in a row with a status we do not know before leaving it
+
+
+class Reporter(Protocol):
+    """Where the executor says what happens (the CLI's live view or plain lines)."""
+
+    def update(self, label: str, state: str, percent: int | None = None,
+               note: str = "") -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def _verify(path: Path, expected: float | None) -> float:
+    """Decode the whole file; its duration, or MediaError if it is not the video asked for."""
+    info = probe_video(path, decode=True)
+    if expected is not None and abs(info.duration - expected) > max(1.0, 0.1 * expected):
+        raise MediaError(f"the video lasts {info.duration:.2f} s; {expected:g} s were asked for")
+    return info.duration
+
+
+async def _wait_unless(event: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`; True (at once) if `event` is or becomes set meanwhile."""
+    if seconds <= 0:
+        return event.is_set()
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+class Executor:
+    """Works a list of jobs with at most `options.jobs` at a time."""
+
+    def __init__(self, client: KlingClient | None, keeper: LockKeeper, store: Store,
+                 options: RunOptions, reporter: Reporter,
+                 on_done: Callable[[Job, Output], None] = lambda job, output: None,
+                 rng: random.Random | None = None) -> None:
+        self.client = client
+        self.ledger = Ledger(keeper)  # every lock entry the run writes is decided there
+        self.store = store
+        self.options = options
+        self.reporter = reporter
+        self.on_done = on_done
+        self.rng = rng or random.Random()
+        self.limiter = SubmitLimiter(options.requests_per_minute)
+        self.reach = Reachability(options.unreachable_after, options.outage_after)
+        self.report = RunReport()
+        self._stop = asyncio.Event()  # Ctrl-C: wind down, keep every task id
+        self._no_submit = False  # an account problem, a server out of reach, or a stop
+        self._halted = asyncio.Event()  # set with _no_submit: wakes shots waiting to submit
+        self._halt_note = ""  # what each shot not submitted says (the reason is said once)
+        self._blocked_endpoints: dict[str, str] = {}
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop submitting now; polls and downloads give up at their next wait."""
+        self.report.interrupted = True
+        self._halt("the run was interrupted")
+        self._stop.set()
+
+    def _halt(self, note: str, reason: str = "") -> None:
+        """No more submissions in this run; `reason` is said once, in the summary."""
+        if not self._no_submit:
+            self._halt_note = note
+        if reason and not self.report.stop_reason:
+            self.report.stop_reason = reason
+        self._no_submit = True
+        self._halted.set()
+
+    async def _wait_to_submit(self, seconds: float) -> bool:
+        """Wait before a submission, or return True at once when submitting has stopped."""
+        return await _wait_unless(self._halted, seconds)
+
+    async def _not_submitted(self, job: Job, previous: dict[str, LockEntry | None]) -> bool:
+        return await self._unsubmitted(job, previous, f"submitting stopped: {self._halt_note}")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait, or return True at once when the run is stopping."""
+        return await _wait_unless(self._stop, seconds)
+
+    async def _read(self, read: Awaitable[T]) -> T:
+        """Await a poll or a download, abandoning it (`_Stopped`) when the run stops, so that
+        Ctrl-C never waits for a slow or stalled answer. Never used for a submit."""
+        task = asyncio.ensure_future(read)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done():
+            await asyncio.wait({task})  # let it close its connection and file
+        if task.cancelled():
+            raise _Stopped
+        return task.result()
+
+    def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        return backoff_delay(attempt, self.options.backoff_base, self.options.backoff_cap,
+                             retry_after, self.rng)
+
+    # -- the lock --------------------------------------------------------------------------
+
+    def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
+                submitted: bool = False) -> ShotResult:
+        result = ShotResult(tuple(job.shot_ids or job.removed_ids), outcome, job.task_id, note,
+                            output, submitted)
+        self.report.results.append(result)
+        self.reporter.update(job.label, outcome, 100 if outcome == "done" else None, note)
+        return result
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, jobs: list[Job]) -> RunReport:
+        """Settle the jobs that need no network at once (one lock write for all of them),
+        then work the others, at most `options.jobs` at a time."""
+        slots = asyncio.Semaphore(max(1, self.options.jobs))
+
+        async def one(job: Job) -> None:
+            async with slots:
+                await self._job(job)
+
+        try:
+            await self._local([job for job in jobs if job.kind in ("report", "place")])
+            await asyncio.gather(*(one(job) for job in jobs
+                                   if job.kind not in ("report", "place")))
+        finally:
+            self._in_storyboard_order(jobs)
+        return self.report
+
+    async def _local(self, jobs: list[Job]) -> None:
+        """Reports and videos the store has: 10,000 shots with nothing to do are 10,000
+        results and, at most, one lock write (none when every entry already says so), not
+        10,000 tasks each awaiting a write of nothing."""
+        places = [job for job in jobs if job.kind == "place"]
+        changes = {}
+        for job in places:
+            assert job.known_output is not None
+            changes.update(self.ledger.changes(job, "done", task_id=job.task_id,
+                                               output=job.known_output,
+                                               finished_at=self.ledger.finished_at(job)))
+        await self.ledger.commit(changes)
+        for job in jobs:
+            if job.kind == "report":
+                self._report_only(job)
+            else:
+                assert job.known_output is not None
+                self.on_done(job, job.known_output)
+                self._result(job, "up to date", job.note, job.known_output)
+
+    def _in_storyboard_order(self, jobs: list[Job]) -> None:
+        """Results in the order of the jobs (the storyboard's), not the order they ended in."""
+        position = {shot_id: i for i, job in enumerate(jobs)
+                    for shot_id in job.shot_ids or job.removed_ids}
+        self.report.results.sort(key=lambda r: position.get(r.shot_ids[0], len(position))
+                                 if r.shot_ids else len(position))
+
+    def _unreachable(self, exc: ApiError) -> bool:
+        """A connection failed: True once the server has been out of reach too long, when
+        submitting stops for the whole run with one reason that names the server."""
+        if not self.reach.failed():
+            return False
+        self._halt("the server could not be reached",
+                   f"{exc}; no answer for {self.reach.waited():.0f} s. Check the base URL "
+                   "(--base-url or provider.base_url) and the network")
+        return True
+
+    async def _job(self, job: Job) -> None:
+        if self.client is None:  # cannot happen: the caller builds a client when needed
+            self._result(job, "in flight", "no API client")
+            return
+        submitted = False
+        if job.kind == "submit":
+            if not await self._submit(job, self.client):
+                return
+            submitted = True
+        elif self.stopping:
+            self._result(job, "in flight", "stopped before polling; the task id is kept")
+            return
+        state = await self._poll(job, self.client, submitted)
+        if state is None:
+            return
+        await self._download(job, self.client, state, submitted)
+
+    def _report_only(self, job: Job) -> None:
+        item = job.items[0]
+        if item.action in ("noop", "reuse"):
+            self._result(job, "lost", "recorded as done, but its video is not in the cache and "
+                                      "there is no task id to fetch it by; --force "
+                                      f"{item.id} renders it again (paid)")
+            return
+        outcome: Outcome = {"failed": "failed", "unknown": "unknown"}.get(
+            item.action, "not submitted")  # type: ignore[assignment]
+        self._result(job, outcome, item.note)
+
+    # -- submit ----------------------------------------------------------------------------
+
+    async def _submit(self, job: Job, client: KlingClient) -> bool:
+        """Submit once (again only where no task was made); True when a task id is recorded."""
+        shot = job.shot
+        assert shot is not None
+        if self._no_submit:
+            self._result(job, "not submitted", f"submitting stopped: {self._halt_note}")
+            return False
+        blocked = self._blocked_endpoints.get(shot.endpoint)
+        if blocked:
+            self._result(job, "failed", blocked)
+            return False
+        try:
+            wire = body_to_send(shot.body, shot.local_images)
+        except (ImageProblem, OSError) as exc:
+            self._result(job, "not submitted", f"{exc}")
+            return False
+        previous = self.ledger.before(job)
+        attempt = limited = unreached = 0
+        deadline = time.monotonic() + self.options.max_wait
+        while True:
+            self.reporter.update(job.label, "waiting", None, "")
+            if (not await self.limiter.acquire(shot.endpoint, self._wait_to_submit)
+                    or self._no_submit):
+                return await self._not_submitted(job, previous)
+            now = utc_now()
+            self.reporter.update(job.label, "submitting")
+
+            def sending(now: str = now) -> None:  # the body is about to leave
+                self.ledger.record_intent(job, now)
+
+            try:
+                task_id = await client.submit(shot.endpoint, wire, on_send=sending)
+            except Unreachable as exc:
+                await self.ledger.restore(previous)
+                self.limiter.forget(shot.endpoint)  # it never reached the server
+                if self._unreachable(exc):
+                    return await self._not_submitted(job, previous)
+                unreached += 1
+                delay = min(self.options.unreachable_retry, self._backoff(unreached))
+                if unreached == 1:  # the URL is named once, when the run gives up
+                    self.reporter.update(job.label, "retrying", None, "no connection yet")
+                if await self._wait_to_submit(delay):
+                    return await self._not_submitted(job, previous)
+                continue
+            except NotAccepted as exc:
+                self.reach.answered()
+                await self.ledger.restore(previous)
+                if exc.status == 429:
+                    # Provably no task, and waiting is free: a rate-limited shot is never given
+                    # up, only slowed (bounded by --max-wait like any wait of a shot).
+                    limited += 1
+                    delay = self._backoff(limited, exc.retry_after)
+                    self.limiter.pause(shot.endpoint, delay)
+                    if time.monotonic() + delay > deadline:
+                        return await self._unsubmitted(
+                            job, previous, f"still rate limited after "
+                                           f"{self.options.max_wait:g} s (--max-wait): {exc}")
+                else:
+                    attempt += 1
+                    if attempt >= self.options.submit_attempts:
+                        return await self._unsubmitted(
+                            job, previous, f"not accepted after {attempt} tries: {exc}")
+                    delay = self._backoff(attempt, exc.retry_after)
+                self.reporter.update(job.label, "retrying", None, str(exc))
+                if await self._wait_to_submit(delay):
+                    return await self._not_submitted(job, previous)
+                continue
+            except NotSent as exc:
+                await self.ledger.restore(previous)  # nothing left this machine: never ambiguous
+                self.limiter.forget(shot.endpoint)
+                self._halt("the request could not be sent", str(exc))
+                return await self._not_submitted(job, previous)
+            except Ambiguous as exc:
+                await self.ledger.write(job, "unknown", submitted_at=now,
+                                  error=f"submission not confirmed ({exc}); it may have been "
+                                        "billed")
+                self._result(job, "unknown", f"{exc}; it may have been billed "
+                                             "(--resubmit-unknown submits it again)",
+                             submitted=True)
+                return False
+            except AccountProblem as exc:
+                self.reach.answered()
+                self._halt(exc.reason or "the provider refused the account", str(exc))
+                return await self._not_submitted(job, previous)
+            except EndpointRefused as exc:
+                self._blocked_endpoints[shot.endpoint] = f"refused: {exc}"
+                return await self._refused(job, exc)
+            except Refused as exc:
+                return await self._refused(job, exc)
+            self.reach.answered()
+            job.task_id = task_id
+            await self.ledger.write(job, "queued", submitted_at=now, task_id=task_id)
+            self.reporter.update(job.label, "queued", 0, "")
+            return True
+
+    async def _unsubmitted(self, job: Job, previous: dict[str, LockEntry | None],
+                           note: str) -> bool:
+        await self.ledger.restore(previous)
+        self._result(job, "not submitted", note)
+        return False
+
+    async def _refused(self, job: Job, exc: ApiError) -> bool:
+        self.reach.answered()
+        await self.ledger.write(job, "failed", error=str(exc), finished_at=utc_now())
+        self._result(job, "failed", f"refused: {exc}")
+        return False
+
+    # -- poll ------------------------------------------------------------------------------
+
+    async def _poll(self, job: Job, client: KlingClient, fresh: bool) -> TaskState | None:
+        """Ask about the task until it ends or the ceiling; its final state if it succeeded."""
+        task_id = job.task_id
+        assert task_id is not None
+        options = self.options
+        deadline = time.monotonic() + options.max_wait
+        failures = pending = 0
+        due_since: float | None = None  # when the eta last said "more than 0 s" (or None)
+        last_error: ApiError | None = None
+        if fresh and await self._sleep(options.min_poll):
+            self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+            return None
+        last_status = ""
+        while True:
+            try:
+                state = await self._read(client.result(task_id))
+            except _Stopped:
+                self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+                return None
+            except AccountProblem as exc:
+                self._halt(exc.reason or "the provider refused the account", str(exc))
+                self._result(job, "in flight", f"cannot ask about the task: {exc}",
+                             submitted=fresh)
+                return None
+            except ReadUnreachable as exc:
+                if self._unreachable(exc):
+                    self._result(job, "in flight", "the server could not be reached; the task "
+                                                   "id is kept and the next run picks it up",
+                                 submitted=fresh)
+                    return None
+                failures += 1
+                last_error = exc
+            except TaskNotFound as exc:
+                self.reach.answered()
+                if not fresh:
+                    await self.ledger.write(
+                        job, "lost", output=job.known_output,
+                        finished_at=self.ledger.finished_at(job) if job.known_output else None,
+                        error=f"the provider no longer knows task {task_id} ({exc})")
+                    self._result(job, "lost", f"task {task_id} can no longer be fetched; "
+                                              f"--force {job.label.split()[0]} renders it again "
+                                              "(paid)")
+                    return None
+                failures += 1  # a task made moments ago: the provider may not list it yet
+                last_error = exc
+            except Transient as exc:
+                if exc.status is not None:
+                    self.reach.answered()
+                failures += 1
+                last_error = exc
+            else:
+                self.reach.answered()
+                failures = 0
+                if state.status == SUCCEED:
+                    if state.video_url:
+                        return state
+                    await self.ledger.write(job, "failed", finished_at=utc_now(),
+                                      error="the provider reported success but gave no video URL")
+                    self._result(job, "failed", "succeeded without a video URL "
+                                                "(--retry-failed renders it again)",
+                                 submitted=fresh)
+                    return None
+                if state.status == FAILED:
+                    reason = state.reason or "the task failed without a reason"
+                    await self.ledger.write(job, "failed", error=reason, finished_at=utc_now())
+                    self._result(job, "failed", f"{reason} (--retry-failed renders it again)",
+                                 submitted=fresh)
+                    return None
+                pending = pending + 1 if state.status == PENDING else 0
+                if pending > options.pending_polls:
+                    self._result(job, "in flight", f"the provider answered {state.raw_status} "
+                                                   f"{pending - 1} times in a row; the next run "
+                                                   "asks again", submitted=fresh)
+                    return None
+                if state.status != last_status and state.status != PENDING:
+                    await self.ledger.write(job, state.status)  # type: ignore[arg-type]
+                    last_status = state.status
+                self.reporter.update(job.label, state.status, state.progress, "")
+                # An eta of 0 (or none) means due now: the schedule counts from that moment.
+                if state.eta is not None and state.eta > 0:
+                    due_since = None
+                elif due_since is None:
+                    due_since = time.monotonic()
+            if failures and last_error is not None:
+                if failures >= options.read_failures:
+                    self._result(job, "in flight", f"could not ask about the task ({last_error})"
+                                                   "; the next run picks it up", submitted=fresh)
+                    return None
+                delay = self._backoff(failures, last_error.retry_after)
+            else:
+                overdue = 0.0 if due_since is None else time.monotonic() - due_since
+                delay = next_poll_delay(state.eta, overdue, options.min_poll, options.max_poll)
+            if time.monotonic() + delay > deadline:
+                self._result(job, "in flight", f"not finished after {options.max_wait:g} s "
+                                               "(--max-wait); the next run picks it up",
+                             submitted=fresh)
+                return None
+            if await self._sleep(delay):
+                self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+                return None
+
+    # -- download --------------------------------------------------------------------------
+
+    async def _download(self, job: Job, client: KlingClient, state: TaskState,
+                        fresh: bool) -> None:
+        """Fetch, verify and store the video; retried (with a fresh URL if it expired)."""
+        await self.ledger.write(job, "rendered")
+        url = state.video_url
+        problem = ""
+        for attempt in range(1, self.options.download_attempts + 1):
+            if self.stopping:
+                break
+            if url is None:
+                url = await self._fresh_url(job, client)
+                if url is None:
+                    problem = problem or "no video URL"
+                    continue
+            self.reporter.update(job.label, "downloading", None, "")
+            temp = self.store.temp_file()
+            try:
+                got = await self._read(client.download(url, temp, lambda: self.stopping))
+                duration = await asyncio.to_thread(_verify, temp, job.duration)
+                self.store.ingest(temp, got.sha256)
+            except _Stopped:
+                break
+            except UrlExpired as exc:
+                problem, url = str(exc), None
+                continue
+            except (Transient, MediaError) as exc:
+                problem = str(exc)
+                if await self._sleep(backoff_delay(attempt, self.options.download_backoff,
+                                                   self.options.backoff_cap, None, self.rng)):
+                    break
+                continue
+            finally:
+                temp.unlink(missing_ok=True)  # gone already when it was moved into the store
+            output = Output(got.sha256, got.size, round(duration, 3))
+            self.store.record(job.key, CachedResult(output, job.task_id, job.endpoint))
+            same = job.known_output is not None and job.known_output.sha256 == output.sha256
+            await self.ledger.write(job, "done", output=output, error=None,  # a re-fetch: no change
+                              finished_at=self.ledger.finished_at(job) if same else utc_now())
+            if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
+                await self.ledger.forget(job.removed_ids)
+            self.on_done(job, output)
+            note = ""
+            if job.known_output is not None and job.known_output.sha256 != output.sha256:
+                note = "fetched again by task id; the file differs from the one recorded"
+            self._result(job, "done", note, output, submitted=fresh)
+            return
+        note = "stopped before the download finished" if self.stopping else (
+            f"download failed: {problem}")
+        await self.ledger.write(job, "rendered", error=note)
+        self._result(job, "in flight", f"{note}; the task id is kept and the next run "
+                                       "downloads it", submitted=fresh)
+
+    async def _fresh_url(self, job: Job, client: KlingClient) -> str | None:
+        """Ask task-result again: a presigned URL that expired is replaced by a new one."""
+        assert job.task_id is not None
+        try:
+            state = await self._read(client.result(job.task_id))
+        except (ApiError, _Stopped):
+            return None
+        return state.video_url if state.status == SUCCEED else None

@@ -1,0 +1,3 @@
+"""Everything formatted for people: the plan, the status table, the progress and the summary of
+a run.
+"""

@@ -1,0 +1,80 @@
+"""`kling-pipeline gc` end to end: real renders from the simulator, then the cache cleaned."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+from support.apply_fixtures import apply, lock_of, write_board
+from support.simulator_fixtures import SimClient
+
+from kling_pipeline.cli import main
+from kling_pipeline.state.cache import Store
+from kling_pipeline.state.lockstore import hold_run_lock
+
+SHOTS = [("harbour", "A harbour at dawn"), ("gulls", "Gulls over the water")]
+
+
+def gc(board: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["gc", str(board), *args], env={"NO_COLOR": "1"},
+                              catch_exceptions=False)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_gc_lists_then_deletes_only_what_no_lock_references(
+        tmp_path: Path, sim: SimClient) -> None:
+    board = write_board(tmp_path, SHOTS)
+    assert apply(board, sim.base_url).exit_code == 0
+    old = lock_of(board)["gulls"]
+    write_board(tmp_path, [SHOTS[0], ("gulls", "Gulls fighting over a fish")])
+    assert apply(board, sim.base_url).exit_code == 0
+    store = Store(tmp_path / ".kling-cache")
+    referenced = {shot["output"]["sha256"] for shot in lock_of(board).values()}
+    orphan = store.object_path(old["output"]["sha256"])
+
+    listed = gc(board)
+    assert listed.exit_code == 0, listed.output
+    assert f"- {old['output']['sha256'][:12]}" in listed.output
+    assert f"task {old['task_id']}" in listed.output
+    assert "1 unreferenced object" in listed.output and "--force" in listed.output
+    assert orphan.is_file()  # listing deletes nothing
+
+    deleted = gc(board, "--force")
+    assert deleted.exit_code == 0, deleted.output
+    assert "deleted:" in deleted.output and not orphan.exists()
+    for sha in referenced:
+        assert digest(store.object_path(sha)) == sha
+    requests = sim.stats()["requests"]
+    again = apply(board, sim.base_url)  # nothing a lock needs is gone: no request, no payment
+    assert again.exit_code == 0 and "2 up to date (0 submitted" in again.output
+    assert sim.stats()["requests"] == requests
+    assert "nothing to collect" in gc(board).output
+
+
+def test_gc_waits_for_a_running_apply_and_then_stops_without_deleting(
+        tmp_path: Path, sim: SimClient) -> None:
+    board = write_board(tmp_path, SHOTS)
+    assert apply(board, sim.base_url).exit_code == 0
+    orphan = Store(tmp_path / ".kling-cache").object_path(
+        lock_of(board)["harbour"]["output"]["sha256"])
+    write_board(tmp_path, [("harbour", "A harbour at night"), SHOTS[1]])
+    assert apply(board, sim.base_url).exit_code == 0
+    with hold_run_lock(board.with_name("board.lock.json"), 0):
+        result = gc(board, "--force", "--lock-timeout", "0.2s")
+    assert result.exit_code == 1
+    assert "is working on board.lock.json" in result.output and orphan.is_file()
+
+
+def test_gc_on_a_cache_outside_the_project_says_what_it_cannot_see(
+        tmp_path: Path) -> None:
+    project = tmp_path / "film"
+    project.mkdir()
+    board = write_board(project, SHOTS)
+    result = gc(board, "--cache-dir", str(tmp_path / "shared-cache"))
+    assert result.exit_code == 0
+    assert "outside the project" in result.output and "nothing to collect" in result.output
+    assert not (tmp_path / "shared-cache").exists()
