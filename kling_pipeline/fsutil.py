@@ -26,10 +26,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def size_or_none(path: Path) -> int | None:
+def size_or_none(path: str | os.PathLike[str]) -> int | None:
     """The file's size, or None when it is not there (or cannot be read)."""
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except OSError:
         return None
 

@@ -270,7 +270,9 @@ class OutputFolder:
         old = known.get(fields["file"])
         if (old is not None and old.sha256 == output.sha256 and old.thumbnail == thumb
                 and old.width and old.height and self._thumb_intact(thumb, output.sha256)):
-            return {**fields, "thumbnail": thumb, "width": old.width, "height": old.height}
+            # its start in the cut, as last time: checked (and set anew) by _with_starts
+            return {**fields, "thumbnail": thumb, "width": old.width, "height": old.height,
+                    "start": old.start}
         early = self._early.pop(name, None)
         try:
             if early is not None and early[0] == output.sha256 and not early[1].cancelled():
@@ -313,7 +315,7 @@ class OutputFolder:
                         _with_starts(shots, inputs, starts), False)
         if not inputs or not build:
             dest.unlink(missing_ok=True)
-            return None, shots, False
+            return None, _with_starts(shots, [], []), False  # no cut: no starts
         if notify is not None:
             notify(f"making {FINAL} from {len(inputs)} shot(s)")
         try:
@@ -322,7 +324,7 @@ class OutputFolder:
         except (MediaError, OSError) as exc:
             dest.unlink(missing_ok=True)
             problems.append(f"{FINAL} could not be made: {exc}")
-            return None, shots, False
+            return None, _with_starts(shots, [], []), False  # no cut: no starts
         digest = sha256_file(dest)
         self.stamps.record(FINAL, digest)
         final = ManifestFinal(
@@ -425,7 +427,8 @@ def _with_starts(shots: list[ManifestShot], inputs: list[ManifestShot],
                  starts: list[float]) -> list[ManifestShot]:
     start_of = {shot.position: round(start, 3) for shot, start in zip(inputs, starts,
                                                                        strict=True)}
-    return [replace(shot, start=start_of.get(shot.position)) for shot in shots]
+    return [shot if shot.start == start_of.get(shot.position)
+            else replace(shot, start=start_of.get(shot.position)) for shot in shots]
 
 
 def _digest(digests: Iterable[str]) -> str:

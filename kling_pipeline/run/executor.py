@@ -224,6 +224,8 @@ class Executor:
         changes = {}
         for job in places:
             assert job.known_output is not None
+            if self.ledger.settled(job, job.known_output):
+                continue
             changes.update(self.ledger.changes(job, "done", task_id=job.task_id,
                                                output=job.known_output,
                                                finished_at=self.ledger.finished_at(job)))

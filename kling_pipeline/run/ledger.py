@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from kling_pipeline.plan.jobs import Job, entry_for
-from kling_pipeline.state.lockfile import LockEntry, Status, utc_now
+from kling_pipeline.state.lockfile import LockEntry, Output, Status, utc_now
 from kling_pipeline.state.lockstore import LockKeeper
 
 Changes = dict[str, LockEntry | None]
@@ -60,6 +60,19 @@ class Ledger:
                     entry, updated_at=old.updated_at) == old:
                 del changes[shot_id]  # nothing but the time: no rewrite
         return changes
+
+    def settled(self, job: Job, output: Output) -> bool:
+        """Every shot of the job is already done with this video, from this task: recording
+        it again would change nothing (the no-op apply of 10,000 shots asks 10,000 times)."""
+        if job.removed_ids:
+            return False
+        for shot_id in job.shot_ids:
+            entry = self.keeper.get(shot_id)
+            if (entry is None or entry.status != "done" or entry.key != job.key
+                    or entry.output != output or entry.task_id != job.task_id
+                    or entry.error is not None or entry.finished_at is None):
+                return False
+        return True
 
     def finished_at(self, job: Job) -> str:
         """When the job's video was first finished: kept across re-fetches and placements."""

@@ -108,3 +108,19 @@ def test_an_intent_is_on_disk_when_record_intent_returns(tmp_path: Path) -> None
     book.record_intent(job_for(request), OLD_TIME)
     entry = read_lock(tmp_path / "demo.lock.json", "demo").shots["a"]
     assert (entry.status, entry.submitted_at, entry.task_id) == ("submitting", OLD_TIME, None)
+
+
+def test_settled_only_when_every_shot_is_done_with_this_video_from_this_task(
+        tmp_path: Path) -> None:
+    request = shot(tmp_path)
+    output = Output("f" * 64, 1000, 3.0)
+    done = entry_for(request, "done", task_id="t-1", output=output, finished_at=OLD_TIME)
+    assert ledger(tmp_path, a=done).settled(job_for(request, "t-1"), output)
+    for other in (replace(done, status="rendered"), replace(done, task_id="t-2"),
+                  replace(done, output=Output("e" * 64, 1000, 3.0)),
+                  replace(done, key="0" * 64), replace(done, error="x"),
+                  replace(done, finished_at=None)):
+        assert not ledger(tmp_path, a=other).settled(job_for(request, "t-1"), output), other
+    assert not ledger(tmp_path).settled(job_for(request, "t-1"), output)
+    carrying = job_for(request, "t-1", removed_ids=["old"])
+    assert not ledger(tmp_path, a=done).settled(carrying, output)
