@@ -135,6 +135,7 @@ class Project:
         """What `apply` would do and cost now, from the lock file and the local store; no
         network. `force` names shots to render again (paid); `only` keeps the shots whose id
         matches one of the globs."""
+        from kling_pipeline.speed import gc_paused
         from kling_pipeline.state.cache import Store
         from kling_pipeline.state.lockfile import read_lock
 
@@ -143,7 +144,8 @@ class Project:
         lock = read_lock(target.lock_path, self.name)
         store = Store(target.store_root)  # what apply would reuse instead of paying
         try:
-            return self._plan(lock, store, selection)
+            with gc_paused():
+                return self._plan(lock, store, selection)
         finally:
             store.close()
 
@@ -193,6 +195,7 @@ class Project:
         from kling_pipeline.plan.jobs import make_jobs
         from kling_pipeline.results import ApplyReport
         from kling_pipeline.run.runner import needs_network, run_jobs
+        from kling_pipeline.speed import gc_paused
         from kling_pipeline.state.cache import Store
         from kling_pipeline.state.lockfile import read_lock
         from kling_pipeline.state.lockstore import LockKeeper, hold_run_lock, run_lock_path
@@ -212,8 +215,9 @@ class Project:
             with hold_run_lock(target.lock_path, lock_timeout):
                 had_lock = target.lock_path.exists()
                 lock = read_lock(target.lock_path, board.name)
-                plan = self._plan(lock, store, selection)
-                work, changes = make_jobs(plan, store)
+                with gc_paused():  # tens of thousands of small objects, no cycles
+                    plan = self._plan(lock, store, selection)
+                    work, changes = make_jobs(plan, store)
                 network = needs_network(work)
                 key = self._api_key(api_key) if network and not target.simulated else None
                 if on_plan is not None and on_plan(plan) is False:

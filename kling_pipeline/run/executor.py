@@ -42,8 +42,9 @@ from kling_pipeline.run.apierrors import (
     Unreachable,
     UrlExpired,
 )
-from kling_pipeline.run.ledger import Ledger
+from kling_pipeline.run.ledger import Changes, Ledger
 from kling_pipeline.run.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
+from kling_pipeline.speed import gc_paused
 from kling_pipeline.state.cache import CachedResult, Store
 from kling_pipeline.state.lockfile import LockEntry, Output, utc_now
 from kling_pipeline.state.lockstore import LockKeeper
@@ -221,7 +222,21 @@ class Executor:
         results and, at most, one lock write (none when every entry already says so), not
         10,000 tasks each awaiting a write of nothing."""
         places = [job for job in jobs if job.kind == "place"]
-        changes = {}
+        with gc_paused():
+            changes = self._placed(places)
+        await self.ledger.commit(changes)
+        with gc_paused():
+            for job in jobs:
+                if job.kind == "report":
+                    self._report_only(job)
+                else:
+                    assert job.known_output is not None
+                    self.on_done(job, job.known_output)
+                    self._result(job, "up to date", job.note, job.known_output)
+
+    def _placed(self, places: list[Job]) -> Changes:
+        """The lock changes of videos the store has (none for a shot already done with it)."""
+        changes: Changes = {}
         for job in places:
             assert job.known_output is not None
             if self.ledger.settled(job, job.known_output):
@@ -229,14 +244,7 @@ class Executor:
             changes.update(self.ledger.changes(job, "done", task_id=job.task_id,
                                                output=job.known_output,
                                                finished_at=self.ledger.finished_at(job)))
-        await self.ledger.commit(changes)
-        for job in jobs:
-            if job.kind == "report":
-                self._report_only(job)
-            else:
-                assert job.known_output is not None
-                self.on_done(job, job.known_output)
-                self._result(job, "up to date", job.note, job.known_output)
+        return changes
 
     def _in_storyboard_order(self, jobs: list[Job]) -> None:
         """Results in the order of the jobs (the storyboard's), not the order they ended in."""
