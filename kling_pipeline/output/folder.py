@@ -45,6 +45,7 @@ from kling_pipeline.output.manifest import (
     ManifestFinal,
     ManifestShot,
     manifest_json,
+    manifest_storyboard,
     read_manifest,
 )
 from kling_pipeline.output.media import MediaError, probe_video
@@ -90,11 +91,11 @@ def check_output_folder(out_dir: Path, storyboard: Path, name: str) -> None:
     if not out.is_dir():
         return
     if (out / MANIFEST).exists():
-        previous = read_manifest(out / MANIFEST)
-        if previous is not None and previous.storyboard != name:
+        owner = manifest_storyboard(out / MANIFEST)
+        if owner is not None and owner != name:
             raise KlingPipelineError(
                 f"the output folder {out_dir} holds the render of storyboard "
-                f"'{previous.storyboard}'; apply would replace it with '{name}': give each "
+                f"'{owner}'; apply would replace it with '{name}': give each "
                 "storyboard its own output folder")
         return
     foreign = [name for name in (PAGE, FINAL) if (out / name).exists()]

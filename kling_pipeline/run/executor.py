@@ -223,7 +223,7 @@ class Executor:
         10,000 tasks each awaiting a write of nothing."""
         places = [job for job in jobs if job.kind == "place"]
         with gc_paused():
-            changes = self._placed(places)
+            changes, placed = self._placed(places)
         await self.ledger.commit(changes)
         with gc_paused():
             for job in jobs:
@@ -231,20 +231,24 @@ class Executor:
                     self._report_only(job)
                 else:
                     assert job.known_output is not None
-                    self.on_done(job, job.known_output)
+                    if job.key in placed:  # a settled shot's file is the folder sync's
+                        self.on_done(job, job.known_output)
                     self._result(job, "up to date", job.note, job.known_output)
 
-    def _placed(self, places: list[Job]) -> Changes:
-        """The lock changes of videos the store has (none for a shot already done with it)."""
+    def _placed(self, places: list[Job]) -> tuple[Changes, set[str]]:
+        """The lock changes of videos the store has, and the keys of the jobs that change
+        anything (a shot already done with its video changes nothing)."""
         changes: Changes = {}
+        placed: set[str] = set()
         for job in places:
             assert job.known_output is not None
             if self.ledger.settled(job, job.known_output):
                 continue
+            placed.add(job.key)
             changes.update(self.ledger.changes(job, "done", task_id=job.task_id,
                                                output=job.known_output,
                                                finished_at=self.ledger.finished_at(job)))
-        return changes
+        return changes, placed
 
     def _in_storyboard_order(self, jobs: list[Job]) -> None:
         """Results in the order of the jobs (the storyboard's), not the order they ended in."""
