@@ -27,10 +27,21 @@ MAX_RSS_MB = 500
 _CHILD = """
 import atexit, os, resource, runpy, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+def peak_kb(usage):
+    # This process's own peak (VmHWM, reset by exec); ru_maxrss keeps the peak of the process
+    # that forked it, so a test process grown to 500 MB made every child look that big.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return usage.ru_maxrss
 def report():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     with open(os.environ["KLING_TEST_USAGE"], "w") as out:
-        out.write(f"{usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}")
+        out.write(f"{usage.ru_utime + usage.ru_stime} {peak_kb(usage)}")
 atexit.register(report)
 sys.argv = ["kling-pipeline", *sys.argv[1:]]
 runpy.run_module("kling_pipeline", run_name="__main__", alter_sys=True)
