@@ -134,6 +134,7 @@ class OutputFolder:
         # Thumbnails made while the run goes on, by video file name: (its sha256, (w, h)).
         self._early: dict[str, tuple[str, Future[tuple[int, int]]]] = {}
         self._thumbnailer: ThreadPoolExecutor | None = None
+        self._manifest_trusted = False  # set by each sync
         self.stamps = FolderStamps(out_dir, store.root)
 
     def worth_writing(self, lock: LockFile) -> bool:
@@ -177,6 +178,9 @@ class OutputFolder:
               checkpoint: Callable[[str], None]) -> FolderResult:
         previous = read_manifest(self.out_dir / MANIFEST)
         known = {s.file: s for s in previous.shots if s.file} if previous else {}
+        recorded = self.stamps.recorded(MANIFEST)
+        # Its records may be reused as they are only if the file is the one this tool wrote.
+        self._manifest_trusted = recorded is not None and self.stamps.fresh(MANIFEST, recorded)
         problems: list[str] = []
         checkpoint(SHOTS)
         try:
@@ -255,13 +259,21 @@ class OutputFolder:
         video: dict[str, Any] = {}
         if entry is not None and current and entry.status == "done" and entry.output:
             video = self._video(shot, entry.output, known, problems)
+        status = _status(shot, entry)
+        task_id = entry.task_id if entry is not None and current else None
+        error = entry.error if entry is not None and current else None
+        old = known.get(video["file"]) if "file" in video and self._manifest_trusted else None
+        if (old is not None and old.position == position and old.id == shot.id
+                and old.key == shot.key and old.status == status and old.task_id == task_id
+                and old.error == error and all(getattr(old, name) == value
+                                               for name, value in video.items())):
+            return old  # the same key means the same prompt, endpoint and duration
         return ManifestShot(
-            position=position, id=shot.id, status=_status(shot, entry), endpoint=shot.endpoint,
-            key=shot.key, task_id=entry.task_id if entry is not None and current else None,
+            position=position, id=shot.id, status=status, endpoint=shot.endpoint,
+            key=shot.key, task_id=task_id,
             prompt=prompt if isinstance(prompt, str) else None,
             multi_prompt=multi if isinstance(multi, list) else None,
-            planned_duration=float(shot.duration),
-            error=entry.error if entry is not None and current else None, **video)
+            planned_duration=float(shot.duration), error=error, **video)
 
     def _video(self, shot: ShotRequest, output: Output, known: dict[str, ManifestShot],
                problems: list[str]) -> dict[str, Any]:

@@ -140,6 +140,19 @@ def test_an_edited_page_or_manifest_is_written_again(board: Path, sim: SimClient
     assert (folder / "manifest.json").read_bytes() == manifest
 
 
+def test_a_record_edited_in_the_manifest_is_made_again_from_the_lock(
+        board: Path, sim: SimClient) -> None:
+    """The same layout, one value changed by hand: a rerun reuses last run's records only
+    from a manifest it wrote itself, so the edit does not survive."""
+    folder = folder_of(board)
+    manifest = (folder / "manifest.json").read_text()
+    assert '"prompt": "A harbour at dawn"' in manifest
+    (folder / "manifest.json").write_text(
+        manifest.replace('"prompt": "A harbour at dawn"', '"prompt": "A harbour at dusk"'))
+    rerun(board, sim)
+    assert (folder / "manifest.json").read_text() == manifest
+
+
 def test_a_changed_thumbnail_is_made_again(board: Path, sim: SimClient) -> None:
     folder = folder_of(board)
     thumb = folder / "thumbs/001-harbour.jpg"
