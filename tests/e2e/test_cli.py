@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 from support.apply_fixtures import write_board
+from support.imports import heavy_after
 from support.paths import ROOT
 
 from kling_pipeline.cli import main
@@ -20,12 +21,7 @@ vars: {subject: a fox}
 
 
 def test_help_imports_no_heavy_module() -> None:
-    code = ("import sys; from kling_pipeline.cli import main; "
-            "heavy = {'pydantic', 'jinja2', 'yaml', 'httpx', 'av', 'PIL', 'starlette', "
-            "'uvicorn', 'rich'} & set(sys.modules); print(sorted(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]"
+    assert heavy_after("from kling_pipeline.cli import main") == []
 
 
 def test_module_entry_point_runs() -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from support.apply_fixtures import write_board
+from support.imports import heavy_after
 
 import kling_pipeline
 from kling_pipeline import (
@@ -66,12 +65,7 @@ def test_every_example_of_the_doc_runs(tmp_path: Path, monkeypatch: pytest.Monke
 def test_the_exports_are_the_api_and_importing_them_is_cheap() -> None:
     for name in kling_pipeline.__all__:
         assert getattr(kling_pipeline, name) is not None, name
-    code = ("import sys, kling_pipeline; "
-            "heavy = {'pydantic', 'jinja2', 'yaml', 'httpx', 'av', 'PIL', 'starlette', "
-            "'uvicorn', 'rich'} & set(sys.modules); print(sorted(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]"
+    assert heavy_after("import kling_pipeline") == []
     with pytest.raises(AttributeError):
         kling_pipeline.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
 
