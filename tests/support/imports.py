@@ -17,5 +17,5 @@ def heavy_after(statement: str) -> list[str]:
             f"print(json.dumps(sorted(set({HEAVY!r}) & set(sys.modules))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
-    found: list[str] = eval(out.stdout.strip())
+    found: list[str] = json.loads(out.stdout)
     return found
