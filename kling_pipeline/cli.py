@@ -225,11 +225,12 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
 @resubmit_unknown_option
 @click.option("--simulate", is_flag=True,
               help="What apply --simulate would do: the simulated lock file and cache.")
+@cache_dir_option
 def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
          detailed_exitcode: bool, force: tuple[str, ...], retry_failed: bool,
-         resubmit_unknown: bool, simulate: bool) -> int:
+         resubmit_unknown: bool, simulate: bool, cache_dir: Path | None) -> int:
     """Show what a render would do and cost, without touching the network."""
-    result = _project(storyboard, variables, no_cache, simulate).plan(
+    result = _project(storyboard, variables, no_cache, simulate, cache_dir).plan(
         force=force, retry_failed=retry_failed, resubmit_unknown=resubmit_unknown)
     if as_json:
         from kling_pipeline.textsafe import json_printable

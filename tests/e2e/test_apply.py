@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from support.apply_fixtures import apply, lock_of, shot_files, statuses, submissions, write_board
 from support.simulator_fixtures import SimClient
+
+from kling_pipeline.cli import main
 
 SHOTS = [("harbour", "A harbour at dawn"), ("gulls", "Gulls over the water"),
          ("storm", "A storm rolls in")]
@@ -370,3 +374,24 @@ def test_plan_knows_the_local_cache_and_a_missing_key_stops_before_any_write(
     result = apply(board, sim.base_url, key=None)
     assert result.exit_code == 1 and "NOVITA_API_KEY" in result.output
     assert lock_file.read_bytes() == before
+
+
+def test_plan_reads_the_store_apply_used_with_cache_dir(tmp_path: Path, sim: SimClient) -> None:
+    """A prompt changed and changed back is `=` (reused from the store, no charge) in the plan,
+    when the plan looks in the store apply used; it used to look only in the default one."""
+    store = tmp_path / "elsewhere"
+    board = write_board(tmp_path, [("a", "a heron at dawn")])
+    assert apply(board, sim.base_url, "--cache-dir", str(store)).exit_code == 0
+    write_board(tmp_path, [("a", "a heron at dusk")])
+    assert apply(board, sim.base_url, "--cache-dir", str(store)).exit_code == 0
+    write_board(tmp_path, [("a", "a heron at dawn")])
+
+    def action(*args: str) -> str:
+        printed = CliRunner().invoke(main, ["plan", str(board), "--json", *args])
+        assert printed.exit_code == 0, printed.output
+        shot: str = json.loads(printed.output)["shots"][0]["action"]
+        return shot
+
+    assert action("--cache-dir", str(store)) == "reuse"
+    assert action() == "update"
+
