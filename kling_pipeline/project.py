@@ -207,7 +207,8 @@ class Project:
                              "of them")
         selection = self._selection(force, only, retry_failed, resubmit_unknown)
         board, target = self._load().settings, self.target
-        check_output_folder(target.out_dir, self.path, board.name)
+        check_output_folder(target.out_dir, self.path, board.name, cache=(
+            target.store_root.parent if target.simulated else target.store_root))
         if not run_lock_path(target.lock_path).exists():
             read_lock(target.lock_path, board.name)  # a bad lock file: stop before making one
         store = Store(target.store_root)

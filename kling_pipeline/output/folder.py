@@ -78,9 +78,11 @@ class FolderResult:
         return sum(1 for shot in self.manifest.shots if shot.file)
 
 
-def check_output_folder(out_dir: Path, storyboard: Path, name: str) -> None:
+def check_output_folder(out_dir: Path, storyboard: Path, name: str,
+                        cache: Path | None = None) -> None:
     """Refuse a folder that apply would share with things it must not touch: the storyboard's
-    own folder, someone else's page or video, another storyboard's output."""
+    own folder, a git repository's `.git`, the cache (`cache`), someone else's page or video,
+    another storyboard's output."""
     out = out_dir.resolve()
     home = storyboard.resolve().parent
     if out == home or out in home.parents:
@@ -88,6 +90,14 @@ def check_output_folder(out_dir: Path, storyboard: Path, name: str) -> None:
             f"the output folder {out_dir} holds the storyboard itself; apply rewrites "
             f"{PAGE}, {FINAL} and {MANIFEST} there: choose a folder of its own "
             "(the default is renders/<name>/)")
+    if ".git" in out.parts:
+        raise KlingPipelineError(
+            f"the output folder {out_dir} is inside a git repository's .git folder: choose a "
+            "folder of its own (the default is renders/<name>/)")
+    if cache is not None and (out == cache.resolve() or cache.resolve() in out.parents):
+        raise KlingPipelineError(
+            f"the output folder {out_dir} is inside the cache {cache}, which gc cleans: "
+            "choose a folder of its own (the default is renders/<name>/)")
     if not out.is_dir():
         return
     if (out / MANIFEST).exists():

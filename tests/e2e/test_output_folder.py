@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 from support.apply_fixtures import apply, lock_of, write_board
@@ -212,6 +213,23 @@ def test_the_output_setting_and_out_choose_the_folder(tmp_path: Path, sim: SimCl
     elsewhere = tmp_path / "elsewhere"
     assert apply(board, sim.base_url, "--out", str(elsewhere)).exit_code == 0
     assert manifest_of(elsewhere)["final"] is not None
+
+
+@pytest.mark.parametrize(("output", "says"), [
+    (".git/renders", "inside a git repository's .git folder"),
+    (".kling-cache/renders", "inside the cache"),
+    (".kling-cache", "inside the cache"),
+])
+def test_an_output_folder_in_git_or_the_cache_is_refused_before_anything_is_written(
+        tmp_path: Path, sim: SimClient, output: str, says: str) -> None:
+    (tmp_path / ".git").mkdir()
+    board = write_board(tmp_path, SHOTS, extra=f"{VARS}\noutput: {output}")
+    result = apply(board, sim.base_url)
+    assert result.exit_code == 1 and says in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / output / "index.html").exists()
+    assert not (tmp_path / "board.lock.json").exists()
+    assert sim.stats()["submissions_total"] == 0
 
 
 def test_an_output_folder_holding_the_storyboard_is_refused_before_anything_is_written(
