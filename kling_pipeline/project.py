@@ -32,12 +32,15 @@ from kling_pipeline.events import CancelToken, FolderStep, OnEvent, RunEnded, Ru
 if TYPE_CHECKING:
     import httpx
 
+    from kling_pipeline.output.folder import FolderResult
     from kling_pipeline.output.manifest import Manifest
+    from kling_pipeline.plan.jobs import Job
     from kling_pipeline.plan.planner import Plan
-    from kling_pipeline.results import ApplyReport
+    from kling_pipeline.results import ApplyReport, RunReport
     from kling_pipeline.run.executor import RunOptions
     from kling_pipeline.state.cache import Store
     from kling_pipeline.state.lockfile import LockFile
+    from kling_pipeline.state.lockstore import LockKeeper
     from kling_pipeline.storyboard.load import LoadedStoryboard
     from kling_pipeline.storyboard.render import ShotRequest
     from kling_pipeline.target import Target
@@ -68,6 +71,18 @@ class Selection:
     only: tuple[str, ...] = ()  # id globs: work on these shots only
     retry_failed: bool = False
     resubmit_unknown: bool = False  # may pay twice: the user asked
+
+
+@dataclass(frozen=True)
+class _Run:
+    """How a run goes: `jobs` at once, each polled up to `max_wait` s, against `base_url`
+    (or the storyboard's) with `key`; `network`: some job asks the API something."""
+
+    jobs: int | None
+    max_wait: float
+    base_url: str | None
+    key: str | None
+    network: bool
 
 
 class Project:
@@ -191,31 +206,21 @@ class Project:
         `transport` replaces httpx's (a test's `httpx.MockTransport`). Shots that fail are
         in the report (`report.ok`, `report.exit_code`), not raised.
         """
-        from kling_pipeline.output.folder import OutputFolder, check_output_folder
         from kling_pipeline.plan.jobs import make_jobs
         from kling_pipeline.results import ApplyReport
-        from kling_pipeline.run.runner import needs_network, run_jobs
+        from kling_pipeline.run.runner import needs_network
         from kling_pipeline.speed import gc_paused
         from kling_pipeline.state.cache import Store
         from kling_pipeline.state.lockfile import read_lock
-        from kling_pipeline.state.lockstore import LockKeeper, hold_run_lock, run_lock_path
+        from kling_pipeline.state.lockstore import LockKeeper, hold_run_lock
 
-        if base_url is not None and not base_url.startswith(("http://", "https://")):
-            raise UsageError("must start with http:// or https://", option="--base-url")
-        if self.simulate and base_url:
-            raise UsageError("--simulate and --base-url choose different servers; give one "
-                             "of them")
-        selection = self._selection(force, only, retry_failed, resubmit_unknown)
-        board, target = self._load().settings, self.target
-        check_output_folder(target.out_dir, self.path, board.name, cache=(
-            target.store_root.parent if target.simulated else target.store_root))
-        if not run_lock_path(target.lock_path).exists():
-            read_lock(target.lock_path, board.name)  # a bad lock file: stop before making one
+        selection = self._preflight(force, only, retry_failed, resubmit_unknown, base_url)
+        target = self.target
         store = Store(target.store_root)
         try:
             with hold_run_lock(target.lock_path, lock_timeout):
                 had_lock = target.lock_path.exists()
-                lock = read_lock(target.lock_path, board.name)
+                lock = read_lock(target.lock_path, self.name)
                 with gc_paused():  # tens of thousands of small objects, no cycles
                     plan = self._plan(lock, store, selection)
                     work, changes = make_jobs(plan, store)
@@ -226,36 +231,70 @@ class Project:
                 keeper = LockKeeper(target.lock_path, lock)
                 keeper.put(changes)
                 store.clean_tmp()
-                folder = OutputFolder(target.out_dir, self._load().shots, store,
-                                      storyboard=board.name, simulated=target.simulated)
-                options = self._run_options(jobs, max_wait)
-                run = None
-                try:
-                    on_event(RunStarted(len(work)))
-                    try:
-                        with self._server(network, base_url, key) as (url, key):
-                            run = run_jobs(work, base_url=url, api_key=key, keeper=keeper,
-                                           store=store, options=options, on_event=on_event,
-                                           on_done=folder.place_job, cancel=cancel,
-                                           transport=transport)
-                    finally:
-                        on_event(RunEnded())
-                finally:
-                    if not had_lock:  # a run that recorded nothing leaves no lock file
-                        keeper.discard_if_empty()
-                    # Even after a crash the folder shows what is done; only a whole run
-                    # makes a cut. A run with nothing to show makes no folder at all.
-                    result = folder.sync(
-                        keeper.lock, build_final=run is not None and not run.interrupted,
-                        notify=lambda step: on_event(FolderStep(step)),
-                    ) if folder.worth_writing(keeper.lock) else None
+                run, folder = self._run_and_fill(
+                    work, keeper, store, had_lock, _Run(jobs, max_wait, base_url, key, network),
+                    on_event, cancel, transport)
         finally:
             store.close()
-        assert run is not None  # run_jobs returned (it raised otherwise)
         covered = {shot_id for shot in run.results for shot_id in shot.shot_ids}
         missing = tuple(item.id for item in plan.items
                         if item.action != "remove" and item.id not in covered)
-        return ApplyReport(plan, run, missing, result)
+        return ApplyReport(plan, run, missing, folder)
+
+    def _preflight(self, force: Sequence[str], only: Sequence[str], retry_failed: bool,
+                   resubmit_unknown: bool, base_url: str | None) -> Selection:
+        """Everything that can be refused before the run lock is taken or a file is made:
+        the options, the selection, the output folder, a lock file that cannot be read."""
+        from kling_pipeline.output.folder import check_output_folder
+        from kling_pipeline.state.lockfile import read_lock
+        from kling_pipeline.state.lockstore import run_lock_path
+
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            raise UsageError("must start with http:// or https://", option="--base-url")
+        if self.simulate and base_url:
+            raise UsageError("--simulate and --base-url choose different servers; give one "
+                             "of them")
+        selection = self._selection(force, only, retry_failed, resubmit_unknown)
+        target = self.target
+        check_output_folder(target.out_dir, self.path, self.name, cache=(
+            target.store_root.parent if target.simulated else target.store_root))
+        if not run_lock_path(target.lock_path).exists():
+            read_lock(target.lock_path, self.name)  # a bad lock file: stop before making one
+        return selection
+
+    def _run_and_fill(self, work: list[Job], keeper: LockKeeper, store: Store, had_lock: bool,
+                      how: _Run, on_event: OnEvent, cancel: CancelToken | None,
+                      transport: httpx.AsyncBaseTransport | None,
+                      ) -> tuple[RunReport, FolderResult | None]:
+        """Run the jobs, then bring the output folder in line with the lock, even when the
+        run ends in an exception (the folder shows what is done; only a whole run makes a
+        cut; a run with nothing to show makes no folder)."""
+        from kling_pipeline.output.folder import OutputFolder
+        from kling_pipeline.run.runner import run_jobs
+
+        target = self.target
+        folder = OutputFolder(target.out_dir, self._load().shots, store,
+                              storyboard=self.name, simulated=target.simulated)
+        run = None
+        try:
+            on_event(RunStarted(len(work)))
+            try:
+                with self._server(how.network, how.base_url, how.key) as (url, key):
+                    run = run_jobs(work, base_url=url, api_key=key, keeper=keeper, store=store,
+                                   options=self._run_options(how.jobs, how.max_wait),
+                                   on_event=on_event, on_done=folder.place_job, cancel=cancel,
+                                   transport=transport)
+            finally:
+                on_event(RunEnded())
+        finally:
+            if not had_lock:  # a run that recorded nothing leaves no lock file
+                keeper.discard_if_empty()
+            result = folder.sync(
+                keeper.lock, build_final=run is not None and not run.interrupted,
+                notify=lambda step: on_event(FolderStep(step)),
+            ) if folder.worth_writing(keeper.lock) else None
+        assert run is not None  # run_jobs returned (it raised otherwise)
+        return run, result
 
     def _api_key(self, given: str | None) -> str:
         from kling_pipeline.target import api_key_from_env
