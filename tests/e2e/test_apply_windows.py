@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -146,32 +147,56 @@ def test_a_final_mp4_of_someone_else_is_still_refused(tmp_path: Path) -> None:
 # -- item 2: what never left the process is not unknown ----------------------------------------
 
 @pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A port whose listener never accepts: with a backlog of 0 the kernel completes one
-    connection (whose request then sits unread in a buffer) and leaves the others hanging in
-    the handshake, so their requests never leave the client."""
+def silent_server() -> Iterator[socket.socket]:
+    """A listener that never accepts: with a backlog of 0 the kernel completes a connection
+    or two (whose requests then sit unread in a buffer) and leaves the others hanging in the
+    handshake, so their requests never leave the client."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
     try:
-        yield listener.getsockname()[1]
+        yield listener
     finally:
         listener.close()
 
 
+def bodies_received(listener: socket.socket) -> set[str]:
+    """The prompts of the requests whose whole body reached the listener's kernel: every
+    connection it completed, accepted now and read to its end (the client is dead)."""
+    prompts: set[str] = set()
+    listener.setblocking(False)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return prompts
+        with conn:
+            conn.settimeout(2)
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        if length is not None and len(body) >= int(length.group(1)):
+            prompts.add(json.loads(body)["prompt"])
+
+
 def test_a_kill_before_the_bytes_leave_leaves_the_shot_resumable_without_asking(
-        tmp_path: Path, silent_server: int, server: str, sim: SimClient) -> None:
+        tmp_path: Path, silent_server: socket.socket, server: str, sim: SimClient) -> None:
+    """Exactly the shots whose body reached the server are `submitting`; the rest are
+    not in the lock and the next run submits them, once each, without asking."""
     shots = [(f"s{i}", f"Burst shot {i}") for i in range(6)]
     board = tmp_path / "board.yaml"
     board.write_text(storyboard_text(shots), encoding="utf-8")
     lock_path = tmp_path / "board.lock.json"
+    port = silent_server.getsockname()[1]
     child = subprocess.Popen(
         [sys.executable, "-m", "kling_pipeline", "apply", str(board), "--yes", "--jobs", "6",
-         "--base-url", f"http://127.0.0.1:{silent_server}"],
+         "--base-url", f"http://127.0.0.1:{port}"],
         env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not lock_path.exists():  # the first request's headers are about to be sent
+        while not lock_path.exists():  # the first request's body is about to be sent
             assert time.monotonic() < deadline and child.poll() is None
             time.sleep(0.01)
         time.sleep(1.0)  # every other job is waiting for its connection by now
@@ -179,7 +204,10 @@ def test_a_kill_before_the_bytes_leave_leaves_the_shot_resumable_without_asking(
         child.send_signal(signal.SIGKILL)
         child.wait()
     entries = json.loads(lock_path.read_text())["shots"]
-    assert 1 <= len(entries) <= 2 and {e["status"] for e in entries.values()} == {"submitting"}
+    prompts = dict(shots)
+    assert {e["status"] for e in entries.values()} == {"submitting"}
+    assert {prompts[shot_id] for shot_id in entries} == bodies_received(silent_server)
+    assert len(entries) < len(shots)  # the listener held back most of the burst
     sent = set(entries)
 
     result = apply(board, server)
