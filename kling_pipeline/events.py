@@ -74,11 +74,6 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._count > 0
 
-    @property
-    def count(self) -> int:
-        """How many times `cancel` was called."""
-        return self._count
-
     def cancel(self) -> None:
         with self._lock:
             self._count += 1

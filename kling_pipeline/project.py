@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -135,9 +136,10 @@ class Project:
     def name(self) -> str:
         return self._load().settings.name
 
-    @property
+    @functools.cached_property
     def target(self) -> Target:
-        """Where runs of this storyboard read and write."""
+        """Where runs of this storyboard read and write (once: the storyboard is loaded
+        once, and the options are fixed when the project is opened)."""
         from kling_pipeline.target import target_for
 
         return target_for(self.path, self._load().settings, simulate=self.simulate,

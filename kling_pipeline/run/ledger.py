@@ -100,8 +100,8 @@ class Ledger:
 
     async def restore(self, previous: Changes) -> None:
         """Put entries back as they were (a submission that provably made no task)."""
-        await self.keeper.commit(dict(previous))
+        await self.commit(dict(previous))
 
     async def forget(self, shot_ids: Iterable[str]) -> None:
         """Drop entries (removed shots whose video is safe in the store)."""
-        await self.keeper.commit(dict.fromkeys(shot_ids))
+        await self.commit(dict.fromkeys(shot_ids))

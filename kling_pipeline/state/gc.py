@@ -41,9 +41,9 @@ from typing import Any
 from kling_pipeline.errors import KlingPipelineError, LockFileError
 from kling_pipeline.sizes import human_size
 from kling_pipeline.state.lockfile import LockFile, read_lock
+from kling_pipeline.target import SIMULATED
 from kling_pipeline.textsafe import clip, printable
 
-SIMULATED = "simulated"  # target.SIMULATED (target loads the storyboard models; gc needs none)
 LOCK_SUFFIX = ".lock.json"
 SIMULATED_LOCK_SUFFIX = f".{SIMULATED}{LOCK_SUFFIX}"
 SKIPPED_FOLDERS = frozenset({"node_modules", "renders"})

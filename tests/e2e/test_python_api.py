@@ -176,6 +176,7 @@ def test_a_token_cancelled_before_the_run_submits_nothing_and_says_interrupted(
     board = write_board(tmp_path, [("a", "a heron"), ("b", "a kite")])
     api, cancel = FakeApi(), CancelToken()
     cancel.cancel()
+    assert cancel.cancelled
     report = Project.open(board).apply(api_key="sk-test", base_url=BASE, cancel=cancel,
                                        transport=httpx.MockTransport(api))
     assert api.posts == [] and report.interrupted and report.exit_code == 130
