@@ -144,7 +144,6 @@ class OutputFolder:
         # Thumbnails made while the run goes on, by video file name: (its sha256, (w, h)).
         self._early: dict[str, tuple[str, Future[tuple[int, int]]]] = {}
         self._thumbnailer: ThreadPoolExecutor | None = None
-        self._manifest_trusted = False  # set by each sync
         self.stamps = FolderStamps(out_dir, store.root)
 
     def worth_writing(self, lock: LockFile) -> bool:
@@ -190,12 +189,13 @@ class OutputFolder:
         known = {s.file: s for s in previous.shots if s.file} if previous else {}
         recorded = self.stamps.recorded(MANIFEST)
         # Its records may be reused as they are only if the file is the one this tool wrote.
-        self._manifest_trusted = recorded is not None and self.stamps.fresh(MANIFEST, recorded)
+        ours = recorded is not None and self.stamps.fresh(MANIFEST, recorded)
+        reusable = known if ours else {}
         problems: list[str] = []
         checkpoint(SHOTS)
         try:
-            shots = [self._shot(position, shot, lock.shots.get(shot.id), known, problems)
-                     for position, shot in enumerate(self.shots, 1)]
+            shots = [self._shot(position, shot, lock.shots.get(shot.id), known, reusable,
+                                problems) for position, shot in enumerate(self.shots, 1)]
         finally:
             if self._thumbnailer is not None:
                 self._thumbnailer.shutdown(wait=True, cancel_futures=True)
@@ -258,8 +258,10 @@ class OutputFolder:
                         simulated=self.simulated, page=PAGE, final=final, shots=shots)
 
     def _shot(self, position: int, shot: ShotRequest, entry: LockEntry | None,
-              known: dict[str, ManifestShot], problems: list[str]) -> ManifestShot:
-        """One shot's record, its video linked and its thumbnail made when it is rendered.
+              known: dict[str, ManifestShot], reusable: dict[str, ManifestShot],
+              problems: list[str]) -> ManifestShot:
+        """One shot's record, its video linked and its thumbnail made when it is rendered;
+        last run's record itself (from `reusable`) when nothing about the shot changed.
 
         The record is made once, with all its fields (`dataclasses.replace`, two or three
         times a shot, was a tenth of a no-op sync)."""
@@ -272,7 +274,7 @@ class OutputFolder:
         status = _status(shot, entry)
         task_id = entry.task_id if entry is not None and current else None
         error = entry.error if entry is not None and current else None
-        old = known.get(video["file"]) if "file" in video and self._manifest_trusted else None
+        old = reusable.get(video["file"]) if "file" in video else None
         if (old is not None and old.position == position and old.id == shot.id
                 and old.key == shot.key and old.status == status and old.task_id == task_id
                 and old.error == error and all(getattr(old, name) == value
