@@ -152,7 +152,6 @@ class Project:
         """What `apply` would do and cost now, from the lock file and the local store; no
         network. `force` names shots to render again (paid); `only` keeps the shots whose id
         matches one of the globs."""
-        from kling_pipeline.speed import gc_paused
         from kling_pipeline.state.cache import Store
         from kling_pipeline.state.lockfile import read_lock
 
@@ -161,8 +160,7 @@ class Project:
         lock = read_lock(target.lock_path, self.name)
         store = Store(target.store_root)  # what apply would reuse instead of paying
         try:
-            with gc_paused():
-                return self._plan(lock, store, selection)
+            return self._plan(lock, store, selection)
         finally:
             store.close()
 
@@ -211,7 +209,6 @@ class Project:
         from kling_pipeline.plan.jobs import make_jobs
         from kling_pipeline.results import ApplyReport
         from kling_pipeline.run.runner import needs_network
-        from kling_pipeline.speed import gc_paused
         from kling_pipeline.state.cache import Store
         from kling_pipeline.state.lockfile import read_lock
         from kling_pipeline.state.lockstore import LockKeeper, hold_run_lock
@@ -223,9 +220,8 @@ class Project:
             with hold_run_lock(target.lock_path, lock_timeout):
                 had_lock = target.lock_path.exists()
                 lock = read_lock(target.lock_path, self.name)
-                with gc_paused():  # tens of thousands of small objects, no cycles
-                    plan = self._plan(lock, store, selection)
-                    work, changes = make_jobs(plan, store)
+                plan = self._plan(lock, store, selection)
+                work, changes = make_jobs(plan, store)
                 network = needs_network(work)
                 key = self._api_key(api_key) if network and not target.simulated else None
                 if on_plan is not None and on_plan(plan) is False:

@@ -53,7 +53,6 @@ from kling_pipeline.output.names import FINAL, MANIFEST, PAGE, SHOTS, THUMBS, sh
 from kling_pipeline.output.stamps import FolderStamps, sha256_file
 from kling_pipeline.output.thumbnails import write_thumbnail
 from kling_pipeline.plan.jobs import Job
-from kling_pipeline.speed import gc_paused
 from kling_pipeline.state.cache import Store, place
 from kling_pipeline.state.lockfile import LockEntry, LockFile, Output
 from kling_pipeline.storyboard.render import ShotRequest
@@ -180,11 +179,6 @@ class OutputFolder:
         run) keeps a final cut that is still current and removes one that is not. `notify`
         hears of the slow step (the final cut) before it starts; `checkpoint` hears of every
         file about to be written (a test kills the process there)."""
-        with gc_paused():  # 10,000 records and their manifest: many objects, no cycles
-            return self._sync(lock, build_final, notify, checkpoint)
-
-    def _sync(self, lock: LockFile, build_final: bool, notify: Callable[[str], None] | None,
-              checkpoint: Callable[[str], None]) -> FolderResult:
         previous = read_manifest(self.out_dir / MANIFEST)
         known = {s.file: s for s in previous.shots if s.file} if previous else {}
         recorded = self.stamps.recorded(MANIFEST)

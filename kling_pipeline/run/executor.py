@@ -44,7 +44,6 @@ from kling_pipeline.run.apierrors import (
 )
 from kling_pipeline.run.ledger import Changes, Ledger
 from kling_pipeline.run.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
-from kling_pipeline.speed import gc_paused
 from kling_pipeline.state.cache import CachedResult, Store
 from kling_pipeline.state.lockfile import LockEntry, Output, utc_now
 from kling_pipeline.state.lockstore import LockKeeper
@@ -222,18 +221,16 @@ class Executor:
         results and, at most, one lock write (none when every entry already says so), not
         10,000 tasks each awaiting a write of nothing."""
         places = [job for job in jobs if job.kind == "place"]
-        with gc_paused():
-            changes, placed = self._placed(places)
+        changes, placed = self._placed(places)
         await self.ledger.commit(changes)
-        with gc_paused():
-            for job in jobs:
-                if job.kind == "report":
-                    self._report_only(job)
-                else:
-                    assert job.known_output is not None
-                    if job.key in placed:  # a settled shot's file is the folder sync's
-                        self.on_done(job, job.known_output)
-                    self._result(job, "up to date", job.note, job.known_output)
+        for job in jobs:
+            if job.kind == "report":
+                self._report_only(job)
+            else:
+                assert job.known_output is not None
+                if job.key in placed:  # a settled shot's file is the folder sync's
+                    self.on_done(job, job.known_output)
+                self._result(job, "up to date", job.note, job.known_output)
 
     def _placed(self, places: list[Job]) -> tuple[Changes, set[str]]:
         """The lock changes of videos the store has, and the keys of the jobs that change
