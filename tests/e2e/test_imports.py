@@ -3,10 +3,6 @@
 A command runs in a fresh interpreter (`cli.main([...], standalone_mode=False)`), then prints
 `sorted(sys.modules)`; the test names the modules it must not have pulled in. Offline commands
 never need the HTTP stack, the video codecs, the simulator's server or the live progress view.
-
-Cases marked `xfail(strict=True)` fail today because of an import chain outside the load/plan
-modules (named in the reason); strict means they turn into failures the day they pass, which is
-the signal to remove the mark.
 """
 
 from __future__ import annotations
@@ -52,19 +48,12 @@ COMMANDS = {
     "gc": ["gc", "{board}"],
     "--help": ["--help"],
 }
-# (command, module) -> why it is still imported, for a strict xfail; empty since the façade
-# (project.py imports the runner, the HTTP client and the simulator only where they are used).
-KNOWN: dict[tuple[str, str], str] = {}
-
-
 def _cases() -> list[object]:
     cases: list[object] = []
     for command in COMMANDS:
         never = {"--help": HELP_NEVER, "gc": GC_NEVER}.get(command, OFFLINE_NEVER)
         for module in never:
-            reason = KNOWN.get((command, module))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            cases.append(pytest.param(command, module, marks=marks, id=f"{command}-{module}"))
+            cases.append(pytest.param(command, module, id=f"{command}-{module}"))
     return cases
 
 
