@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from kling_pipeline.output.manifest import (
 )
 from kling_pipeline.output.media import MediaError, probe_video
 from kling_pipeline.output.names import FINAL, MANIFEST, PAGE, SHOTS, THUMBS, shot_file_name
+from kling_pipeline.output.recipe import Recipe, folder_recipe, rendered_output, shot_status
 from kling_pipeline.output.stamps import FolderStamps, sha256_file
 from kling_pipeline.output.thumbnails import write_thumbnail
 from kling_pipeline.plan.jobs import Job
@@ -67,14 +68,29 @@ class FolderResult:
     """What the folder holds after a sync, for the run's summary."""
 
     out_dir: Path
-    manifest: Manifest
+    final: ManifestFinal | None       # the final cut's record; None when there is none
+    shots: int                        # shots in the storyboard
+    absent: tuple[tuple[str, str], ...]  # (id, status) of the shots with no video here
     final_built: bool                 # made in this sync (False: kept, or there is none)
     strangers: list[str]              # files apply did not make, left where they are
     problems: list[str] = field(default_factory=list)  # what could not be made, and why
+    made: Manifest | None = field(default=None, repr=False, compare=False)
 
     @property
     def rendered(self) -> int:
-        return sum(1 for shot in self.manifest.shots if shot.file)
+        return self.shots - len(self.absent)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The folder's manifest: the one this sync made, or (a sync that found nothing to
+        do reads no manifest) the file, read on first use."""
+        if self.made is None:
+            found = read_manifest(self.out_dir / MANIFEST)
+            if found is None:
+                raise KlingPipelineError(f"{self.out_dir / MANIFEST} cannot be read")
+            object.__setattr__(self, "made", found)
+        assert self.made is not None
+        return self.made
 
 
 def check_output_folder(out_dir: Path, storyboard: Path, name: str,
@@ -179,6 +195,11 @@ class OutputFolder:
         run) keeps a final cut that is still current and removes one that is not. `notify`
         hears of the slow step (the final cut) before it starts; `checkpoint` hears of every
         file about to be written (a test kills the process there)."""
+        recipe = folder_recipe(self.storyboard, self.simulated, self.shots, lock, self.store,
+                               CUT_VERSION)
+        unchanged = self._unchanged(recipe)
+        if unchanged is not None:
+            return unchanged
         previous = read_manifest(self.out_dir / MANIFEST)
         known = {s.file: s for s in previous.shots if s.file} if previous else {}
         recorded = self.stamps.recorded(MANIFEST)
@@ -204,8 +225,26 @@ class OutputFolder:
         checkpoint("tidy")
         strangers = self._tidy(manifest.files())
         self.stamps.keep_only(manifest.files() | {MANIFEST})
+        whole = build_final and not problems
+        self.stamps.remember((recipe.digest, None if final is None else asdict(final))
+                             if whole else None)
         self.stamps.save()
-        return FolderResult(self.out_dir, manifest, built, strangers, problems)
+        return FolderResult(self.out_dir, final, len(shots), recipe.absent, built, strangers,
+                            problems, manifest)
+
+    def _unchanged(self, recipe: Recipe) -> FolderResult | None:
+        """The folder as the last whole sync left it, when it was made from this very recipe
+        and every file it stamped is still as it was; None when anything differs."""
+        made = self.stamps.made_from()
+        if made is None or made[0] != recipe.digest or not self.stamps.all_fresh():
+            return None
+        try:
+            final = None if made[1] is None else ManifestFinal(**made[1])
+        except TypeError:
+            return None  # a record of another shape: make the folder the long way
+        strangers = self._tidy(self.stamps.names())
+        return FolderResult(self.out_dir, final, len(self.shots), recipe.absent, False,
+                            strangers)
 
     def _page_and_manifest(self, manifest: Manifest, previous: Manifest | None,
                            checkpoint: Callable[[str], None]) -> None:
@@ -262,12 +301,13 @@ class OutputFolder:
         prompt = shot.body.get("prompt")
         multi = shot.body.get("multi_prompt")
         current = entry is not None and entry.key == shot.key
-        video: dict[str, Any] = {}
-        if entry is not None and current and entry.status == "done" and entry.output:
-            video = self._video(shot, entry.output, known, problems)
-        status = _status(shot, entry)
+        output = rendered_output(shot, entry)
+        video = self._video(shot, output, known, problems) if output is not None else {}
+        status = shot_status(shot, entry)
         task_id = entry.task_id if entry is not None and current else None
-        error = entry.error if entry is not None and current else None
+        # a video the lock names but the store lost says so in its own words
+        error = video.pop("error", None) or (entry.error if entry is not None and current
+                                             else None)
         old = reusable.get(video["file"]) if "file" in video else None
         if (old is not None and old.position == position and old.id == shot.id
                 and old.key == shot.key and old.status == status and old.task_id == task_id
@@ -440,12 +480,6 @@ def _thumbnail(video: Path, dest: Path) -> tuple[int, int]:
     info = probe_video(video, decode=False)
     write_thumbnail(video, dest)
     return info.width, info.height
-
-
-def _status(shot: ShotRequest, entry: LockEntry | None) -> str:
-    if entry is None:
-        return "pending"
-    return entry.status if entry.key == shot.key else "changed"
 
 
 def _with_starts(shots: list[ManifestShot], inputs: list[ManifestShot],

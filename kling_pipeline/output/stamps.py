@@ -12,6 +12,10 @@ The stamps live in the store (`<store>/folders/<digest of the folder's path>.jso
 folder: they describe one machine's files (inodes), and the folder's manifest stays the same
 bytes for the same render. Losing them costs one full check, never a wrong folder. The file is
 rewritten (atomically) only when a stamp changed.
+
+Beside the stamps lies the folder's recipe (recipe.py) when the last sync left the folder whole:
+the digest of its inputs and the final cut's record. Same recipe, every stamp holding: the
+folder is exactly what a sync would make, and the sync has nothing to do.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from kling_pipeline.fsutil import atomic_write_bytes
 
-STAMPS_VERSION = 1
+STAMPS_VERSION = 1  # an older reader ignores the "recipe" (and a writer drops it: safe)
 Stat = tuple[int, int, int, int]  # size, mtime_ns, inode, device
 
 
@@ -56,6 +61,7 @@ class FolderStamps:
         self._dir = os.fspath(out_dir)  # joined 30,000 times by a no-op sync of 10,000 shots
         key = hashlib.sha256(str(out_dir.resolve()).encode("utf-8")).hexdigest()[:32]
         self.path = store_root / "folders" / f"{key}.json"
+        self._recipe: tuple[str, dict[str, Any] | None] | None = None
         self._stamps = self._read()
         self._changed = False
 
@@ -67,8 +73,13 @@ class FolderStamps:
             if data.get("version") != STAMPS_VERSION or data.get("folder") != str(
                     self.out_dir.resolve()):
                 return {}
-            return {str(name): ((int(a), int(b), int(c), int(d)), str(what))
-                    for name, (a, b, c, d, what) in data["files"].items()}
+            stamps = {str(name): ((int(a), int(b), int(c), int(d)), str(what))
+                      for name, (a, b, c, d, what) in data["files"].items()}
+            recipe = data.get("recipe")
+            if isinstance(recipe, dict) and isinstance(recipe.get("digest"), str) and (
+                    recipe.get("final") is None or isinstance(recipe["final"], dict)):
+                self._recipe = (recipe["digest"], recipe["final"])
+            return stamps
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}
 
@@ -99,6 +110,27 @@ class FolderStamps:
             self._stamps[name] = stamp
         self._changed = True
 
+    def names(self) -> set[str]:
+        """Every stamped file."""
+        return set(self._stamps)
+
+    def all_fresh(self) -> bool:
+        """True when every stamped file's stat is the one recorded: the folder is as the last
+        sync left it (a stat a file, no reading)."""
+        folder = self._dir
+        return all(stamp[0] == stat_of(f"{folder}/{name}")
+                   for name, stamp in self._stamps.items())
+
+    def made_from(self) -> tuple[str, dict[str, Any] | None] | None:
+        """The recipe the last whole sync recorded: its digest and the final cut's record."""
+        return self._recipe
+
+    def remember(self, recipe: tuple[str, dict[str, Any] | None] | None) -> None:
+        """Record the recipe of the folder as it now is (None: it is not whole)."""
+        if recipe != self._recipe:
+            self._recipe = recipe
+            self._changed = True
+
     def keep_only(self, names: set[str]) -> None:
         """Forget the stamps of files the folder no longer holds."""
         gone = [name for name in self._stamps if name not in names]
@@ -111,7 +143,10 @@ class FolderStamps:
         if not self._changed:
             return
         files = {name: [*stat, what] for name, (stat, what) in sorted(self._stamps.items())}
-        data = {"version": STAMPS_VERSION, "folder": str(self.out_dir.resolve()), "files": files}
+        recipe = None if self._recipe is None else {"digest": self._recipe[0],
+                                                    "final": self._recipe[1]}
+        data = {"version": STAMPS_VERSION, "folder": str(self.out_dir.resolve()),
+                "recipe": recipe, "files": files}
         try:
             atomic_write_bytes(self.path, json.dumps(data, separators=(",", ":")).encode())
         except OSError:

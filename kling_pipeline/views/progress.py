@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from kling_pipeline.output.names import PAGE
 from kling_pipeline.results import INTERRUPTED, OUTCOMES, SUCCESSFUL, RunReport, ShotResult
 from kling_pipeline.textsafe import NOTE_LIMIT, clip, printable
 
@@ -178,12 +179,12 @@ _LISTED = 8  # shots named in a one-line list before "and N more"
 
 
 def render_folder(folder: FolderResult) -> str:
-    """Where the results are, what the final cut holds, and what apply left alone."""
-    manifest = folder.manifest
-    total = len(manifest.shots)
+    """Where the results are, what the final cut holds, and what apply left alone (from the
+    sync's result alone: a folder with nothing to do reads no manifest)."""
+    total = folder.shots
     lines = [f"Output: {printable(str(folder.out_dir))}/",
-             f"  {clip(manifest.page):<11}  the contact sheet: open it in a browser"]
-    final = manifest.final
+             f"  {PAGE:<11}  the contact sheet: open it in a browser"]
+    final = folder.final
     if final is None:
         lines.append("  final.mp4    not made: no shot is rendered yet")
     else:
@@ -192,7 +193,7 @@ def render_folder(folder: FolderResult) -> str:
                      f"{total - len(final.missing)}"
                      f" of {total} shots, {final.width}x{final.height} at {final.fps:g} fps"
                      f" ({state})")
-    absent = [f"{clip(s.id)} ({clip(s.status)})" for s in manifest.shots if not s.file]
+    absent = [f"{clip(shot_id)} ({clip(status)})" for shot_id, status in folder.absent]
     shown = ", ".join(absent[:_LISTED]) + (f" and {len(absent) - _LISTED} more"
                                            if len(absent) > _LISTED else "")
     lines.append(f"  {'shots/':<11}  {folder.rendered} of {total} videos"
