@@ -19,9 +19,12 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainValidator,
+    Tag,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -29,7 +32,7 @@ from kling_pipeline.storyboard.endpoints import ENDPOINTS, price_names
 from kling_pipeline.storyboard.fieldnames import FIELD_ALIASES, is_template
 from kling_pipeline.textsafe import described, looks_like_secret
 
-__all__ = ["FIELD_ALIASES", "PRICE_NAMES", "Price", "Shot", "ShotFields", "Storyboard",
+__all__ = ["FIELD_ALIASES", "PRICE_NAMES", "FrameOf", "Price", "Shot", "ShotFields", "Storyboard",
            "StoryboardHead", "extension_keys", "is_template", "storyboard_schema"]
 
 SCHEMA_ID = "https://kling-pipeline.dev/schemas/storyboard.schema.json"
@@ -195,6 +198,45 @@ class MultiPromptPart(_Strict):
     duration: Integer = Field(description="Seconds of this part")
 
 
+FRAME_CHOICES = ("first", "last")
+
+
+class FrameOf(_Strict):
+    """A frame of another shot's video as this shot's image: `{shot: opening, frame: last}`
+    or `{shot: wave-2, at: 2.5}`. The other shot is rendered first; the frame's bytes stand
+    for the image in the key, as a local file's do."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "oneOf": [{"required": ["frame"]}, {"required": ["at"]}]})
+
+    shot: str = Field(min_length=1, description="Id of the shot whose video gives the frame "
+                                                "(a template: a foreach item may name the "
+                                                "shot before it)")
+    frame: Literal["first", "last"] | None = Field(
+        default=None, description="The first or the last frame of that video")
+    at: Number | None = Field(default=None, description="Seconds into that video: the frame "
+                                                        "on screen at that time")
+
+    @model_validator(mode="after")
+    def _one_frame(self) -> FrameOf:
+        if (self.frame is None) == (self.at is None):
+            raise _refused("frame_choice", "give one of frame: first|last or at: <seconds>"
+                           if self.frame is None else
+                           "give frame or at, not both")
+        return self
+
+
+def _image_kind(value: Any) -> str:
+    """A mapping is a frame of another shot; anything else must be a path or URL (text)."""
+    return FRAME_TAG if isinstance(value, dict | FrameOf) else PATH_TAG
+
+
+# The tags appear in pydantic's error locations; validation.py drops them from the path.
+PATH_TAG, FRAME_TAG = "<path>", "<frame>"
+Image: TypeAlias = Annotated[Annotated[str, Tag(PATH_TAG)] | Annotated[FrameOf, Tag(FRAME_TAG)],
+                             Discriminator(_image_kind)]
+
+
 class ShotFields(_Strict):
     """Request fields a shot or the defaults may set (storyboard names)."""
 
@@ -203,12 +245,14 @@ class ShotFields(_Strict):
     negative_prompt: str | None = Field(default=None, description="Template")
     multi_prompt: list[MultiPromptPart] | None = Field(
         default=None, description="Multi-shot parts; excludes prompt and end_image")
-    image: str | None = Field(default=None, validation_alias=_also("image"),
-                              description="First frame: a path relative to the storyboard, or "
-                                          "an http(s) URL (also spelled image_url)")
-    end_image: str | None = Field(default=None, validation_alias=_also("end_image"),
-                                  description="End frame: path or URL (also spelled "
-                                              "end_image_url)")
+    image: Image | None = Field(default=None, validation_alias=_also("image"),
+                                description="First frame: a path relative to the storyboard, "
+                                            "an http(s) URL, or a frame of another shot "
+                                            "({shot: id, frame: first|last} or {shot: id, at: "
+                                            "seconds}); also spelled image_url")
+    end_image: Image | None = Field(default=None, validation_alias=_also("end_image"),
+                                    description="End frame: path, URL or a frame of another "
+                                                "shot (also spelled end_image_url)")
     duration: Integer | None = None
     aspect_ratio: str | None = Field(default=None, description="16:9, 9:16 or 1:1 (t2v models)")
     sound: Boolean | None = None

@@ -29,6 +29,8 @@ from kling_pipeline.storyboard.endpoints import (
     wire_body,
 )
 from kling_pipeline.storyboard.fieldnames import FIELD_ALIASES, REQUEST_FIELDS, is_template
+from kling_pipeline.storyboard.frameinput import FrameInput
+from kling_pipeline.storyboard.graph import graph_problems
 from kling_pipeline.storyboard.images import ImageProblem
 from kling_pipeline.storyboard.localimages import ImageInspector, LocalImage
 from kling_pipeline.storyboard.templating import (
@@ -69,6 +71,21 @@ class ShotRequest:
     key: str
     duration: int
     sound: bool
+    frames: tuple[FrameInput, ...] = ()  # images that are frames of other shots' videos
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """The shots whose frames this one takes, each once."""
+        return tuple(dict.fromkeys(frame.shot for frame in self.frames))
+
+
+@dataclass(frozen=True)
+class _FrameValue:
+    """A rendered `{shot: ..., frame|at: ...}` before it is tied to its field."""
+
+    shot: str
+    frame: str | None
+    at: float | None
 
 
 @dataclass
@@ -216,6 +233,7 @@ class StoryboardRenderer:
         self.problems = _Problems(source)
         self.snippets = Snippets(snippets, renderer)
         self._vars_fingerprints: dict[int, str] = {}  # id(shot) -> digest of its vars
+        self._named: set[str] = set()  # ids of shots that did not build (for the graph check)
 
     @cached_property
     def defaults(self) -> dict[str, Any]:
@@ -260,6 +278,8 @@ class StoryboardRenderer:
                 memo.put(memo_key, good)
             shots += good
         self._check_unique_ids(shots)
+        for problem in graph_problems(shots, self._named):
+            self.problems.add(problem.path, problem.message, problem.shot)
         return shots, self.problems.finish()
 
     def _over_the_shot_limit(self) -> set[int]:
@@ -333,6 +353,7 @@ class StoryboardRenderer:
         shot_id = render(shot.id, (*here, "id"), None)
         label = shot_id
         if shot_id is not None:
+            self._named.add(shot_id)
             reason = shot_is_safe_id(shot_id)
             if reason:
                 self.problems.add((*here, "id"), f"{shown(shot_id)} {reason}"
@@ -375,6 +396,7 @@ class StoryboardRenderer:
                 if len(from_defaults) == 1:
                     del values[from_defaults[0]]
         images = self._images(endpoint, values, origin, label)
+        frames = self._frames(endpoint, values, origin)
         for problem in check_values(endpoint, values):
             if failed and (problem.path[0] in failed or problem.message.startswith("is required")):
                 continue  # already reported: the field did not render
@@ -386,7 +408,24 @@ class StoryboardRenderer:
         return ShotRequest(
             id=shot_id, entry=entry, endpoint=slug, body=body, local_images=images,
             take=shot.take, key=request_key(slug, body, shot.take),
-            duration=effective_duration(endpoint, body), sound=bool(values.get("sound", False)))
+            duration=effective_duration(endpoint, body), sound=bool(values.get("sound", False)),
+            frames=frames)
+
+    @staticmethod
+    def _frames(endpoint: Endpoint, values: dict[str, Any],
+                origin: Mapping[str, tuple[str | int, ...]]) -> tuple[FrameInput, ...]:
+        """The image fields that name frames of other shots; the body holds a placeholder
+        for each until the frame is known (a field the model does not take is left as it is,
+        for check_values to report)."""
+        found: list[FrameInput] = []
+        for name, value in values.items():
+            spec = endpoint.by_name.get(name)
+            if isinstance(value, _FrameValue) and spec is not None:
+                frame = FrameInput(name, spec.wire, value.shot, value.frame, value.at,
+                                   origin[name])
+                found.append(frame)
+                values[name] = frame.placeholder
+        return tuple(found)
 
     def _merge(self, shot: Shot, here: tuple[str | int, ...], label: str | None
                ) -> tuple[dict[str, Any], dict[str, tuple[str | int, ...]]]:
@@ -414,6 +453,8 @@ class StoryboardRenderer:
         """The value with its templates rendered and typed as the endpoint wants it."""
         if spec is None:
             return value  # check_values reports the field the model does not take
+        if spec.kind == "image" and not isinstance(value, str):
+            return self._frame_value(value, path, render, label)
         if spec.kind == "multi_prompt":
             parts = []
             for i, part in enumerate(value):
@@ -425,6 +466,23 @@ class StoryboardRenderer:
                 parts.append({"prompt": prompt, "duration": seconds})
             return parts
         return self._scalar(spec.kind, value, path, render, label)
+
+    def _frame_value(self, value: Any, path: tuple[str | int, ...], render: Any,
+                     label: str | None) -> Any:
+        """`{shot: <template>, frame: first|last}` or `{shot: ..., at: <seconds>}`, rendered."""
+        shot_id = render(value.shot, (*path, "shot"), label)
+        at = None
+        if value.at is not None:
+            at = self._scalar("number", value.at, (*path, "at"), render, label)
+            if at is _MISSING:
+                return _MISSING
+            if not math.isfinite(at) or at < 0:
+                self.problems.add((*path, "at"), f"must be a time in seconds, 0 or more, not "
+                                                 f"{at:g}", label)
+                return _MISSING
+        if shot_id is None:
+            return _MISSING
+        return _FrameValue(shot_id.strip(), value.frame, at)
 
     def _scalar(self, kind: str, value: Any, path: tuple[str | int, ...], render: Any,
                 label: str | None) -> Any:

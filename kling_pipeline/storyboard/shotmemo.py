@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kling_pipeline import __version__
+from kling_pipeline.storyboard.frameinput import FrameInput
 from kling_pipeline.storyboard.images import ImageProblem
 from kling_pipeline.storyboard.localimages import ImageInspector, LocalImage
 from kling_pipeline.storyboard.memo import JsonMemo
@@ -27,7 +28,8 @@ def code_fingerprint() -> str:
     """Changes whenever this package's code changes (version, and size+mtime of its modules)."""
     package = Path(__file__).parent
     stats = []
-    for path in sorted(package.glob("*.py")):
+    # the key (key.py) is made while rendering, so its module counts as this package's
+    for path in [*sorted(package.glob("*.py")), package.parent / "key.py"]:
         stat = path.stat()
         stats.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return fingerprint([__version__, stats])
@@ -44,7 +46,8 @@ def _to_memo(shot: ShotRequest) -> dict[str, Any]:
     return {"id": shot.id, "endpoint": shot.endpoint, "body": shot.body, "take": shot.take,
             "key": shot.key, "duration": shot.duration, "sound": shot.sound,
             "images": {wire: [str(i.path), i.sha256, i.mime, i.width, i.height, i.size]
-                       for wire, i in shot.local_images.items()}}
+                       for wire, i in shot.local_images.items()},
+            "frames": [frame.to_json() for frame in shot.frames]}
 
 
 class ShotMemo:
@@ -79,7 +82,8 @@ class ShotMemo:
             shots.append(ShotRequest(
                 id=record["id"], entry=entry, endpoint=record["endpoint"], body=record["body"],
                 local_images=images, take=record["take"], key=record["key"],
-                duration=record["duration"], sound=record["sound"]))
+                duration=record["duration"], sound=record["sound"],
+                frames=tuple(FrameInput.from_json(f, entry) for f in record.get("frames", ()))))
         self.hits += 1
         return shots
 

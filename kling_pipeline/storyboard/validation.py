@@ -11,7 +11,7 @@ from pydantic_core import ErrorDetails
 
 from kling_pipeline.errors import Diagnostic
 from kling_pipeline.storyboard.endpoints import type_name
-from kling_pipeline.storyboard.models import FIELD_ALIASES, Storyboard
+from kling_pipeline.storyboard.models import FIELD_ALIASES, FRAME_TAG, PATH_TAG, Storyboard
 from kling_pipeline.storyboard.templating import suggest
 from kling_pipeline.storyboard.yamlsource import YamlSource, format_path
 from kling_pipeline.textsafe import described, shown, yaml_spelling
@@ -45,6 +45,7 @@ API_KEY_ENV_MESSAGE = (
     "NOVITA_API_KEY (letters, digits and _, not starting with a digit), not the key itself; "
     "the value given is not such a name and is not shown here in case it is a key: put the "
     "key in that environment variable and remove it from the storyboard")
+_UNION_TAGS = frozenset({PATH_TAG, FRAME_TAG})  # a union's branch, not a key of the file
 _ARTICLES = {"null": "null", "boolean": "a boolean", "integer": "a number", "number": "a number"}
 
 
@@ -54,13 +55,18 @@ def _unwrap(annotation: Any) -> Any:
         origin = get_origin(annotation)
         if origin in (Union, types.UnionType):
             non_null = [a for a in get_args(annotation) if a is not type(None)]
-            if len(non_null) != 1:
+            models = [a for a in non_null if _is_model(_unwrap(a))]
+            if len(non_null) != 1 and len(models) != 1:
                 return annotation
-            annotation = non_null[0]
+            annotation = non_null[0] if len(non_null) == 1 else models[0]
         elif origin is not None and hasattr(annotation, "__metadata__"):
             annotation = get_args(annotation)[0]
         else:
             return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def model_at(path: Iterable[str | int]) -> type[BaseModel] | None:
@@ -149,7 +155,7 @@ def diagnostics_from(errors: Iterable[ErrorDetails], source: YamlSource) -> list
     """One readable, located diagnostic per pydantic error."""
     found: list[Diagnostic] = []
     for error in errors:
-        loc = tuple(error["loc"])
+        loc = tuple(part for part in error["loc"] if part not in _UNION_TAGS)
         if error["type"] == "extra_forbidden":
             found.append(_unknown_key(source, loc[:-1], str(loc[-1])))
             continue
