@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from kling_pipeline.output.folder import FolderResult
     from kling_pipeline.output.manifest import Manifest
+    from kling_pipeline.plan.inputs import Resolution, Resolver
     from kling_pipeline.plan.jobs import Job
     from kling_pipeline.plan.planner import Plan
     from kling_pipeline.results import ApplyReport, RunReport
@@ -181,11 +182,32 @@ class Project:
         from kling_pipeline.plan.pricing import PriceTable
 
         loaded = self._load()
-        return _select(make_plan(loaded.settings.name, loaded.shots, lock,
+        resolution = self._shots(lock, store)
+        return _select(make_plan(loaded.settings.name, resolution.shots, lock,
                                 PriceTable(loaded.settings.provider.prices),
                                 force=selection.force, retry_failed=selection.retry_failed,
                                 resubmit_unknown=selection.resubmit_unknown,
-                                cached=store.lookup), selection.only)
+                                cached=store.lookup, waiting=resolution.waiting),
+                       selection.only)
+
+    def _shots(self, lock: LockFile, store: Store) -> Resolution:
+        """The shots with the keys the lock and the store make exact: a shot that takes a
+        frame of another is keyed by the frame's bytes once that video is here."""
+        from kling_pipeline.plan.inputs import Inputs, Resolution
+
+        shots = self._load().shots
+        if not any(shot.frames for shot in shots):
+            return Resolution(shots)  # no frames: nothing to extract or look up
+        return Inputs(store).resolve_all(shots, lock)
+
+    def _resolver(self, store: Store, selection: Selection) -> Resolver:
+        from kling_pipeline.plan.inputs import Inputs, Resolver
+        from kling_pipeline.plan.pricing import PriceTable
+
+        settings = self._load().settings
+        return Resolver(Inputs(store), settings.name, PriceTable(settings.provider.prices),
+                        force=selection.force, retry_failed=selection.retry_failed,
+                        resubmit_unknown=selection.resubmit_unknown)
 
     # -- apply ---------------------------------------------------------------------------
 
@@ -229,9 +251,11 @@ class Project:
                 keeper = LockKeeper(target.lock_path, lock)
                 keeper.put(changes)
                 store.clean_tmp()
+                resolver = self._resolver(store, selection) if any(
+                    job.waits_for for job in work) else None
                 run, folder = self._run_and_fill(
                     work, keeper, store, had_lock, _Run(jobs, max_wait, base_url, key, network),
-                    on_event, cancel, transport)
+                    on_event, cancel, transport, resolver)
         finally:
             store.close()
         covered = {shot_id for shot in run.results for shot_id in shot.shot_ids}
@@ -262,7 +286,7 @@ class Project:
 
     def _run_and_fill(self, work: list[Job], keeper: LockKeeper, store: Store, had_lock: bool,
                       how: _Run, on_event: OnEvent, cancel: CancelToken | None,
-                      transport: httpx.AsyncBaseTransport | None,
+                      transport: httpx.AsyncBaseTransport | None, resolver: Resolver | None,
                       ) -> tuple[RunReport, FolderResult | None]:
         """Run the jobs, then bring the output folder in line with the lock, even when the
         run ends in an exception (the folder shows what is done; only a whole run makes a
@@ -281,7 +305,7 @@ class Project:
                     run = run_jobs(work, base_url=url, api_key=key, keeper=keeper, store=store,
                                    options=self._run_options(how.jobs, how.max_wait),
                                    on_event=on_event, on_done=folder.place_job, cancel=cancel,
-                                   transport=transport)
+                                   transport=transport, resolver=resolver)
             finally:
                 on_event(RunEnded())
         finally:
@@ -290,6 +314,7 @@ class Project:
             result = folder.sync(
                 keeper.lock, build_final=run is not None and not run.interrupted,
                 notify=lambda step: on_event(FolderStep(step)),
+                as_run=self._shots(keeper.lock, store).shots,
             ) if folder.worth_writing(keeper.lock) else None
         assert run is not None  # run_jobs returned (it raised otherwise)
         return run, result
@@ -336,8 +361,8 @@ class Project:
         loaded, target = self._load(), self.target
         store = Store(target.store_root)
         try:
-            rows = collect_status(loaded.shots, read_lock(target.lock_path, loaded.settings.name),
-                                  store, target.out_dir)
+            lock = read_lock(target.lock_path, loaded.settings.name)
+            rows = collect_status(self._shots(lock, store).shots, lock, store, target.out_dir)
         finally:
             store.close()
         if not refresh:
@@ -363,12 +388,26 @@ class Project:
 
 
 def _select(plan: Plan, only: Sequence[str]) -> Plan:
-    """Keep the shots whose id matches one of the globs; removals wait for a run of them all."""
+    """Keep the shots whose id matches one of the globs, and the shots whose frames they wait
+    for (said in their notes, as Terraform's -target does); removals wait for a run of them
+    all."""
     if not only:
         return plan
-    kept = [item for item in plan.items if item.action != "remove"
-            and any(fnmatch.fnmatchcase(item.id, pattern) for pattern in only)]
-    return replace(plan, items=kept)
+    by_id = {item.id: item for item in plan.items if item.action != "remove"}
+    kept = {item_id: item for item_id, item in by_id.items()
+            if any(fnmatch.fnmatchcase(item_id, pattern) for pattern in only)}
+    work = list(kept.values())
+    while work:
+        item = work.pop()
+        for upstream in item.waits_for:
+            if upstream in kept or upstream not in by_id:
+                continue
+            needed = by_id[upstream]
+            note = f"rendered for {item.id}, which needs its frame (not in --only)"
+            kept[upstream] = replace(needed, note=f"{needed.note}; {note}" if needed.note
+                                     else note)
+            work.append(kept[upstream])
+    return replace(plan, items=[kept[item.id] for item in plan.items if item.id in kept])
 
 
 def _simulator_pace() -> int:

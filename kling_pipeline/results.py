@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from kling_pipeline.plan.planner import Plan
 
 Outcome = Literal["done", "up to date", "failed", "unknown", "in flight", "lost",
-                  "not submitted"]
+                  "not submitted", "blocked"]  # blocked: an input shot has no video
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)  # the summary's order
 SUCCESSFUL: frozenset[str] = frozenset({"done", "up to date"})
 INTERRUPTED = "interrupted"  # a planned shot the run never reached (it has no ShotResult)

@@ -190,11 +190,15 @@ class OutputFolder:
 
     def sync(self, lock: LockFile, *, build_final: bool = True,
              notify: Callable[[str], None] | None = None,
-             checkpoint: Callable[[str], None] = lambda step: None) -> FolderResult:
+             checkpoint: Callable[[str], None] = lambda step: None,
+             as_run: list[ShotRequest] | None = None) -> FolderResult:
         """Bring the whole folder in line with the lock; `build_final=False` (an interrupted
         run) keeps a final cut that is still current and removes one that is not. `notify`
         hears of the slow step (the final cut) before it starts; `checkpoint` hears of every
-        file about to be written (a test kills the process there)."""
+        file about to be written (a test kills the process there). `as_run`: the shots as the
+        run left them (a shot that took a frame of another has its exact key only then)."""
+        if as_run is not None:
+            self.shots = as_run
         recipe = folder_recipe(self.storyboard, self.simulated, self.shots, lock, self.store,
                                CUT_VERSION)
         unchanged = self._unchanged(recipe)

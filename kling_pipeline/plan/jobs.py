@@ -33,6 +33,7 @@ class Job:
     known_output: Output | None = None
     note: str = ""
     items: list[PlanItem] = field(default_factory=list)
+    waits_for: tuple[str, ...] = ()  # shots whose frames make this job's key exact first
 
     @property
     def label(self) -> str:
@@ -121,4 +122,6 @@ def make_jobs(plan: Plan, store: Store) -> tuple[list[Job], dict[str, LockEntry 
                 job.known_output = source.output
         if item.note and not job.note:
             job.note = item.note
+        if item.waits_for and item.action != "blocked":
+            job.waits_for = tuple(dict.fromkeys((*job.waits_for, *item.waits_for)))
     return list(jobs.values()), changes

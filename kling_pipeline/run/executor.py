@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from kling_pipeline.frames import FrameError
 from kling_pipeline.output.media import MediaError, probe_video
 from kling_pipeline.plan.jobs import Job
-from kling_pipeline.results import Outcome, RunReport, ShotResult
+from kling_pipeline.results import SUCCESSFUL, Outcome, RunReport, ShotResult
 from kling_pipeline.run.apierrors import (
     FAILED,
     PENDING,
@@ -51,6 +52,7 @@ from kling_pipeline.storyboard.images import ImageProblem
 from kling_pipeline.storyboard.localimages import body_to_send
 
 if TYPE_CHECKING:
+    from kling_pipeline.plan.inputs import Resolver
     from kling_pipeline.run.apiclient import KlingClient
 
 T = TypeVar("T")
@@ -117,8 +119,9 @@ class Executor:
     def __init__(self, client: KlingClient | None, keeper: LockKeeper, store: Store,
                  options: RunOptions, reporter: Reporter,
                  on_done: Callable[[Job, Output], None] = lambda job, output: None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, resolver: Resolver | None = None) -> None:
         self.client = client
+        self.resolver = resolver  # for jobs that wait for frames of other shots
         self.ledger = Ledger(keeper)  # every lock entry the run writes is decided there
         self.store = store
         self.options = options
@@ -133,6 +136,8 @@ class Executor:
         self._halted = asyncio.Event()  # set with _no_submit: wakes shots waiting to submit
         self._halt_note = ""  # what each shot not submitted says (the reason is said once)
         self._blocked_endpoints: dict[str, str] = {}
+        # How each shot of the run ended, for the jobs that wait for its frames.
+        self._finished: dict[str, asyncio.Future[tuple[Outcome, Output | None]]] = {}
 
     # -- control -------------------------------------------------------------------------
 
@@ -194,6 +199,10 @@ class Executor:
         result = ShotResult(tuple(job.shot_ids or job.removed_ids), outcome, job.task_id, note,
                             output, submitted)
         self.report.results.append(result)
+        for shot_id in job.shot_ids:
+            finished = self._finished.get(shot_id)
+            if finished is not None and not finished.done():
+                finished.set_result((outcome, output))
         self.reporter.update(job.label, outcome, 100 if outcome == "done" else None, note)
         return result
 
@@ -203,18 +212,59 @@ class Executor:
         """Settle the jobs that need no network at once (one lock write for all of them),
         then work the others, at most `options.jobs` at a time."""
         slots = asyncio.Semaphore(max(1, self.options.jobs))
+        loop = asyncio.get_running_loop()
+        self._finished = {shot_id: loop.create_future() for job in jobs
+                          for shot_id in job.shot_ids}
 
         async def one(job: Job) -> None:
+            if job.waits_for:  # its key waits for frames of shots of this run
+                ready = await self._after_inputs(job)
+                if ready is None:
+                    return
+                if ready.kind in ("report", "place"):
+                    await self._local([ready])
+                    return
+                job = ready
             async with slots:
                 await self._job(job)
 
         try:
-            await self._local([job for job in jobs if job.kind in ("report", "place")])
+            await self._local([job for job in jobs if job.kind in ("report", "place")
+                               and not job.waits_for])
             await asyncio.gather(*(one(job) for job in jobs
-                                   if job.kind not in ("report", "place")))
+                                   if job.kind not in ("report", "place") or job.waits_for))
         finally:
             self._in_storyboard_order(jobs)
         return self.report
+
+    async def _after_inputs(self, job: Job) -> Job | None:
+        """Wait until every shot `job` takes a frame of has ended, then make its key exact
+        and decide it again (None: it cannot go, and its result says why)."""
+        videos: dict[str, Output] = {}
+        for upstream in job.waits_for:
+            finished = self._finished.get(upstream)
+            if finished is None:
+                self._result(job, "blocked", f"needs a frame of {upstream!r}, which this run "
+                                             "does not render")
+                return None
+            outcome, output = await finished
+            if outcome not in SUCCESSFUL or output is None:
+                self._result(job, "blocked", f"needs a frame of {upstream!r}, which is "
+                                             f"{outcome}")
+                return None
+            videos[upstream] = output
+        if self.stopping or self.resolver is None:
+            self._result(job, "not submitted", "the run stopped before its input frames were "
+                                               "ready")
+            return None
+        self.reporter.update(job.label, "taking frames", None,
+                             ", ".join(f"from {up}" for up in job.waits_for))
+        try:
+            exact = await asyncio.to_thread(self.resolver.exact, job, videos)
+        except (FrameError, ImageProblem) as exc:
+            self._result(job, "blocked", str(exc))
+            return None
+        return self.resolver.job_for(job, exact, self.ledger.keeper.lock)
 
     async def _local(self, jobs: list[Job]) -> None:
         """Reports and videos the store has: 10,000 shots with nothing to do are 10,000

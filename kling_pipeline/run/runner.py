@@ -22,6 +22,7 @@ from kling_pipeline.state.lockstore import LockKeeper
 if TYPE_CHECKING:
     import httpx
 
+    from kling_pipeline.plan.inputs import Resolver
     from kling_pipeline.run.apiclient import KlingClient
 
 
@@ -68,14 +69,16 @@ def _cancelled_by(cancel: CancelToken, executor: Executor, reporter: Reporter,
 async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keeper: LockKeeper,
                store: Store, options: RunOptions, reporter: Reporter,
                on_done: Callable[[Job, str], None], cancel: CancelToken,
-               transport: httpx.AsyncBaseTransport | None) -> RunReport:
+               transport: httpx.AsyncBaseTransport | None,
+               resolver: Resolver | None = None) -> RunReport:
     async with contextlib.AsyncExitStack() as stack:
         client = None
         if base_url and api_key:  # an HTTP client only for a run that asks the API something
             client = await stack.enter_async_context(_client(base_url, api_key, options,
                                                              transport))
         executor = Executor(client, keeper, store, options, reporter,
-                            on_done=lambda job, output: on_done(job, output.sha256))
+                            on_done=lambda job, output: on_done(job, output.sha256),
+                            resolver=resolver)
         main = asyncio.ensure_future(executor.run(jobs))
         with _cancelled_by(cancel, executor, reporter, main):
             try:
@@ -107,12 +110,14 @@ async def _client(base_url: str, api_key: str, options: RunOptions,
 def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
              keeper: LockKeeper, store: Store, options: RunOptions, on_event: OnEvent,
              on_done: Callable[[Job, str], None], cancel: CancelToken | None = None,
-             transport: httpx.AsyncBaseTransport | None = None) -> RunReport:
-    """Run the jobs to the end (or to a stop); every state change is already in the lock."""
+             transport: httpx.AsyncBaseTransport | None = None,
+             resolver: Resolver | None = None) -> RunReport:
+    """Run the jobs to the end (or to a stop); every state change is already in the lock.
+    `resolver` makes exact the keys of jobs that wait for frames of other shots."""
     try:
         return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options,
                                 _Reporting(on_event), on_done, cancel or CancelToken(),
-                                transport))
+                                transport, resolver))
     finally:
         keeper.settle()  # a change a cancelled job made while a write was under way
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from kling_pipeline.key import IMAGE_DIGEST_PREFIX
 from kling_pipeline.plan.planner import Plan, PlanItem
+from kling_pipeline.storyboard.frameinput import PLACEHOLDER_PREFIX, FrameInput
 from kling_pipeline.textsafe import NOTE_LIMIT, clip, printable
 
 Style = Callable[[str, str], str]
@@ -32,6 +33,12 @@ def show_value(value: Any, limit: int = 70) -> str:
     if isinstance(value, str):
         if value.startswith(IMAGE_DIGEST_PREFIX):
             return f"<image {value[len(IMAGE_DIGEST_PREFIX):][:12]}>"
+        if value.startswith(PLACEHOLDER_PREFIX):  # frame-of:<shot>:<first|last|at:t>
+            shot, _, which = value[len(PLACEHOLDER_PREFIX):].rpartition(":")
+            if shot.endswith(":at"):
+                shot, which = shot[:-3], f"at:{which}"
+            label = f"frame at {which[3:]} s" if which.startswith("at:") else f"{which} frame"
+            return f"<{label} of {printable(shot)}, which changes>"
         text = value if len(value) <= limit else value[: limit - 1] + "…"
         return '"' + printable(text).replace('"', '\\"') + '"'
     if isinstance(value, bool):
@@ -56,6 +63,8 @@ def summary_line(plan: Plan) -> str:
         parts.append(f"{plan.count('unknown')} unknown")
     if plan.count("lost"):
         parts.append(f"{plan.count('lost')} lost")
+    if plan.count("blocked"):
+        parts.append(f"{plan.count('blocked')} blocked")
     return "Plan: " + ", ".join(parts) + "."
 
 
@@ -98,6 +107,10 @@ def render_text(plan: Plan, style: Style = _plain_style) -> str:
                        "whose price is unknown" if unpriced else "")
             lines.append(f"Estimated cost: ~{money(plan.estimated_cost)} for {seconds} s of "
                          f"video ({ESTIMATE_NOTE}{missing}).")
+        if plan.cascade:
+            lines.append(f"Of these, {len(plan.cascade)} shot(s) take frames of shots rendered "
+                         "first (a cascade): counted as if they change; a frame that comes out "
+                         "the same leaves its shot up to date, unpaid.")
     else:
         lines.append("Nothing to submit: no money would be spent.")
     return "\n".join(lines)
@@ -116,6 +129,10 @@ def render_json(plan: Plan) -> dict[str, Any]:
             record.update(task_id=item.entry.task_id, status=item.entry.status)
         record["changes"] = [{"field": c.field, "old": c.old, "new": c.new}
                              for c in item.changes]
+        if item.shot is not None and item.shot.frames:
+            record["inputs"] = [_edge(frame, item.shot.body.get(frame.wire))
+                                for frame in item.shot.frames]
+            record["waits_for"] = list(item.waits_for)
         shots.append(record)
     return {
         "storyboard": plan.storyboard,
@@ -124,9 +141,18 @@ def render_json(plan: Plan) -> dict[str, Any]:
                     "unchanged": plan.count("noop", "reuse"),
                     "in_flight": plan.count("inflight"), "remove": plan.count("remove"),
                     "failed": plan.count("failed"), "unknown": plan.count("unknown"),
-                    "lost": plan.count("lost")},
+                    "lost": plan.count("lost"), "blocked": plan.count("blocked")},
+        "cascade_shots": len(plan.cascade),
         "estimated_cost_usd": plan.estimated_cost,
         "unpriced_shots": plan.unpriced,
         "estimate_note": ESTIMATE_NOTE,
         "has_work": plan.has_work,
     }
+
+
+def _edge(frame: FrameInput, value: Any) -> dict[str, Any]:
+    """One edge of the shot graph: which frame of which shot, and its PNG's sha256 once the
+    frame is known (None while it waits for that shot)."""
+    known = isinstance(value, str) and value.startswith(IMAGE_DIGEST_PREFIX)
+    return {"field": frame.field, "shot": frame.shot, "frame": frame.frame, "at": frame.at,
+            "sha256": value[len(IMAGE_DIGEST_PREFIX):] if known else None}

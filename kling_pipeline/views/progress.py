@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 FINAL = frozenset(OUTCOMES)
 _COLORS = {"done": "green", "failed": "red", "unknown": "magenta", "in flight": "cyan",
-           "lost": "red", "not submitted": "yellow", "queued": "blue", "processing": "cyan",
+           "lost": "red", "not submitted": "yellow", "blocked": "red", "queued": "blue",
+           "processing": "cyan", "taking frames": "blue",
            "downloading": "green", "submitting": "yellow", "retrying": "yellow"}
 
 
