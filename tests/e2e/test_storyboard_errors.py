@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
+from support.located import position
 
 from kling_pipeline.cli import main
 from kling_pipeline.storyboard.endpoints import ENDPOINTS
@@ -36,13 +37,7 @@ def validate(path: Path, *args: str) -> Result:
 
 def at(path: Path, needle: str, occurrence: int = 1) -> tuple[int, int]:
     """1-based (line, column) of the `^` in `needle` (or its start), as found in the file."""
-    text = path.read_text(encoding="utf-8")
-    plain, offset = needle.replace("^", ""), max(needle.find("^"), 0)
-    index = -1
-    for _ in range(occurrence):
-        index = text.index(plain, index + 1)
-    index += offset
-    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
+    return position(path.read_text(encoding="utf-8"), needle, occurrence)
 
 
 def lines_at(result: Result, path: Path, needle: str, location: str,

@@ -23,3 +23,13 @@ def refused(done: Finished, place: str, location: str, *fragments: str) -> list[
     for fragment in fragments:
         assert any(fragment in x for x in found), f"{fragment!r} not in {found}"
     return found
+
+
+def position(text: str, needle: str, occurrence: int = 1) -> tuple[int, int]:
+    """1-based (line, column) of the `^` in `needle` (or its start) in `text`."""
+    plain, offset = needle.replace("^", ""), max(needle.find("^"), 0)
+    index = -1
+    for _ in range(occurrence):
+        index = text.index(plain, index + 1)
+    index += offset
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
