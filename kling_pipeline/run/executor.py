@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from kling_pipeline.frames import FrameError
 from kling_pipeline.output.media import MediaError, probe_video
 from kling_pipeline.plan.jobs import Job
 from kling_pipeline.results import SUCCESSFUL, Outcome, RunReport, ShotResult
@@ -257,6 +256,8 @@ class Executor:
             self._result(job, "not submitted", "the run stopped before its input frames were "
                                                "ready")
             return None
+        from kling_pipeline.frames import FrameError  # only a run with chained shots
+
         self.reporter.update(job.label, "taking frames", None,
                              ", ".join(f"from {up}" for up in job.waits_for))
         try:
