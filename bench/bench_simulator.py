@@ -3,9 +3,11 @@
 The server runs in its own process (`python -m kling_pipeline.simulator --quiet`), so the
 figures are the server's, not this client's event loop; both share the machine's cores.
 Prints requests per second, p50/p99 latency, the server's peak memory (VmHWM) as the median of
-3 runs, and CPU seconds per second of rendered video.
+3 runs, and CPU seconds per second of rendered video at the simulator's default frame size and
+rate (median of 5 renders).
 
     .venv/bin/python bench/bench_simulator.py [--tasks 1000] [--concurrency 200] [--runs 3]
+        [--render-runs 5]
 """
 
 from __future__ import annotations
@@ -226,28 +228,42 @@ def one_run(args: argparse.Namespace) -> Run:
                peak_p99_ms=percentile(measured.peak_latencies, 0.99))
 
 
-def render_cost() -> list[tuple[str, float]]:
-    """CPU seconds per second of video for a few kinds of clip (in this process)."""
+def render_cost(runs: int) -> list[tuple[str, str, float]]:
+    """(clip, frame size, median CPU seconds per second of video over `runs` renders after a
+    warm-up) at the simulator's default picture knobs, in this process."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
-    from kling_pipeline.simulator.video import ClipSpec, render_clip
+    from kling_pipeline.simulator.config import SimulatorConfig
+    from kling_pipeline.simulator.video import ClipSpec, frame_size, render_clip
 
+    config = SimulatorConfig()
+    image = Image.linear_gradient("L").resize((1280, 720)).convert("RGB")
+    draw = ImageDraw.Draw(image)  # some detail, like a storyboard's first frame
+    for i in range(0, 1280, 80):
+        draw.ellipse((i, 200 + i % 240, i + 120, 320 + i % 240), fill=(200, 80 + i % 150, 60))
     buffer = io.BytesIO()
-    Image.new("RGB", (640, 360), (30, 90, 160)).save(buffer, format="PNG")
-    cases = [("title card 16:9, 10 s", ClipSpec((("a lighthouse at dusk", 10.0),), "16:9")),
-             ("title card + sound, 10 s",
-              ClipSpec((("a lighthouse at dusk", 10.0),), "16:9", sound=True)),
+    image.save(buffer, format="PNG")
+    fps, side = config.video_fps, config.video_long_side
+    cases = [("title card 16:9, 10 s", ClipSpec((("a lighthouse at dusk", 10.0),), "16:9",
+                                                fps=fps, long_side=side)),
+             ("title card + sound, 10 s", ClipSpec((("a lighthouse at dusk", 10.0),), "16:9",
+                                                   sound=True, fps=fps, long_side=side)),
              ("image (Ken Burns) + end frame, 10 s",
-              ClipSpec((("keeper", 10.0),), image=buffer.getvalue(),
-                       end_image=buffer.getvalue()))]
+              ClipSpec((("keeper", 10.0),), image=buffer.getvalue(), end_image=buffer.getvalue(),
+                       fps=fps, long_side=side))]
     results = []
     for name, spec in cases:
-        started = time.process_time()
-        render_clip(spec)
-        seconds = sum(s for _, s in spec.segments)
-        results.append((name, (time.process_time() - started) / seconds))
+        render_clip(spec)  # warm-up: imports, fonts, the encoder's first allocation
+        cpu = []
+        for _ in range(runs):
+            started = time.process_time()
+            render_clip(spec)
+            cpu.append(time.process_time() - started)
+        width, height = frame_size(spec)
+        results.append((name, f"{width}x{height} at {spec.fps} fps",
+                        statistics.median(cpu) / spec.duration))
     return results
 
 
@@ -256,6 +272,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=200, help="open connections")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--render-runs", type=int, default=5,
+                        help="renders per clip for the CPU cost (median is shown)")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between polls")
     parser.add_argument("--saturate", type=float, default=3.0,
                         help="seconds of back-to-back polling on every connection")
@@ -288,8 +306,9 @@ def main() -> None:
           f"p50 {median([r.peak_p50_ms for r in runs]):.1f} ms, "
           f"p99 {median([r.peak_p99_ms for r in runs]):.1f} ms; "
           f"server peak RSS {median([r.peak_kib for r in runs]) / 1024:.1f} MiB")
-    for name, cost in render_cost():
-        print(f"render: {name}: {cost:.3f} CPU s per second of video")
+    for name, size, cost in render_cost(args.render_runs):
+        print(f"render: {name}, {size}: {cost:.3f} CPU s per second of video "
+              f"(median of {args.render_runs})")
 
 
 if __name__ == "__main__":
