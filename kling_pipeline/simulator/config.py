@@ -80,7 +80,8 @@ class SimulatorConfig:
     int_fields: bool = _knob(False, "Send ttl, seed and timings as numbers, not strings.")
     # video
     video_fps: int = _knob(12, "Frames per second of rendered clips.")
-    video_long_side: int = _knob(320, "Pixels on the long side of rendered clips.")
+    video_long_side: int = _knob(0, "Pixels on the long side of rendered clips (0: 320 on the "
+                                    "short side, so every frame is a valid input image).")
     prerender: bool = _knob(True, "Start rendering at submit (else at first download).")
     render_workers: int = _knob(2, "Threads rendering clips.")
     render_cache_size: int = _knob(64, "Rendered clips kept in memory.")
@@ -149,10 +150,13 @@ def check_config(config: SimulatorConfig) -> list[str]:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             problems.append(f"{name} must be a whole number >= 0, got {value!r}")
-    for name in ("video_fps", "video_long_side", "render_workers", "render_cache_size"):
+    for name in ("video_fps", "render_workers", "render_cache_size"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             problems.append(f"{name} must be a whole number >= 1, got {value!r}")
+    side = config.video_long_side
+    if not isinstance(side, int) or isinstance(side, bool) or (side != 0 and side < 16):
+        problems.append(f"video_long_side must be 0 (auto) or a whole number >= 16, got {side!r}")
     if config.balance is not None and (not isinstance(config.balance, int) or config.balance < 0):
         problems.append(f"balance must be a whole number >= 0, got {config.balance!r}")
     if config.missing_key_status not in (400, 401):

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def clip_spec(endpoint: Endpoint, body: Mapping[str, Any], fps: int,
               long_side: int) -> ClipSpec:
-    """What to draw for a (checked) request body."""
+    """What to draw for a (checked) request body, at the config's `video_fps` and
+    `video_long_side` (0: 320 px on the short side, see `video.frame_size`)."""
     parts = body.get("multi_prompt")
     if isinstance(parts, list) and parts:
         segments = tuple((str(p.get("prompt", "")), float(p.get("duration", 0))) for p in parts)

@@ -5,6 +5,12 @@ MP4 with the index at the front (faststart), so the files behave like the provid
 the client's probe can verify them and any player can show them. Without an image a clip is a title
 card of the current segment's prompt with a running timecode; with an image it is that image with
 a slow Ken Burns move, and the end image cross-fades in over the last second.
+
+A clip starts on its image and ends on its end image (the first frame is the image fitted to the
+frame, the last one the end image fitted to it), and at the simulator's default size
+(`long_side` 0: 320 px on the short side) both sides are at least the API's 300 px: so a frame of
+one simulated clip can be the image or end image of the next, and a chained animatic runs on
+without a jump.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ AUDIO_BIT_RATE = 48_000
 # cuts of a multi-prompt animatic can be heard.
 TONE_HZ = (400, 480, 500, 600, 750, 800)
 ZOOM = 1.12           # Ken Burns: the image ends this much closer than it starts
+# long_side 0 (the simulator's default): the short side is this, so every aspect the API takes for
+# an image (1:2.5 to 2.5:1) gives frames that are themselves valid input images (both sides at
+# least 300 px, images.MIN_SIDE); 320, not the bare 300, leaves room to crop a frame a little.
+SHORT_SIDE = 320
+MAX_ASPECT = 2.5      # the widest aspect the API takes for an image; auto sizes stop there
 END_FADE_SECONDS = 1.0
 
 
@@ -45,6 +56,8 @@ class ClipSpec:
     end_image: bytes | None = None           # end frame, cross-faded in over the last ~1 s
     sound: bool = False                      # add a tone track (AAC)
     fps: int = 12
+    # Pixels on the long side; 0: SHORT_SIDE on the short side, as the simulator renders by
+    # default. 320 here keeps the clips that tests and benches render directly small and cheap.
     long_side: int = 320
 
     @property
@@ -59,16 +72,23 @@ class ClipSpec:
 
 
 def frame_size(spec: ClipSpec) -> tuple[int, int]:
-    """Width and height (both even, as yuv420p needs): the long side is `spec.long_side`.
+    """Width and height, both even (as yuv420p needs).
 
     The aspect comes from the image when there is one (as the API's i2v does), else from
-    `aspect_ratio` (default 16:9).
+    `aspect_ratio` (default 16:9). The long side is `spec.long_side`; with `long_side` 0 the
+    short side is SHORT_SIDE (16:9: 568x320, 1:1: 320x320, 2.5:1: 800x320), the long side at
+    most SHORT_SIDE * MAX_ASPECT (a wider aspect, which no API image has, gets a shorter short
+    side rather than an ever longer frame).
     """
     if spec.image is not None:
         width, height = _open_image(spec.image).size
     else:
         width, height = _parse_ratio(spec.aspect_ratio or DEFAULT_ASPECT)
-    long_side = _even(spec.long_side)
+    if spec.long_side == 0:
+        long_side = min(_even(SHORT_SIDE * max(width, height) / min(width, height)),
+                        _even(SHORT_SIDE * MAX_ASPECT))
+    else:
+        long_side = _even(spec.long_side)
     if width >= height:
         return long_side, _even(long_side * height / width)
     return _even(long_side * width / height), long_side
@@ -129,8 +149,8 @@ def _check(spec: ClipSpec) -> None:
         raise ValueError("every segment must last more than 0 seconds")
     if spec.fps <= 0:
         raise ValueError(f"fps must be positive, not {spec.fps}")
-    if spec.long_side < 16:
-        raise ValueError(f"long_side must be at least 16 px, not {spec.long_side}")
+    if spec.long_side != 0 and spec.long_side < 16:
+        raise ValueError(f"long_side must be 0 (auto) or at least 16 px, not {spec.long_side}")
     if spec.frame_count < 1:
         raise ValueError(f"{spec.duration} s at {spec.fps} fps is not even one frame")
 
@@ -181,12 +201,20 @@ def _segment_at(spec: ClipSpec, seconds: float) -> int:
 
 
 def _frames_with_image(spec: ClipSpec, size: tuple[int, int]) -> Iterator[Image.Image]:
-    """The first image with a slow zoom and drift, the end image cross-faded in at the end."""
+    """The first image with a slow zoom and drift, the end image cross-faded in at the end.
+
+    The first frame is the image fitted to `size` (`_cover`), the last one, when there is an
+    end image, that image fitted to `size` and nothing else: a clip made from another clip's
+    frame starts where that one stopped.
+    """
     from PIL import Image
 
     width, height = size
     first = _open_image(spec.image or b"")
-    # Fit once at the zoomed-out size; every frame is a (sub-pixel) crop of it, resized down.
+    # Fit once at the zoomed-out size; every later frame is a (sub-pixel) crop of it, resized
+    # down. Frame 0 is fitted from the image itself: the same crop resampled twice (bicubic up
+    # to ZOOM, bilinear down) differs from it by about 0.5 of 255 on average.
+    start = _cover(first, size)
     source = _cover(first, (round(width * ZOOM), round(height * ZOOM)))
     src_w, src_h = source.size
     end = _cover(_open_image(spec.end_image), size) if spec.end_image is not None else None
@@ -200,11 +228,16 @@ def _frames_with_image(spec: ClipSpec, size: tuple[int, int]) -> Iterator[Image.
         # Drift the window a little right and up as it zooms in.
         left = (src_w - box_w) * (0.5 + 0.3 * eased)
         top = (src_h - box_h) * (0.5 - 0.3 * eased)
-        frame = source.resize(size, Image.Resampling.BILINEAR,
-                              box=(left, top, left + box_w, top + box_h))
+        if index == 0:
+            frame = start.copy()  # the caption below draws on it
+        else:
+            frame = source.resize(size, Image.Resampling.BILINEAR,
+                                  box=(left, top, left + box_w, top + box_h))
         if end is not None:
             into_fade = index - (count - fade_frames)
-            if into_fade >= 0:
+            if into_fade == fade_frames - 1:  # the last frame: the end image, not a blend of it
+                frame = end.copy()
+            elif into_fade >= 0:
                 frame = Image.blend(frame, end, (into_fade + 1) / fade_frames)
         if len(spec.segments) > 1:
             _caption(frame, spec.segments[_segment_at(spec, index / spec.fps)][0])

@@ -119,7 +119,8 @@ def test_download_is_a_real_mp4_of_the_requested_duration(sim: SimClient) -> Non
     facts = probe(download.content)
     assert facts.codec == "h264" and facts.pix_fmt == "yuv420p"
     assert abs(facts.duration - 3.0) < 0.2
-    assert (facts.width, facts.height) == (320, 180) and not facts.has_audio
+    # 320 px on the short side (video_long_side 0), so a frame can be fed back as an image
+    assert (facts.width, facts.height) == (568, 320) and not facts.has_audio
 
 
 def test_multi_prompt_lasts_the_sum_of_its_parts(sim: SimClient) -> None:
@@ -127,14 +128,14 @@ def test_multi_prompt_lasts_the_sum_of_its_parts(sim: SimClient) -> None:
             "aspect_ratio": "9:16"}
     facts = probe(httpx.get(video_url(sim.wait(sim.submit(body=body)))).content)
     assert abs(facts.duration - 4.0) < 0.2
-    assert (facts.width, facts.height) == (180, 320)
+    assert (facts.width, facts.height) == (320, 568)
 
 
 def test_image_to_video_follows_the_image_and_sound_adds_audio(sim: SimClient) -> None:
     body = {"image": data_uri(png_bytes(600, 300), "image/png"), "prompt": "p", "duration": 3,
             "sound": True, "end_image": png_uri(600, 300)}
     facts = probe(httpx.get(video_url(sim.wait(sim.submit(I2V, body)))).content)
-    assert (facts.width, facts.height) == (320, 160)
+    assert (facts.width, facts.height) == (640, 320)
     assert facts.has_audio and abs(facts.duration - 3.0) < 0.2
 
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
-from PIL import Image, ImageDraw, ImageStat
+from PIL import Image, ImageChops, ImageDraw, ImageStat
 
+from kling_pipeline.simulator import video
+from kling_pipeline.simulator.config import SimulatorConfig
+from kling_pipeline.simulator.renderer import clip_spec
 from kling_pipeline.simulator.video import ClipSpec, frame_size, render_clip
+from kling_pipeline.storyboard.endpoints import Endpoint, get_endpoint, validate_body
+from kling_pipeline.storyboard.images import MIN_SIDE, check_image_bytes, data_uri
+
+SIMULATOR = SimulatorConfig()  # its default knobs: what `apply --simulate` renders
+T2V = "kling-v3.0-pro-t2v"
+I2V = "kling-v3.0-pro-i2v"
 
 
 def _png(size: tuple[int, int], colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -166,3 +176,128 @@ def test_long_and_empty_prompts_render() -> None:
 def test_impossible_specs_are_refused(spec: ClipSpec) -> None:
     with pytest.raises(ValueError):
         render_clip(spec)
+
+
+def _endpoint(slug: str) -> Endpoint:
+    endpoint = get_endpoint(slug)
+    assert endpoint is not None
+    return endpoint
+
+
+def _served(slug: str, body: dict[str, Any]) -> ClipSpec:
+    """The clip the simulator renders, with its default knobs, for this request body."""
+    assert validate_body(_endpoint(slug), body) == [], "a body the API takes"
+    return clip_spec(_endpoint(slug), body, SIMULATOR.video_fps, SIMULATOR.video_long_side)
+
+
+def _decoded(data: bytes) -> list[Image.Image]:
+    """Every frame of an MP4 held in memory, decoded as a player would."""
+    with av.open(io.BytesIO(data), "r") as container:
+        return [frame.to_image()  # type: ignore[no-untyped-call]
+                for frame in container.decode(video=0)]
+
+
+def _png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _picture(size: tuple[int, int], background: tuple[int, int, int],
+             spots: tuple[int, int, int]) -> Image.Image:
+    """A storyboard-like picture: a gradient, a row of spots and a line of text."""
+    width, height = size
+    picture = Image.blend(Image.linear_gradient("L").resize(size).convert("RGB"),
+                          Image.new("RGB", size, background), 0.6)
+    draw = ImageDraw.Draw(picture)
+    for left in range(0, width, width // 8):
+        draw.ellipse((left, height // 3, left + width // 10, height // 3 + width // 10),
+                     fill=spots)
+    draw.text((width // 10, height // 10), "KEY FRAME", fill=(255, 255, 255))
+    return picture
+
+
+def _difference(one: Image.Image, other: Image.Image) -> float:
+    """Mean absolute difference per channel, the worst channel, in 0..255."""
+    return max(ImageStat.Stat(ImageChops.difference(one, other)).mean)
+
+
+@pytest.mark.parametrize(("slug", "body", "size"), [
+    (T2V, {"prompt": "a lighthouse", "duration": 3, "aspect_ratio": "16:9"}, (568, 320)),
+    (T2V, {"prompt": "a lighthouse", "duration": 3, "aspect_ratio": "9:16"}, (320, 568)),
+    (T2V, {"prompt": "a lighthouse", "duration": 3, "aspect_ratio": "1:1"}, (320, 320)),
+    (T2V, {"prompt": "a lighthouse", "duration": 3}, (568, 320)),
+    # the widest and the tallest images the API takes: 2.5:1 and 1:2.5
+    (I2V, {"image": data_uri(_png((750, 300), (200, 40, 40)), "image/png"), "prompt": "p",
+           "duration": 3}, (800, 320)),
+    (I2V, {"image": data_uri(_png((300, 750), (200, 40, 40)), "image/png"), "prompt": "p",
+           "duration": 3}, (320, 800)),
+], ids=["16:9", "9:16", "1:1", "no ratio", "image 2.5:1", "image 1:2.5"])
+def test_default_frames_can_be_fed_back_as_images(slug: str, body: dict[str, Any],
+                                                  size: tuple[int, int]) -> None:
+    # 320 px on the short side: both sides >= 300 px and even, the aspect the request's.
+    spec = _served(slug, body)
+    assert frame_size(spec) == size
+    width, height = size
+    assert min(width, height) >= MIN_SIDE and width % 2 == 0 and height % 2 == 0
+    assert 1 / 2.5 <= width / height <= 2.5
+    last = _decoded(render_clip(spec))[-1]
+    data = _png_of(last)
+    info = check_image_bytes(data)  # the API's rules for an input image, as the simulator's
+    assert (info.width, info.height) == size
+    # 800x320 RGB is 768,000 bytes raw: no PNG of such a frame comes near the 10 MB limit.
+    assert len(data) < 1_000_000
+
+
+def test_an_image_clip_starts_on_the_image_and_ends_on_the_end_image() -> None:
+    # Exact, before encoding: frame 0 is the image fitted to the frame (not the zoom's source
+    # resampled, which was about 0.5/255 off) and the last frame the fitted end image.
+    first = _picture((1280, 720), (30, 60, 200), (250, 220, 40))
+    end = _picture((900, 700), (200, 40, 40), (40, 200, 90))
+    spec = ClipSpec(segments=(("turns", 2.0),), image=_png_of(first), end_image=_png_of(end))
+    size = frame_size(spec)
+    frames = list(video._frames_with_image(spec, size))
+    assert len(frames) == spec.frame_count
+    assert frames[0].tobytes() == video._cover(first, size).tobytes()
+    assert frames[-1].tobytes() == video._cover(end, size).tobytes()
+    assert frames[1].tobytes() != frames[0].tobytes(), "and it moves in between"
+
+
+# A frame of one simulated clip fed to the next as its image. Both bounds are the worst
+# channel's mean absolute difference (0..255) between decoded frames and what they should be;
+# H.264 at crf 28 in yuv420p is lossy, so never 0.
+# - The next clip's first frame against the frame it was given: measured 1.4-1.9 (16:9, 9:16,
+#   1:1, image clips): one more encoding of a frame that was already decoded once.
+CONTINUITY_BOUND = 4.0
+# - Its last frame against the end picture fitted to the frame: measured 3.7-4.3: a fresh, sharp
+#   picture (text, hard edges) loses more to the encoder and to 4:2:0 chroma.
+END_BOUND = 8.0
+# Unrelated pictures differ by 90 and more: far above both.
+
+
+@pytest.mark.parametrize("first_clip", [
+    (T2V, {"prompt": "a lighthouse at dusk, waves below", "duration": 3, "aspect_ratio": "16:9"}),
+    (T2V, {"prompt": "a lighthouse at dusk, waves below", "duration": 3, "aspect_ratio": "9:16"}),
+    (I2V, {"image": data_uri(_png((1280, 720), (200, 40, 40)), "image/png"), "duration": 3,
+           "prompt": "the car drives off"}),
+], ids=["title card 16:9", "title card 9:16", "image"])
+def test_a_chained_animatic_runs_on_without_a_jump(
+        first_clip: tuple[str, dict[str, Any]]) -> None:
+    slug, body = first_clip
+    a_last = _decoded(render_clip(_served(slug, body)))[-1]
+    a_png = _png_of(a_last)
+    check_image_bytes(a_png)  # the simulator, as the API, refuses an image it would not take
+    end = _picture((900, 700), (30, 60, 200), (250, 220, 40))
+    chained = _served(I2V, {"image": data_uri(a_png, "image/png"),
+                            "end_image": data_uri(_png_of(end), "image/png"),
+                            "prompt": "and on", "duration": 3})
+    size = frame_size(chained)
+    assert size == a_last.size, "the frame's own shape, not resized"
+    b_frames = _decoded(render_clip(chained))
+    b_first, b_last = b_frames[0], b_frames[-1]
+    fitted_end = video._cover(end, size)
+    assert _difference(b_first, a_last) <= CONTINUITY_BOUND
+    assert _difference(b_last, fitted_end) <= END_BOUND
+    # ...and the comparison can fail: unrelated frames are far apart.
+    assert _difference(b_first, fitted_end) > 5 * END_BOUND
+    assert _difference(b_last, a_last) > 5 * END_BOUND
