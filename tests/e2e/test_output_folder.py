@@ -21,6 +21,7 @@ from support.simulator_fixtures import SimClient
 from kling_pipeline.cli import main
 from kling_pipeline.output.folder import OutputFolder
 from kling_pipeline.output.media import probe_video
+from kling_pipeline.output.thumbnails import THUMB_WIDTH
 from kling_pipeline.state.cache import Store
 from kling_pipeline.state.lockfile import read_lock
 from kling_pipeline.storyboard.load import load_storyboard
@@ -83,7 +84,8 @@ def test_apply_makes_the_final_cut_the_manifest_and_the_page(
         assert abs(shot["start"] - start) < 0.01
         start += shot["duration"]
         with Image.open(folder / shot["thumbnail"]) as thumb:
-            assert thumb.format == "JPEG" and thumb.width == shot["width"]
+            # as wide as the video, at most THUMB_WIDTH (the page's cards are no wider)
+            assert thumb.format == "JPEG" and thumb.width == min(shot["width"], THUMB_WIDTH)
     assert manifest["shots"][0]["prompt"] == "A harbour at dawn"  # as rendered and sent
     final = manifest["final"]
     cut = probe_video(folder / "final.mp4", decode=True)
