@@ -339,7 +339,7 @@ class Executor:
                                       "there is no task id to fetch it by; --force "
                                       f"{item.id} renders it again (paid)")
             return
-        outcome: Outcome = {"failed": "failed", "unknown": "unknown"}.get(
+        outcome: Outcome = {"failed": "failed", "unknown": "unknown", "blocked": "blocked"}.get(
             item.action, "not submitted")  # type: ignore[assignment]
         self._result(job, outcome, item.note)
 

@@ -202,6 +202,10 @@ def test_a_failed_upstream_blocks_its_dependents_unpaid(tmp_path: Path, sim: Sim
     assert "needs a frame of 'a', which is failed (--retry-failed" in shown.output
     assert "needs a frame of 'b', which is blocked" in shown.output
     assert "2 blocked" in shown.output
+    again = applied(board, sim, code=1)  # blocked from the plan on: still nothing paid
+    assert submissions(sim) - before == 2
+    summary = next(line for line in again.output.splitlines() if line.startswith("Apply:"))
+    assert "1 failed" in summary and "2 blocked" in summary, summary
 
 
 def test_only_renders_the_shots_a_shot_takes_frames_of(tmp_path: Path, sim: SimClient) -> None:
