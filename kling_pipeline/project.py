@@ -182,7 +182,7 @@ class Project:
         from kling_pipeline.plan.pricing import PriceTable
 
         loaded = self._load()
-        shots, waiting = self._shots(lock, store)
+        shots, waiting = self._shots(lock, store, selection.force)
         return _select(make_plan(loaded.settings.name, shots, lock,
                                 PriceTable(loaded.settings.provider.prices),
                                 force=selection.force, retry_failed=selection.retry_failed,
@@ -190,17 +190,17 @@ class Project:
                                 cached=store.lookup, waiting=waiting),
                        selection.only)
 
-    def _shots(self, lock: LockFile, store: Store
+    def _shots(self, lock: LockFile, store: Store, force: Sequence[str] = ()
                ) -> tuple[list[ShotRequest], Mapping[str, Waiting]]:
         """The shots with the keys the lock and the store make exact (a shot that takes a
         frame of another is keyed by the frame's bytes once that video is here), and the
-        shots whose keys still wait for frames."""
+        shots whose keys still wait for frames (of shots not rendered, or `force`d)."""
         shots = self._load().shots
         if not any(shot.frames for shot in shots):
             return shots, {}  # nothing to extract or look up (nor to import: 12 ms)
         from kling_pipeline.plan.inputs import Inputs
 
-        resolution = Inputs(store).resolve_all(shots, lock)
+        resolution = Inputs(store).resolve_all(shots, lock, force)
         return resolution.shots, resolution.waiting
 
     def _resolver(self, store: Store, selection: Selection) -> Resolver:

@@ -68,9 +68,12 @@ class Inputs:
         self.store = store
         self.frames = FrameStore(store.root)
 
-    def resolve_all(self, shots: list[ShotRequest], lock: LockFile) -> Resolution:
+    def resolve_all(self, shots: list[ShotRequest], lock: LockFile,
+                    rendered_again: Collection[str] = ()) -> Resolution:
         """Every shot, in storyboard order; each dependent's key exact when every upstream
-        video is rendered and in the store (frames extracted here, once per video)."""
+        video is rendered and in the store (frames extracted here, once per video).
+        `rendered_again`: shots this run renders anew though up to date (`--force`): their
+        videos, so their frames, will change."""
         if not any(shot.frames for shot in shots):
             return Resolution(shots)
         resolved: dict[str, ShotRequest] = {}
@@ -83,28 +86,35 @@ class Inputs:
             # it every video it takes a frame of, rendered or not.
             blocked = next((f"needs {up!r}, which cannot be rendered" for up in shot.upstream
                             if up in waiting and waiting[up].blocked), "")
-            videos = {up: None if up in waiting else rendered_video(resolved[up], lock,
-                                                                    self.store)
+            videos = {up: None if up in waiting or up in rendered_again
+                      else rendered_video(resolved[up], lock, self.store)
                       for up in shot.upstream}
-            if blocked or any(video is None for video in videos.values()):
-                resolved[shot.id] = provisional(shot, resolved)
-                waiting[shot.id] = Waiting(shot.upstream, blocked)
-                continue
+            known = {up: video for up, video in videos.items() if video is not None}
             try:
-                resolved[shot.id] = self.exact(shot, videos)  # type: ignore[arg-type]
+                taken = self.exact(shot, known)
             except (FrameError, ImageProblem) as exc:
                 resolved[shot.id] = provisional(shot, resolved)
                 waiting[shot.id] = Waiting(shot.upstream, str(exc))
+                continue
+            if blocked or len(known) < len(videos):
+                # the frames known stand in the body already: only the others show as changing
+                resolved[shot.id] = provisional(taken, resolved)
+                waiting[shot.id] = Waiting(shot.upstream, blocked)
+            else:
+                resolved[shot.id] = taken
         return Resolution([resolved[shot.id] for shot in shots], waiting)
 
-    def exact(self, shot: ShotRequest, videos: dict[str, Output]) -> ShotRequest:
-        """`shot` with every frame taken from `videos` (upstream id -> its video): the body
-        holds each frame's digest, the key is the request's own. FrameError or ImageProblem
-        (with the frame named) when a frame cannot be taken or would be refused by the API."""
+    def exact(self, shot: ShotRequest, videos: Mapping[str, Output]) -> ShotRequest:
+        """`shot` with the frames of `videos` (upstream id -> its video) taken: the body holds
+        each one's digest, and the key is the request's own once every frame is there.
+        FrameError or ImageProblem (the frame named) when a frame cannot be taken or would be
+        refused by the API."""
         body = dict(shot.body)
         images: dict[str, LocalImage] = dict(shot.local_images)
         for frame in shot.frames:
-            video = videos[frame.shot]
+            video = videos.get(frame.shot)
+            if video is None:
+                continue  # not rendered yet: its placeholder stays
             try:
                 record = self.frames.get(self.store.object_path(video.sha256), video.sha256,
                                          frame)
@@ -121,9 +131,10 @@ class Inputs:
 
 
 def provisional(shot: ShotRequest, resolved: dict[str, ShotRequest]) -> ShotRequest:
-    """`shot` keyed by its upstream shots' keys and which frames: a key that changes with
-    them and never equals a key made from real frames (its body keeps the placeholders)."""
-    material = {"provisional": shot.key,
+    """`shot` keyed by its body as it is (frames known stand in it as digests, the others as
+    placeholders) and its upstream shots' keys: a key that changes with them and never equals
+    a key made from real frames."""
+    material = {"provisional": request_key(shot.endpoint, shot.body, shot.take),
                 "frames": [[frame.wire, resolved[frame.shot].key if frame.shot in resolved
                             else frame.shot, frame.token] for frame in shot.frames]}
     return replace(shot, key="pending-" + hashlib.sha256(canonical_json(material)).hexdigest())

@@ -247,6 +247,8 @@ class Executor:
                                              "does not render")
                 return None
             outcome, output = await finished
+            if self.stopping and (outcome not in SUCCESSFUL or output is None):
+                break  # said below: the stop, not the upstream, is why it was not sent
             if outcome not in SUCCESSFUL or output is None:
                 self._result(job, "blocked", f"needs a frame of {upstream!r}, which is "
                                              f"{outcome}")

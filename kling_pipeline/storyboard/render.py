@@ -407,7 +407,9 @@ class StoryboardRenderer:
         body = wire_body(endpoint, values)
         return ShotRequest(
             id=shot_id, entry=entry, endpoint=slug, body=body, local_images=images,
-            take=shot.take, key=request_key(slug, body, shot.take),
+            # a shot waiting for frames has no key yet (plan/inputs.py makes it): say so
+            take=shot.take,
+            key=("pending-" if frames else "") + request_key(slug, body, shot.take),
             duration=effective_duration(endpoint, body), sound=bool(values.get("sound", False)),
             frames=frames)
 

@@ -254,3 +254,32 @@ def test_reordering_or_renaming_a_chain_costs_nothing(tmp_path: Path, sim: SimCl
     applied(board, sim)
     assert submissions(sim) == before
 
+
+
+def test_a_shot_with_two_inputs_shows_only_the_one_that_changes(
+        tmp_path: Path, sim: SimClient) -> None:
+    board = write(tmp_path, DIAMOND)
+    applied(board, sim)
+    write(tmp_path, DIAMOND.replace('"The beam"', '"The beam, brighter"'))
+    shown = plan(board).output
+    d = shown[shown.index("  ~ d"):shown.index("  = b")]
+    assert "end_image: <image " in d and "<first frame of c, which changes>" in d
+    assert "  image:" not in d  # b's frame is known and the same
+
+
+def test_forcing_an_upstream_shot_cascades_to_its_dependents(
+        tmp_path: Path, sim: SimClient) -> None:
+    board = write(tmp_path, CHAIN)
+    applied(board, sim)
+    shown = plan(board, "--force", "a").output
+    for line in ("  ~ a", "  ~ b", "  ~ c", "  = x"):
+        assert line in shown, shown
+    assert "<last frame of a, which changes>" in shown
+
+
+def test_validate_gives_a_chained_shot_no_key_before_its_frames(tmp_path: Path) -> None:
+    board = write(tmp_path, CHAIN)
+    result = CliRunner().invoke(main, ["validate", str(board), "--json"])
+    assert result.exit_code == 0, result.output
+    keys = {shot["id"]: shot["key"] for shot in json.loads(result.output)["shots"]}
+    assert keys["b"].startswith("pending-") and not keys["a"].startswith("pending-")
