@@ -28,6 +28,7 @@ shots:
   - {id: a, model: kling-v3.0-pro-t2v, prompt: "A"}
   - {id: b, prompt: "B", image: {shot: a, frame: last}}
   - {id: c, prompt: "C", image: {shot: b, frame: first}, end_image: {shot: a, at: 0.5}}
+  - {id: d, prompt: "D", image: {shot: b, frame: last}}
 """
 
 
@@ -110,7 +111,9 @@ def test_a_frame_the_api_would_refuse_blocks_the_shot_and_its_dependents(
     resolution = Inputs(store).resolve_all(list(shots.values()), lock)
     assert "the last frame of 'a' is 320x180 px; both sides must be at least 300 px" \
         in resolution.waiting["b"].blocked
-    assert resolution.waiting["c"].blocked == "needs 'b', which cannot be rendered"
+    # c's own frame of a is refused too, and said first; without it, b would be the reason
+    assert resolution.waiting["c"].blocked.startswith("the frame at 0.5 s of 'a' is 320x180")
+    assert resolution.waiting["d"].blocked == "needs 'b', which cannot be rendered"
 
 
 def test_a_lost_frame_file_is_taken_again_to_the_same_bytes(

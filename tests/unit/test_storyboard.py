@@ -16,7 +16,9 @@ from kling_pipeline.storyboard.load import load_storyboard
 def test_examples_load(example: Path, tmp_path: Path) -> None:
     loaded = load_storyboard(example, cache_dir=tmp_path)
     assert loaded.shots
-    assert all(len(s.key) == 64 for s in loaded.shots)
+    # a shot that takes a frame of another has its key once the frame is known (plan/inputs)
+    assert all(len(s.key.removeprefix("pending-" if s.frames else "")) == 64
+               for s in loaded.shots)
 
 
 def test_examples_cover_the_four_seed_endpoints(tmp_path: Path) -> None:
