@@ -154,7 +154,7 @@ def _after_upstream(shot: ShotRequest, entry: LockEntry | None, wait: Waiting,
                     prices: PriceTable, forced: bool) -> PlanItem:
     """A shot whose key waits for frames of shots rendered first: new or changed."""
     frames = "; ".join(f"{frame.label} of {frame.shot}" for frame in shot.frames
-                       if frame.shot in wait.upstream)
+                       if shot.body.get(frame.wire) == frame.placeholder) or "its frames"
     if wait.blocked:
         return PlanItem(shot.id, "blocked", shot, entry, note=f"blocked: {wait.blocked}",
                         waits_for=wait.upstream)
