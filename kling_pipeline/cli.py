@@ -97,6 +97,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             code = EXIT_INTERRUPTED
+        except BrokenPipeError:  # `plan | head`: the reader has all it wanted
+            _stdout_closed()
+            code = EXIT_ERROR
         except Exception as exc:
             if ctx.meta.get("debug"):
                 raise
@@ -306,11 +309,14 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     project = _project(storyboard, variables, no_cache, simulate, cache_dir, out_dir)
 
     def on_plan(plan: Plan) -> bool:
-        _show_plan(plan)
-        if simulate:
-            click.echo("Simulated: the local simulator renders animatics of the timing; "
-                       "nothing is billed.")
-        elif plan.to_submit and not yes:
+        try:
+            _show_plan(plan)
+            if simulate:
+                click.echo("Simulated: the local simulator renders animatics of the timing; "
+                           "nothing is billed.")
+        except BrokenPipeError:  # `apply --yes | head`: the run was asked for all the same
+            _stdout_closed()
+        if plan.to_submit and not yes and not simulate:
             return _confirmed(len(plan.to_submit))
         return True
 
@@ -321,8 +327,21 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
             resubmit_unknown=resubmit_unknown, jobs=jobs, max_wait=wait,
             lock_timeout=lock_wait, base_url=base_url, on_plan=on_plan, on_event=view.show,
             cancel=cancel)
-    _show_report(report)
+    try:
+        _show_report(report)
+    except BrokenPipeError:
+        _stdout_closed()
     return report.exit_code
+
+
+def _stdout_closed() -> None:
+    """Whoever read standard output has gone: write the rest of it nowhere, so neither a
+    later line nor the flush at exit raises again (Python's advice on SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _confirmed(count: int) -> bool:
@@ -349,6 +368,14 @@ class _ProgressView:
         self._handlers: dict[int, Any] = {}
 
     def show(self, event: Event) -> None:
+        """Show one event; a reader that went away (`apply | head`) only stops the showing:
+        a run that is paying must not stop because its progress cannot be printed."""
+        try:
+            self._show(event)
+        except BrokenPipeError:
+            _stdout_closed()
+
+    def _show(self, event: Event) -> None:
         from kling_pipeline.events import FolderStep, Note, RunEnded, RunStarted, ShotUpdate
 
         if isinstance(event, RunStarted):
