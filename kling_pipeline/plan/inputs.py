@@ -21,6 +21,7 @@ from kling_pipeline.key import IMAGE_DIGEST_PREFIX, canonical_json, request_key
 from kling_pipeline.state.cache import Store
 from kling_pipeline.state.framestore import FrameStore
 from kling_pipeline.state.lockfile import LockFile, Output
+from kling_pipeline.storyboard.frameinput import PENDING
 from kling_pipeline.storyboard.graph import upstream_first
 from kling_pipeline.storyboard.images import ImageProblem
 from kling_pipeline.storyboard.localimages import LocalImage
@@ -137,7 +138,7 @@ def provisional(shot: ShotRequest, resolved: dict[str, ShotRequest]) -> ShotRequ
     material = {"provisional": request_key(shot.endpoint, shot.body, shot.take),
                 "frames": [[frame.wire, resolved[frame.shot].key if frame.shot in resolved
                             else frame.shot, frame.token] for frame in shot.frames]}
-    return replace(shot, key="pending-" + hashlib.sha256(canonical_json(material)).hexdigest())
+    return replace(shot, key=PENDING + hashlib.sha256(canonical_json(material)).hexdigest())
 
 
 class Resolver:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PLACEHOLDER_PREFIX = "frame-of:"
+PENDING = "pending-"  # starts the key of a shot whose frames are not all known (never a lock's)
 
 
 @dataclass(frozen=True)

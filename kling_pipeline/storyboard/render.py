@@ -29,7 +29,7 @@ from kling_pipeline.storyboard.endpoints import (
     wire_body,
 )
 from kling_pipeline.storyboard.fieldnames import FIELD_ALIASES, REQUEST_FIELDS, is_template
-from kling_pipeline.storyboard.frameinput import FrameInput
+from kling_pipeline.storyboard.frameinput import PENDING, FrameInput
 from kling_pipeline.storyboard.graph import graph_problems
 from kling_pipeline.storyboard.images import ImageProblem
 from kling_pipeline.storyboard.localimages import ImageInspector, LocalImage
@@ -409,7 +409,7 @@ class StoryboardRenderer:
             id=shot_id, entry=entry, endpoint=slug, body=body, local_images=images,
             # a shot waiting for frames has no key yet (plan/inputs.py makes it): say so
             take=shot.take,
-            key=("pending-" if frames else "") + request_key(slug, body, shot.take),
+            key=(PENDING if frames else "") + request_key(slug, body, shot.take),
             duration=effective_duration(endpoint, body), sound=bool(values.get("sound", False)),
             frames=frames)
 

@@ -21,11 +21,12 @@ from kling_pipeline.output.names import SHOTS, shot_file_name
 from kling_pipeline.plan.planner import diff_requests
 from kling_pipeline.state.cache import Store
 from kling_pipeline.state.lockfile import IN_FLIGHT, LockEntry, LockFile, Output, Status
+from kling_pipeline.storyboard.frameinput import PENDING
 from kling_pipeline.storyboard.render import ShotRequest
 from kling_pipeline.textsafe import NOTE_LIMIT, clip
 
-State = Literal["done", "changed", "new", "queued", "processing", "rendered", "unknown",
-                "failed", "lost", "removed"]
+State = Literal["done", "changed", "new", "waiting", "queued", "processing", "rendered",
+                "unknown", "failed", "lost", "removed"]
 STATES: tuple[str, ...] = get_args(State)
 _STATE_OF: dict[Status, State] = {
     "submitting": "unknown", "unknown": "unknown", "queued": "queued",
@@ -69,7 +70,13 @@ def _matching_note(entry: LockEntry) -> str:
 
 def _other_note(shot: ShotRequest, entry: LockEntry | None,
                 by_key: dict[str, tuple[str, LockEntry]], cached: bool) -> str:
-    """Why a new or changed shot may still cost nothing, else what changed."""
+    """Why a new or changed shot may still cost nothing, else what changed; for a shot
+    whose key waits for frames, which ones."""
+    frames = [f"{frame.label} of {frame.shot}" for frame in shot.frames
+              if shot.body.get(frame.wire) == frame.placeholder]
+    if frames:
+        return (f"its key waits for the {'; the '.join(frames)}: apply renders or fetches "
+                "that video first")
     twin = by_key.get(shot.key)
     if twin is not None and (twin[1].status == "done" or twin[1].status in IN_FLIGHT):
         return f"same request as {twin[0]!r} ({twin[1].status}): no new charge"
@@ -96,6 +103,8 @@ def _shot_row(shot: ShotRequest, position: int, entry: LockEntry | None,
         cached = store.lookup(shot.key)
         video = cached.output if cached is not None else None
         state, task_id = ("new" if entry is None else "changed"), None
+        if shot.key.startswith(PENDING):
+            state = "waiting"  # for frames of shots not here yet: new, changed or the same
         twin = by_key.get(shot.key)
         if twin is not None and twin[1].status == "done":
             video = twin[1].output or video

@@ -283,3 +283,14 @@ def test_validate_gives_a_chained_shot_no_key_before_its_frames(tmp_path: Path) 
     assert result.exit_code == 0, result.output
     keys = {shot["id"]: shot["key"] for shot in json.loads(result.output)["shots"]}
     assert keys["b"].startswith("pending-") and not keys["a"].startswith("pending-")
+
+
+def test_status_says_which_shots_wait_for_frames(tmp_path: Path, sim: SimClient) -> None:
+    board = write(tmp_path, CHAIN)
+    applied(board, sim)
+    write(tmp_path, CHAIN.replace("A lighthouse at dusk", "A lighthouse at dawn"))
+    result = CliRunner().invoke(main, ["status", str(board), "--json"],
+                                catch_exceptions=False)
+    rows = {row["id"]: row for row in json.loads(result.output)["shots"]}
+    assert [rows[s]["state"] for s in "abcx"] == ["changed", "waiting", "waiting", "done"]
+    assert rows["b"]["note"].startswith("its key waits for the last frame of a")

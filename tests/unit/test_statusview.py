@@ -177,8 +177,9 @@ def test_json(rows: list[ShotStatus]) -> None:
                                "in_cache": True, "in_output": True, "note": ""}
     assert doc["shots"][-1]["position"] is None and doc["shots"][-1]["state"] == "removed"
     assert list(doc["summary"]) == list(STATES)
-    assert doc["summary"] == {"done": 2, "changed": 1, "new": 1, "queued": 1, "processing": 1,
-                              "rendered": 1, "unknown": 2, "failed": 1, "lost": 1, "removed": 1}
+    assert doc["summary"] == {"done": 2, "changed": 1, "new": 1, "waiting": 0, "queued": 1,
+                              "processing": 1, "rendered": 1, "unknown": 2, "failed": 1,
+                              "lost": 1, "removed": 1}
     assert (doc["in_output"], doc["in_cache"]) == (1, 1)
 
 
