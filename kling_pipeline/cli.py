@@ -477,7 +477,12 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
     """
     import contextlib
 
-    from kling_pipeline.state.gc import delete_garbage, find_garbage, render_gc_text
+    from kling_pipeline.state.gc import (
+        delete_frames,
+        delete_garbage,
+        find_garbage,
+        render_gc_text,
+    )
     from kling_pipeline.state.lockstore import hold_run_lock
     from kling_pipeline.storyboard.load import default_cache_dir
 
@@ -489,13 +494,14 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
                    f"lock files under {project} only, so videos that other projects sharing "
                    "this cache need look unreferenced to it", err=True)
     report = find_garbage(cache, project, simulated_only=simulate)
-    if not force or not report.garbage:
+    if not force or not (report.garbage or report.frames):
         click.echo(render_gc_text(report), nl=False)
         return
     with contextlib.ExitStack() as held:  # no apply may record a video while we delete
         for lock in report.locks:
             held.enter_context(hold_run_lock(lock, wait))
         freed = delete_garbage(report)
+        delete_frames(report)
     click.echo(render_gc_text(report, freed=freed), nl=False)
 
 

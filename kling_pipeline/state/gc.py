@@ -17,7 +17,11 @@ careful in one direction only, and every doubt keeps a file:
   it deletes anything (`KlingPipelineError` naming the file).
 - Only `objects/ab/<sha256>.mp4` (64 lowercase hex digits, in the folder of its first two) are
   ever candidates. Anything else under `objects/` (other names, symlinks, misplaced files) is
-  never touched, only listed in `GcReport.ignored`. Nothing outside `objects/` is considered.
+  never touched, only listed in `GcReport.ignored`.
+- Frames taken from videos (`frames/`, state/framestore.py) are a cache of work, not paid for:
+  a frame's record is kept while its video is kept, and a frame's PNG while a kept record or
+  any lock entry's request (as `sha256:<digest>`) names it; the others are listed and deleted
+  with the videos. Nothing else outside `objects/` and `frames/` is considered.
 
 `find_garbage` only reads: it creates no folder and changes no file (the index is read through
 a read-only SQLite connection, which may leave SQLite's empty `-wal`/`-shm` files beside it).
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from kling_pipeline.errors import KlingPipelineError, LockFileError
+from kling_pipeline.key import IMAGE_DIGEST_PREFIX
 from kling_pipeline.sizes import human_size
 from kling_pipeline.state.lockfile import LockFile, read_lock
 from kling_pipeline.target import SIMULATED
@@ -48,6 +53,7 @@ LOCK_SUFFIX = ".lock.json"
 SIMULATED_LOCK_SUFFIX = f".{SIMULATED}{LOCK_SUFFIX}"
 SKIPPED_FOLDERS = frozenset({"node_modules", "renders"})
 _OBJECT_NAME = re.compile(r"[0-9a-f]{64}\.mp4")
+_FRAME_NAME = re.compile(r"[0-9a-f]{64}\.png")
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,15 @@ class GcReport:
     ignored: tuple[Path, ...] = ()  # files under objects/ that are not store objects
     partial_downloads: int = 0  # `tmp/download-*.part` files (apply removes day-old ones)
     simulated_only: bool = False  # only the simulated store was examined (gc --simulate)
+    frames: tuple[tuple[Path, int], ...] = ()  # frame files no kept video or lock needs
 
     @property
     def total_bytes(self) -> int:
         return sum(g.size for g in self.garbage)
+
+    @property
+    def frame_bytes(self) -> int:
+        return sum(size for _, size in self.frames)
 
 
 # -- the project's locks ---------------------------------------------------------------------
@@ -124,6 +135,7 @@ class _Refs:
 
     shas: set[str] = field(default_factory=set)
     task_ids: set[str] = field(default_factory=set)
+    images: set[str] = field(default_factory=set)  # digests of images the requests hold
 
     def add(self, lock: LockFile) -> None:
         for entry in lock.shots.values():
@@ -131,6 +143,9 @@ class _Refs:
                 self.shas.add(entry.output.sha256)
             if entry.task_id:
                 self.task_ids.add(entry.task_id)
+            self.images.update(value[len(IMAGE_DIGEST_PREFIX):]
+                               for value in entry.request.values()
+                               if isinstance(value, str) and value.startswith(IMAGE_DIGEST_PREFIX))
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -207,6 +222,37 @@ def _scan_objects(objects: Path) -> tuple[list[tuple[str, Path, int]], list[Path
     return found, ignored
 
 
+def _frame_garbage(root: Path, kept_videos: set[str], refs: _Refs) -> list[tuple[Path, int]]:
+    """The frame records of videos not kept, and the PNGs neither a kept record nor a lock's
+    request names (with their sizes)."""
+    frames = root / "frames"
+    if not frames.is_dir():
+        return []
+    garbage: list[tuple[Path, int]] = []
+    named = set(refs.images)
+    for record in sorted(frames.glob("of/v*/*/*.json")):
+        video = record.parent.name
+        if video in kept_videos:
+            try:
+                named.add(str(json.loads(record.read_text("utf-8"))["sha256"]))
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable: it only saves time; a new one is made when needed
+        garbage.append((record, _size(record)))
+    for png in sorted(frames.glob("??/*.png")):
+        if _FRAME_NAME.fullmatch(png.name) and png.name[:64] not in named \
+                and png.parent.name == png.name[:2]:
+            garbage.append((png, _size(png)))
+    return garbage
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
 def _protected(index: list[_IndexEntry], refs: _Refs) -> set[str]:
     """Objects kept: named by a lock's output, or the video of a task a lock knows."""
     return refs.shas | {e.sha256 for e in index if e.task_id in refs.task_ids}
@@ -230,6 +276,7 @@ def find_garbage(cache_dir: Path, project: Path, *, simulated_only: bool = False
     stores: list[Path] = []
     garbage: list[Garbage] = []
     ignored: list[Path] = []
+    frames: list[tuple[Path, int]] = []
     kept = kept_bytes = partial = 0
     for root, refs in _store_refs(cache_dir, locks, simulated_only):
         if not root.is_dir():
@@ -240,9 +287,12 @@ def find_garbage(cache_dir: Path, project: Path, *, simulated_only: bool = False
         if (root / "tmp").is_dir():
             partial += sum(1 for _ in (root / "tmp").glob("download-*.part"))
         if not objects:
+            frames += _frame_garbage(root, set(), refs)
             continue
         index = _read_index(root)
         protected = _protected(index, refs)
+        frames += _frame_garbage(root, {sha for sha, _, _ in objects if sha in protected},
+                                 refs)
         for sha, path, size in objects:
             if sha in protected:
                 kept += 1
@@ -254,7 +304,7 @@ def find_garbage(cache_dir: Path, project: Path, *, simulated_only: bool = False
                                    tuple(sorted({e.key for e in mine}))))
     return GcReport(tuple(stores), tuple(path for path, _ in locks), kept, kept_bytes,
                     tuple(sorted(garbage, key=lambda g: g.path)), project,
-                    tuple(sorted(ignored)), partial, simulated_only)
+                    tuple(sorted(ignored)), partial, simulated_only, tuple(frames))
 
 
 # -- deleting ---------------------------------------------------------------------------------
@@ -330,6 +380,21 @@ def delete_garbage(report: GcReport) -> int:
     return freed
 
 
+def delete_frames(report: GcReport) -> int:
+    """Delete the frame files of the report that are still where it saw them: a frame is
+    work, not money (taken again from its video when needed)."""
+    freed = 0
+    for path, size in report.frames:
+        if not any(store / "frames" in path.parents for store in report.stores):
+            raise ValueError(f"{path} is not a frame of the stores examined")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            freed += size
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only when it is empty
+    return freed
+
+
 # -- text -------------------------------------------------------------------------------------
 
 def _plural(count: int, word: str) -> str:
@@ -365,6 +430,11 @@ def render_gc_text(report: GcReport, *, freed: int | None = None) -> str:
             if freed < report.total_bytes:
                 lines.append("some were kept: a lock file referenced them by the time of "
                              "deleting (a run finished meanwhile)")
+    if report.frames:
+        what = f"{_plural(len(report.frames), 'frame file')} ({human_size(report.frame_bytes)}) " \
+               "no kept video or lock file needs"
+        lines.append(f"deleted: {what}" if freed is not None else
+                     f"{what}: deleted with --force (a frame is taken again from its video)")
     if report.ignored:
         lines.append(f"left alone: {_plural(len(report.ignored), 'other file')} under objects/, "
                      f"e.g. {printable(str(report.ignored[0]))}")

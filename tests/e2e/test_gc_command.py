@@ -78,3 +78,39 @@ def test_gc_on_a_cache_outside_the_project_says_what_it_cannot_see(
     assert result.exit_code == 0
     assert "outside the project" in result.output and "nothing to collect" in result.output
     assert not (tmp_path / "shared-cache").exists()
+
+
+CHAIN = """version: 1
+name: demo
+provider: {requests_per_minute: 6000}
+defaults: {model: kling-v3.0-pro-i2v, duration: 3}
+shots:
+  - {id: a, model: kling-v3.0-pro-t2v, aspect_ratio: "16:9", prompt: "A lighthouse at dusk"}
+  - {id: b, prompt: "The keeper climbs", image: {shot: a, frame: last}}
+"""
+
+
+def test_gc_collects_the_frames_of_videos_no_lock_needs(tmp_path: Path, sim: SimClient) -> None:
+    """Frames are work, not money: a frame of a video gc deletes goes with it; the frame a
+    lock's request names, and the frames of kept videos, stay (a plan needs them)."""
+    board = tmp_path / "board.yaml"
+    board.write_text(CHAIN, encoding="utf-8")
+    assert apply(board, sim.base_url).exit_code == 0
+    frames = tmp_path / ".kling-cache" / "frames"
+    first = {path for path in frames.rglob("*") if path.is_file()}
+    board.write_text(CHAIN.replace("at dusk", "at dawn"), encoding="utf-8")
+    assert apply(board, sim.base_url).exit_code == 0
+    now = {path for path in frames.rglob("*") if path.is_file()}
+    assert len(first) == 2 and not first & (now - first)  # a PNG and its record per render
+    listed = gc(board)
+    assert "2 frame files" in listed.output and "deleted with --force" in listed.output
+    assert {path for path in frames.rglob("*") if path.is_file()} == now  # listing deletes nothing
+    deleted = gc(board, "--force")
+    assert deleted.exit_code == 0, deleted.output
+    left = {path for path in frames.rglob("*") if path.is_file()}
+    assert left == now - first and left  # the old video's frame went with it
+    named = lock_of(board)["b"]["request"]["image"].removeprefix("sha256:")
+    assert any(path.name == f"{named}.png" for path in left)
+    # the plan still needs no frame taken again: b is up to date
+    plan = CliRunner().invoke(main, ["plan", str(board)], catch_exceptions=False)
+    assert "Nothing to submit" in plan.output
