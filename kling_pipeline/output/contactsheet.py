@@ -7,6 +7,8 @@ so it works over `file://`, behind any web server and after the folder is moved.
 the manifest alone (never from the lock file or the cache), so it shows exactly what the folder
 holds: the final cut at the top, then one row per shot in storyboard order with its thumbnail,
 the prompt as sent, the model, durations, its place in the cut, its status and the playable clip.
+A shot that starts (or ends) on a frame of another shot shows that frame, small, and links to
+the other shot's row: a chain reads as one from the page.
 
 Prompts and ids are user text: the template autoescapes everything, and a shot without a video
 shows its status and the reason instead of a broken image or player.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from kling_pipeline.output.manifest import Manifest, ManifestFinal, ManifestShot
+from kling_pipeline.output.manifest import Manifest, ManifestFinal, ManifestInput, ManifestShot
 from kling_pipeline.output.names import MANIFEST
 from kling_pipeline.sizes import human_size
 
@@ -31,8 +33,9 @@ if TYPE_CHECKING:
 
 TEMPLATE = "contact_sheet.html.j2"
 # Bump when this module changes what a page shows, so every folder's page is made again once.
-PAGE_VERSION = 1
+PAGE_VERSION = 2
 THUMB_BOX = (192, 108)  # CSS pixels of the thumbnail frame; the <img> is fitted inside it
+FRAME_BOX = (80, 45)    # CSS pixels of a chained shot's input frame
 
 # Status -> tone: the colour a reviewer reads first.
 _TONE: dict[str, str] = {
@@ -76,6 +79,19 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class InputView:
+    """A frame of another shot that a shot starts or ends on, in words and small."""
+
+    field: str             # "image" | "end_image"
+    verb: str              # "starts on" | "ends on"
+    which: str             # "the last frame" | "the frame at 2.5 s"
+    shot: str              # the other shot's id
+    fragment: str | None   # "#shot-<id>", percent-encoded; None when it has no row here
+    image: Frame | None    # the frame in frames/; None when it is not in the folder
+    note: str | None       # why there is no image: "not rendered yet"
+
+
+@dataclass(frozen=True)
 class ShotView:
     """What one shot's row shows, formatted."""
 
@@ -98,6 +114,7 @@ class ShotView:
     thumb: Frame | None
     clip: Frame | None
     poster: str | None
+    inputs: tuple[InputView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,7 +161,9 @@ def sheet_view(manifest: Manifest) -> SheetView:
     """The page's content as plain values: the template only lays it out."""
     poster = next((url_of(shot.thumbnail) for shot in manifest.shots
                    if shot.file and shot.thumbnail), None)
-    shots = tuple(_shot_view(shot, len(manifest.shots)) for shot in manifest.shots)
+    by_id = {shot.id: shot for shot in manifest.shots} if any(
+        shot.inputs for shot in manifest.shots) else {}
+    shots = tuple(_shot_view(shot, len(manifest.shots), by_id) for shot in manifest.shots)
     rendered = sum(1 for shot in shots if shot.clip is not None)
     counts: dict[str, int] = {}
     for shot in shots:
@@ -195,7 +214,39 @@ def _part(raw: Any) -> Part:
     return Part(prompt=str(item.get("prompt", "")), duration=shown)
 
 
-def _shot_view(shot: ManifestShot, total: int) -> ShotView:
+def _anchor(shot_id: str) -> tuple[str, str]:
+    """A shot row's id attribute and the percent-encoded fragment that links to it."""
+    anchor = f"shot-{shot_id}"
+    return anchor, "#" + quote(anchor, safe="")
+
+
+_VERB = {"image": "starts on", "end_image": "ends on"}
+
+
+def _input_view(edge: ManifestInput, by_id: dict[str, ManifestShot]) -> InputView:
+    """A chained shot's input: the frame as a small image (fitted to the other shot's video,
+    which it is a frame of) and a link to that shot's row."""
+    upstream = by_id.get(edge.shot)
+    if edge.frame is not None:
+        which = f"the {edge.frame} frame"
+    elif edge.at is not None:
+        which = f"the frame at {edge.at:g} s"
+    else:
+        which = "a frame"
+    image = note = None
+    if edge.file:
+        size = _fit(upstream.width, upstream.height, FRAME_BOX) if upstream else (
+            _fit(None, None, FRAME_BOX))
+        image = Frame(url_of(edge.file), *size)
+    else:
+        note = "not rendered yet" if edge.sha256 is None else "not in this folder"
+    return InputView(field=edge.field, verb=_VERB.get(edge.field, f"takes as {edge.field}"),
+                     which=which, shot=edge.shot,
+                     fragment=_anchor(edge.shot)[1] if upstream is not None else None,
+                     image=image, note=note)
+
+
+def _shot_view(shot: ManifestShot, total: int, by_id: dict[str, ManifestShot]) -> ShotView:
     received = shot.duration is not None
     seconds = shot.duration if shot.duration is not None else shot.planned_duration
     clip = thumb = None
@@ -204,10 +255,10 @@ def _shot_view(shot: ManifestShot, total: int) -> ShotView:
         clip = Frame(url_of(shot.file), shot.width or 16 * 20, shot.height or 9 * 20)
         if poster is not None:
             thumb = Frame(poster, *_fit(shot.width, shot.height, THUMB_BOX))
-    anchor = f"shot-{shot.id}"
+    anchor, fragment = _anchor(shot.id)
     return ShotView(
         number=f"{shot.position:0{max(2, len(str(total)))}d}", id=shot.id, anchor=anchor,
-        fragment="#" + quote(anchor, safe=""), model=shot.endpoint,
+        fragment=fragment, model=shot.endpoint,
         seconds=seconds if math.isfinite(seconds) and seconds > 0 else 0.0,
         duration=_seconds_text(seconds), duration_label="received" if received else "planned",
         start=timecode(shot.start) if shot.start is not None else None,
@@ -215,7 +266,8 @@ def _shot_view(shot: ManifestShot, total: int) -> ShotView:
         status=shot.status, tone=_TONE.get(shot.status, "none"),
         reason=_REASON.get(shot.status, f"Not rendered ({shot.status})."),
         prompt=shot.prompt, parts=tuple(_part(raw) for raw in shot.multi_prompt or ()),
-        error=shot.error, thumb=thumb, clip=clip, poster=poster if clip else None)
+        error=shot.error, thumb=thumb, clip=clip, poster=poster if clip else None,
+        inputs=tuple(_input_view(edge, by_id) for edge in shot.inputs or ()))
 
 
 def _final_view(final: ManifestFinal, poster: str | None) -> FinalView:

@@ -6,6 +6,7 @@ renders/<name>/manifest.json    what is here, per shot: key, task id, digest, st
 renders/<name>/final.mp4        every rendered shot in storyboard order, one shape
 renders/<name>/shots/NNN-<id>.mp4
 renders/<name>/thumbs/NNN-<id>.jpg
+renders/<name>/frames/NNN-<id>-<field>.png   the frame of another shot a chained shot takes
 ```
 The folder shows the storyboard as it is now: a shot whose request changed since its video
 was made, or that was removed, has no file here (its video stays in the cache). Work already
@@ -25,6 +26,7 @@ change is not written at all (no new time stamp for a player, a sync tool or a b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,19 +39,29 @@ from typing import Any
 
 from kling_pipeline.errors import KlingPipelineError
 from kling_pipeline.fsutil import atomic_write_bytes, size_or_none
-from kling_pipeline.key import KEY_SCHEME
+from kling_pipeline.key import IMAGE_DIGEST_PREFIX, KEY_SCHEME
 from kling_pipeline.output.contactsheet import page_recipe, render_contact_sheet
 from kling_pipeline.output.finalcut import build_final_cut
 from kling_pipeline.output.manifest import (
     Manifest,
     ManifestFinal,
+    ManifestInput,
     ManifestShot,
     manifest_json,
     manifest_storyboard,
     read_manifest,
 )
 from kling_pipeline.output.media import MediaError, probe_video
-from kling_pipeline.output.names import FINAL, MANIFEST, PAGE, SHOTS, THUMBS, shot_file_name
+from kling_pipeline.output.names import (
+    FINAL,
+    FRAMES,
+    MANIFEST,
+    PAGE,
+    SHOTS,
+    THUMBS,
+    frame_file_name,
+    shot_file_name,
+)
 from kling_pipeline.output.recipe import Recipe, folder_recipe, rendered_output, shot_status
 from kling_pipeline.output.stamps import FolderStamps, sha256_file
 from kling_pipeline.output.thumbnails import write_thumbnail
@@ -61,6 +73,7 @@ from kling_pipeline.storyboard.render import ShotRequest
 # Bump when the final cut is made differently, so every cut is rebuilt once.
 CUT_VERSION = 1
 _OURS_IN_SUBFOLDER = re.compile(r"^\d{3,}-.+\.(mp4|jpg)$")
+_OURS_IN_FRAMES = re.compile(r"^\d{3,}-.+\.png$")
 
 
 @dataclass(frozen=True)
@@ -312,18 +325,51 @@ class OutputFolder:
         # a video the lock names but the store lost says so in its own words
         error = video.pop("error", None) or (entry.error if entry is not None and current
                                              else None)
+        inputs = self._inputs(shot, problems) if shot.frames else None
         old = reusable.get(video["file"]) if "file" in video else None
         if (old is not None and old.position == position and old.id == shot.id
                 and old.key == shot.key and old.status == status and old.task_id == task_id
-                and old.error == error and all(getattr(old, name) == value
-                                               for name, value in video.items())):
+                and old.error == error and old.inputs == inputs
+                and all(getattr(old, name) == value for name, value in video.items())):
             return old  # the same key means the same prompt, endpoint and duration
         return ManifestShot(
             position=position, id=shot.id, status=status, endpoint=shot.endpoint,
             key=shot.key, task_id=task_id,
             prompt=prompt if isinstance(prompt, str) else None,
             multi_prompt=multi if isinstance(multi, list) else None,
-            planned_duration=float(shot.duration), error=error, **video)
+            planned_duration=float(shot.duration), error=error, inputs=inputs, **video)
+
+    def _inputs(self, shot: ShotRequest, problems: list[str]) -> list[ManifestInput]:
+        """The frames of other shots that `shot` takes, each linked into `frames/` once it
+        is known (its upstream video is rendered and the request holds the frame's digest),
+        whether or not `shot` itself is rendered yet: it is what it starts or ends on."""
+        edges: list[ManifestInput] = []
+        for frame in shot.frames:
+            value = shot.body.get(frame.wire)
+            sha256 = (value[len(IMAGE_DIGEST_PREFIX):] if isinstance(value, str)
+                      and value.startswith(IMAGE_DIGEST_PREFIX) else None)
+            image = shot.local_images.get(frame.wire)
+            file = None
+            if sha256 is not None and image is not None and image.sha256 == sha256:
+                name = f"{FRAMES}/{frame_file_name(self.names[shot.id], frame.field)}"
+                file = self._place_frame(name, image.path, sha256, shot.id, problems)
+            edges.append(ManifestInput(field=frame.field, shot=frame.shot, frame=frame.frame,
+                                       at=frame.at, sha256=sha256, file=file))
+        return edges
+
+    def _place_frame(self, relative: str, source: Path, sha256: str, shot_id: str,
+                     problems: list[str]) -> str | None:
+        """Link (or copy) a frame's PNG from the store to `relative`, unless its stamp says
+        it is there; `relative`, or None (and a problem) when it cannot be put there."""
+        if self.stamps.fresh(relative, sha256):
+            return relative
+        try:
+            place(source, self.out_dir / relative)
+        except OSError as exc:
+            problems.append(f"{shot_id}: {relative} could not be made: {exc}")
+            return None
+        self.stamps.record(relative, sha256)
+        return relative
 
     def _video(self, shot: ShotRequest, output: Output, known: dict[str, ManifestShot],
                problems: list[str]) -> dict[str, Any]:
@@ -428,18 +474,25 @@ class OutputFolder:
         each cost a no-op apply of 10,000 shots half a second.
         """
         strangers: list[str] = []
-        for sub in (SHOTS, THUMBS):
-            for entry in _entries(self.out_dir / sub):
+        for sub, ours in ((SHOTS, _OURS_IN_SUBFOLDER), (THUMBS, _OURS_IN_SUBFOLDER),
+                          (FRAMES, _OURS_IN_FRAMES)):
+            found = _entries(self.out_dir / sub)
+            kept = len(found)
+            for entry in found:
                 relative = f"{sub}/{entry.name}"
                 if relative in wanted:
                     continue
-                if _is_file(entry) and (_OURS_IN_SUBFOLDER.match(entry.name)
-                                        or _temp(entry.name)):
+                if _is_file(entry) and (ours.match(entry.name) or _temp(entry.name)):
                     Path(entry.path).unlink(missing_ok=True)
+                    kept -= 1
                 else:
                     strangers.append(relative)
+            if sub == FRAMES and found and not kept:
+                # only chained shots have frames: a storyboard without them has no frames/
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.out_dir / FRAMES)
         for entry in _entries(self.out_dir):
-            if entry.name in wanted or entry.name in (MANIFEST, SHOTS, THUMBS):
+            if entry.name in wanted or entry.name in (MANIFEST, SHOTS, THUMBS, FRAMES):
                 continue
             if _is_file(entry) and (entry.name in (FINAL, PAGE) or _temp(entry.name)):
                 Path(entry.path).unlink(missing_ok=True)

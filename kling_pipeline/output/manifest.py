@@ -1,9 +1,18 @@
 """`manifest.json`: what the output folder holds, for people and for programs.
 
 It names every file `apply` put in the folder (the page, the final cut, each shot's video and
-thumbnail), so an editor's script can find the shots without parsing file names, and `apply`
-can tell what it made from what a person dropped there. It holds no time stamp: the same render
-gives the same bytes, so it can be diffed or kept in git like the lock file.
+thumbnail, the frames of other shots that chained shots start or end on), so an editor's script
+can find the shots without parsing file names, and `apply` can tell what it made from what a
+person dropped there. It holds no time stamp: the same render gives the same bytes, so it can be
+diffed or kept in git like the lock file.
+
+A shot that takes a frame of another shot's video records those edges in `inputs`; a shot with
+none has no `inputs` key at all, so the manifest of a storyboard without chains is the same
+bytes as before the key existed. That is why MANIFEST_VERSION stayed 1: a reader that ignores
+keys it does not know (any JSON consumer) reads both, this version reads manifests without the
+key, and an older version of this tool, which builds each record from every key it finds, fails
+on the new key, takes the manifest as unreadable and remakes the folder's records from the lock
+(thumbnails and cut made again once), which is what a version bump would have made it do anyway.
 """
 
 from __future__ import annotations
@@ -16,7 +25,20 @@ from typing import Any
 
 from kling_pipeline.fsutil import atomic_write_bytes
 
+# Not bumped for `inputs` (see above): bump only for a change an old reader would misread.
 MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ManifestInput:
+    """A frame of another shot's video that a shot takes as its image: one edge of the graph."""
+
+    field: str                    # the storyboard's field: "image" | "end_image"
+    shot: str                     # the id of the shot whose video the frame is taken from
+    frame: str | None             # "first" | "last"; None when taken `at` a time
+    at: float | None              # seconds into that video; None for first or last
+    sha256: str | None            # of the frame's PNG; None until that video is rendered
+    file: str | None              # "frames/002-<id>-image.png"; None when not in the folder
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,8 @@ class ManifestShot:
     height: int | None = None
     start: float | None = None    # seconds into the final cut; None when not in it
     error: str | None = None      # why it is not rendered, when the lock says
+    # frames of other shots it takes (None, and no key in the file, when it takes none)
+    inputs: list[ManifestInput] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,8 @@ class Manifest:
             named.add(self.final.file)
         for shot in self.shots:
             named.update(name for name in (shot.file, shot.thumbnail) if name)
+            if shot.inputs:
+                named.update(edge.file for edge in shot.inputs if edge.file)
         return named
 
 
@@ -90,16 +116,27 @@ def manifest_json(manifest: Manifest) -> str:
     data = {"manifest_version": manifest.manifest_version, "storyboard": manifest.storyboard,
             "key_scheme": manifest.key_scheme, "simulated": manifest.simulated,
             "page": manifest.page, "final": _plain(final, _FINAL) if final else None,
-            "shots": [_plain(shot, _SHOT) for shot in manifest.shots]}
+            "shots": [_shot_plain(shot) for shot in manifest.shots]}
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def _plain(record: ManifestShot | ManifestFinal, names: tuple[str, ...]) -> dict[str, Any]:
+def _plain(record: ManifestShot | ManifestFinal | ManifestInput,
+           names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(record, name) for name in names}
 
 
-_SHOT = tuple(field.name for field in fields(ManifestShot))
+def _shot_plain(shot: ManifestShot) -> dict[str, Any]:
+    """A shot's fields in their order; `inputs` (the last) only when it has some."""
+    data = _plain(shot, _SHOT)
+    if shot.inputs is not None:
+        data["inputs"] = [_plain(edge, _INPUT) for edge in shot.inputs]
+    return data
+
+
+assert fields(ManifestShot)[-1].name == "inputs", "inputs is written last, when there are any"
+_SHOT = tuple(field.name for field in fields(ManifestShot) if field.name != "inputs")
 _FINAL = tuple(field.name for field in fields(ManifestFinal))
+_INPUT = tuple(field.name for field in fields(ManifestInput))
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
@@ -139,6 +176,16 @@ def read_manifest(path: Path) -> Manifest | None:
             storyboard=str(data["storyboard"]), key_scheme=int(data["key_scheme"]),
             simulated=bool(data["simulated"]), page=str(data["page"]),
             final=ManifestFinal(**final) if isinstance(final, dict) else None,
-            shots=[ManifestShot(**shot) for shot in data["shots"]])
+            shots=[_shot_record(shot) for shot in data["shots"]])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _shot_record(raw: dict[str, Any]) -> ManifestShot:
+    """A shot's record as read (TypeError for a key or a shape this version does not know)."""
+    edges = raw.get("inputs")
+    if edges is None:
+        return ManifestShot(**raw)
+    if not isinstance(edges, list):
+        raise TypeError("inputs is not a list")
+    return ManifestShot(**{**raw, "inputs": [ManifestInput(**edge) for edge in edges]})

@@ -7,6 +7,7 @@ PAGE = "index.html"
 FINAL = "final.mp4"
 SHOTS = "shots"    # NNN-<id>.mp4
 THUMBS = "thumbs"  # NNN-<id>.jpg
+FRAMES = "frames"  # NNN-<id>-<field>.png: the frame of another shot a shot starts or ends on
 
 
 def shot_file_name(position: int, shot_id: str, total: int) -> str:
@@ -21,3 +22,11 @@ def shot_file_name(position: int, shot_id: str, total: int) -> str:
         raise ValueError(f"position {position} is not in 1..{total}")
     width = max(3, len(str(total)))
     return f"{position:0{width}d}-{shot_id}.mp4"
+
+
+def frame_file_name(shot_file: str, field: str) -> str:
+    """The file under `<out_dir>/frames/` of the frame a shot takes as `field` (`image` or
+    `end_image`), from the shot's own file name: `NNN-<id>.mp4` -> `NNN-<id>-<field>.png`.
+    Fields are storyboard names (letters and `_`), so names never collide."""
+    stem = shot_file[:-4] if shot_file.endswith(".mp4") else shot_file
+    return f"{stem}-{field}.png"

@@ -3,10 +3,12 @@
 A sync of 10,000 shots that finds nothing to do still read the 7 MB manifest, made 10,000
 records and compared each with last run's, to learn that nothing had changed. What the folder
 holds is a function of a few inputs: the storyboard's shots in order (id and key), each shot's
-lock entry (status, task id, error, video), whether that video is in the store, and the
-formats of the files made (manifest, page, cut). Their digest is the recipe. A sync that ends
-with the folder whole records it beside the files' stamps; the next sync with the same recipe,
-every stamped file still as it was left, has nothing to make, check or write.
+lock entry (status, task id, error, video), whether that video is in the store, the frames
+of other shots a chained shot takes (which shot, which frame, the PNG's digest and whether it
+is in the store), and the formats of the files made (manifest, page, cut). Their digest is the
+recipe. A sync that ends with the folder whole records it beside the files' stamps; the next
+sync with the same recipe, every stamped file still as it was left, has nothing to make, check
+or write.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from kling_pipeline.key import KEY_SCHEME
+from kling_pipeline.fsutil import size_or_none
+from kling_pipeline.key import IMAGE_DIGEST_PREFIX, KEY_SCHEME
 from kling_pipeline.output.contactsheet import page_recipe
 from kling_pipeline.output.manifest import MANIFEST_VERSION
 from kling_pipeline.state.cache import Store
@@ -53,7 +56,7 @@ def shot_status(shot: ShotRequest, entry: LockEntry | None) -> str:
 def folder_recipe(storyboard: str, simulated: bool, shots: list[ShotRequest], lock: LockFile,
                   store: Store, cut_version: int) -> Recipe:
     """The recipe of the folder these inputs make (one stat per rendered shot: its video in
-    the store)."""
+    the store; one per known frame: its PNG in the store)."""
     rows: list[object] = [RECIPE_VERSION, MANIFEST_VERSION, KEY_SCHEME, cut_version,
                           page_recipe(""), storyboard, simulated]
     absent: list[tuple[str, str]] = []
@@ -63,11 +66,28 @@ def folder_recipe(storyboard: str, simulated: bool, shots: list[ShotRequest], lo
         here = output is not None and store.has_object(output)
         status = shot_status(shot, entry)
         current = entry is not None and entry.key == shot.key
-        rows.append((shot.id, shot.key, status,
-                     entry.task_id if current and entry is not None else None,
-                     entry.error if current and entry is not None else None,
-                     (output.sha256, output.size, output.duration) if output else None, here))
+        row: tuple[object, ...] = (
+            shot.id, shot.key, status, entry.task_id if current and entry is not None else None,
+            entry.error if current and entry is not None else None,
+            (output.sha256, output.size, output.duration) if output else None, here)
+        # The key holds each frame's digest, not which shot and frame it came from (two
+        # spellings may give one PNG), nor whether the PNG is still in the store.
+        rows.append((*row, _edges(shot)) if shot.frames else row)
         if not here:
             absent.append((shot.id, status))
     material = json.dumps(rows, separators=(",", ":"), ensure_ascii=False)
     return Recipe(hashlib.sha256(material.encode("utf-8")).hexdigest(), tuple(absent))
+
+
+def _edges(shot: ShotRequest) -> list[object]:
+    """What the folder shows of a chained shot's frames: for each, its field, the shot and
+    frame it is taken from, the PNG's digest once known and whether the store has it."""
+    edges: list[object] = []
+    for frame in shot.frames:
+        image = shot.local_images.get(frame.wire)
+        if image is None or shot.body.get(frame.wire) != IMAGE_DIGEST_PREFIX + image.sha256:
+            edges.append((frame.field, frame.shot, frame.frame, frame.at, None, False))
+            continue
+        here = size_or_none(image.path) == image.size
+        edges.append((frame.field, frame.shot, frame.frame, frame.at, image.sha256, here))
+    return edges

@@ -1,15 +1,16 @@
 """index.html in real headless Chromium: every clip and thumbnail loads, nothing leaves the disk.
 
 The folder is real: MP4s from the simulator's renderer (16:9, 9:16, with sound, from an image,
-multi-prompt), JPEG thumbnails of their first frames, a failed shot and one in flight, and the
-page that render_contact_sheet writes for them. The test also saves a full-page screenshot to
+multi-prompt, one starting on the last frame of another, whose PNG is in frames/), JPEG
+thumbnails of their first frames, a failed shot and one in flight, and the page that
+render_contact_sheet writes for them. The test also saves a full-page screenshot to
 test-artifacts/contact-sheet.png (git-ignored) for people and the README.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,15 @@ from support.browser import (
 )
 from support.paths import ROOT
 
+from kling_pipeline.frames import FrameRef, extract_frame
 from kling_pipeline.output.contactsheet import render_contact_sheet
-from kling_pipeline.output.manifest import Manifest, ManifestFinal, ManifestShot, write_manifest
+from kling_pipeline.output.manifest import (
+    Manifest,
+    ManifestFinal,
+    ManifestInput,
+    ManifestShot,
+    write_manifest,
+)
 from kling_pipeline.output.media import probe_video
 from kling_pipeline.simulator.video import ClipSpec, render_clip
 
@@ -52,6 +60,7 @@ class Planned:
     planned: float
     multi_prompt: list[dict[str, Any]] | None = None
     error: str | None = None
+    starts_on: str | None = None  # the shot whose last frame is its image
 
 
 def _storyboard() -> list[Planned]:
@@ -85,6 +94,10 @@ def _storyboard() -> list[Planned]:
                 "Portrait of the keeper at the window, rain on the glass & the beam behind him",
                 ClipSpec(segments=(("Portrait of the keeper at the window", 1.0),),
                          aspect_ratio="9:16"), 1.0),
+        Planned("beam-sweeps", "kling-v3.0-pro-i2v", "done",
+                f"The beam sweeps on over the sea, {LOOK}",
+                ClipSpec(segments=(("The beam sweeps on over the sea", 1.0),)), 1.0,
+                starts_on="establishing"),
     ]
 
 
@@ -116,12 +129,23 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Folder:
     for position, item in enumerate(planned, start=1):
         base = f"{position:03d}-{item.id}"
         fields: dict[str, Any] = {}
-        if item.spec is not None:
+        spec = item.spec
+        if item.starts_on is not None and spec is not None:  # a chain, as apply leaves it
+            [upstream] = [shot for shot in shots if shot.id == item.starts_on]
+            assert upstream.file is not None
+            frame = extract_frame(out / upstream.file, FrameRef("last"))
+            (out / "frames").mkdir(exist_ok=True)
+            (out / "frames" / f"{base}-image.png").write_bytes(frame.png)
+            spec = replace(spec, image=frame.png)
+            fields["inputs"] = [ManifestInput(
+                field="image", shot=upstream.id, frame="last", at=None, sha256=frame.sha256,
+                file=f"frames/{base}-image.png")]
+        if spec is not None:
             video = out / "shots" / f"{base}.mp4"
-            video.write_bytes(render_clip(item.spec))
+            video.write_bytes(render_clip(spec))
             info = probe_video(video)
             _thumbnail(video, out / "thumbs" / f"{base}.jpg")
-            fields = {"file": f"shots/{base}.mp4", "thumbnail": f"thumbs/{base}.jpg",
+            fields |= {"file": f"shots/{base}.mp4", "thumbnail": f"thumbs/{base}.jpg",
                       "duration": info.duration, "size": video.stat().st_size,
                       "sha256": "0" * 64, "width": info.width, "height": info.height,
                       "start": start}
@@ -176,11 +200,38 @@ def test_every_video_loads_its_clip(folder: Folder, visit: tuple[Visit, dict[str
 
 
 def test_every_thumbnail_renders(folder: Folder, visit: tuple[Visit, dict[str, Any]]) -> None:
+    """The shots' thumbnails, and the frames that chained shots start on."""
     images = visit[1]["images"]
+    frames = [edge.file for shot in folder.manifest.shots for edge in shot.inputs or ()
+              if edge.file]
+    assert frames
     assert sorted(image["src"] for image in images) == sorted(
-        shot.thumbnail for shot in folder.manifest.shots if shot.thumbnail)
+        [shot.thumbnail for shot in folder.manifest.shots if shot.thumbnail] + frames)
     for image in images:
         assert image["complete"] and image["naturalWidth"] > 0, image
+
+
+def test_a_chained_shot_shows_its_frame_and_links_to_the_shot_it_comes_from(
+        browser: Browser, folder: Folder) -> None:
+    with open_page(browser, folder.path / "index.html") as opened:
+        page = opened.page
+        media_state(page)
+        # every in-page link has a target: the timeline's and the chained shots' alike
+        dangling = page.evaluate("""() => [...document.querySelectorAll('a[href^="#"]')]
+            .map(a => a.getAttribute('href'))
+            .filter(href => !document.getElementById(decodeURIComponent(href.slice(1))))""")
+        assert dangling == []
+        row = page.locator("#shot-beam-sweeps")
+        assert "starts on the last frame of establishing" in row.inner_text()
+        frame = row.locator("img.input-image")
+        assert frame.evaluate("i => i.complete && i.naturalWidth > 0")
+        box = frame.bounding_box()
+        assert box is not None and box["width"] > 20 and box["height"] > 10  # shown, small
+        row.locator("a.upstream").click()
+        assert page.evaluate("() => location.hash") == "#shot-establishing"
+        assert page.evaluate("() => document.querySelector(':target').id") == \
+            "shot-establishing"
+        assert opened.off_disk() == []
 
 
 def test_the_final_cut_plays(browser: Browser, folder: Folder) -> None:

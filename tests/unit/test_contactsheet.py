@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 from kling_pipeline.output.contactsheet import render_contact_sheet, timecode, url_of
-from kling_pipeline.output.manifest import Manifest, ManifestFinal, ManifestShot
+from kling_pipeline.output.manifest import Manifest, ManifestFinal, ManifestInput, ManifestShot
 
 HOSTILE = "</p><script>alert(\"pwned\")</script> & 'quotes' <b>bold</b> &amp; {{ x }}"
 LINK_ATTRIBUTES = ("src", "href", "poster")
@@ -306,3 +306,89 @@ def test_timecode(seconds: float, shown: str) -> None:
 
 def test_quote_matches_the_standard_library() -> None:
     assert url_of("shots/001-a b#c?.mp4") == quote("shots/001-a b#c?.mp4")
+
+
+def edge(field: str, upstream: str, *, frame: str | None = "last", at: float | None = None,
+         known: bool = True, file: str | None = None) -> ManifestInput:
+    return ManifestInput(field=field, shot=upstream, frame=frame, at=at,
+                         sha256="ef" * 32 if known else None, file=file)
+
+
+def chain() -> Manifest:
+    """a, then b starting on a's last frame, then c from b at 2.5 s to a's first frame."""
+    return manifest(
+        shot(1, "a"),
+        shot(2, "b", inputs=[edge("image", "a", file="frames/002-b-image.png")]),
+        shot(3, "c", inputs=[edge("image", "b", frame=None, at=2.5,
+                                  file="frames/003-c-image.png"),
+                             edge("end_image", "a", frame="first",
+                                  file="frames/003-c-end_image.png")]))
+
+
+def test_a_chained_shot_shows_the_frames_it_starts_and_ends_on() -> None:
+    value = chain()
+    page = parse(value)
+    assert "starts on the last frame of a" in page.shot_text("b")
+    assert "starts on the frame at 2.5 s of b" in page.shot_text("c")
+    assert "ends on the first frame of a" in page.shot_text("c")
+    assert "starts on" not in page.shot_text("a")
+    [frame] = page.find("img", class_="input-image", src="frames/002-b-image.png")
+    assert frame.row == "shot-b" and frame.attrs["alt"] == "the last frame of a"
+    assert (frame.attrs["width"], frame.attrs["height"]) == ("80", "45")  # a is 16:9
+    assert [element.attrs["src"] for element in page.in_row("shot-c", "img")
+            if element.attrs["class"] == "input-image"] == [
+        "frames/003-c-image.png", "frames/003-c-end_image.png"]
+    # each frame links to itself, full size, and to the row of the shot it comes from
+    links = [element.attrs["href"] for element in page.in_row("shot-c", "a")]
+    assert links == ["frames/003-c-image.png", "#shot-b", "frames/003-c-end_image.png",
+                     "#shot-a"]
+    rows = {element.attrs["id"] for element in page.find("article")}
+    for element in page.find("a", class_="upstream"):
+        assert unquote(element.attrs["href"][1:]) in rows
+    assert value.files() - {value.page} <= {unquote(link) for link in page.links()}
+
+
+def test_a_frame_is_fitted_to_the_shape_of_the_video_it_comes_from() -> None:
+    page = parse(manifest(
+        shot(1, "tall", width=720, height=1280),
+        shot(2, "next", inputs=[edge("image", "tall", file="frames/002-next-image.png")])))
+    [frame] = page.find("img", class_="input-image")
+    assert (frame.attrs["width"], frame.attrs["height"]) == ("25", "45")
+
+
+def test_a_frame_not_in_the_folder_says_why_instead_of_a_broken_image() -> None:
+    page = parse(manifest(
+        shot(1, "a", status="failed"),
+        shot(2, "b", status="pending", inputs=[edge("image", "a", known=False)]),
+        shot(3, "c", status="pending", inputs=[edge("image", "a")])))
+    assert page.find("img", class_="input-image") == []
+    assert "starts on the last frame of a (not rendered yet)" in page.shot_text("b")
+    assert "starts on the last frame of a (not in this folder)" in page.shot_text("c")
+    assert [element.attrs["href"] for element in page.in_row("shot-b", "a")] == ["#shot-a"]
+
+
+def test_a_shot_the_page_does_not_show_is_named_not_linked() -> None:
+    """A manifest edited by hand may name a shot it has no record of: no dangling link."""
+    page = parse(manifest(shot(1, "b", inputs=[edge("image", "gone", known=False)])))
+    assert page.in_row("shot-b", "a") == []
+    assert "starts on the last frame of gone" in page.shot_text("b")
+
+
+def test_a_hostile_upstream_id_is_shown_as_text_and_linked_exactly() -> None:
+    hostile_id = "a\"b<c>&d'e #x"
+    page = parse(manifest(
+        shot(1, hostile_id),
+        shot(2, "b", inputs=[edge("image", hostile_id, file="frames/002-b-image.png"),
+                             edge("end_image", HOSTILE, known=False)]),
+        shot(3, HOSTILE, rendered=False)))
+    assert page.find("script") == [] and page.find("b") == []
+    text = page.shot_text("b")
+    assert f"starts on the last frame of {hostile_id}" in text
+    assert f"ends on the last frame of {' '.join(HOSTILE.split())}" in text
+    [link, other] = page.find("a", class_="upstream")
+    assert link.attrs["href"] == "#" + quote(f"shot-{hostile_id}", safe="")
+    assert unquote(link.attrs["href"][1:]) == f"shot-{hostile_id}"
+    assert unquote(other.attrs["href"][1:]) == f"shot-{HOSTILE}"
+    [frame] = page.find("img", class_="input-image")
+    assert frame.attrs["alt"] == f"the last frame of {hostile_id}"
+    assert page.find("article", id=f"shot-{hostile_id}")
