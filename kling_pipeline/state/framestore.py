@@ -88,6 +88,9 @@ class FrameStore:
         path = self.png_path(record.sha256)
         if not (path.is_file() and path.stat().st_size == record.size):
             atomic_write_bytes(path, taken.png)
+            # read-only, as the store's videos: the output folder's frames/ holds hard links
+            # to it, and an edit there must not change what the key stands for
+            os.chmod(path, 0o444)
         index = {"sha256": record.sha256, "width": record.width, "height": record.height,
                  "size": record.size, "seconds": record.seconds, "reduced": record.reduced}
         atomic_write_bytes(self._index_path(video_sha256, frame),

@@ -92,6 +92,7 @@ def test_a_rendered_upstream_makes_the_key_exact_from_the_frame_bytes(
     assert b.body["image"] == IMAGE_DIGEST_PREFIX + expected.sha256
     assert b.local_images["image"].sha256 == expected.sha256
     assert b.local_images["image"].path.read_bytes() == expected.png  # kept in the store
+    assert b.local_images["image"].path.stat().st_mode & 0o222 == 0  # read-only there
     assert not b.key.startswith("pending-") and "b" not in resolution.waiting
     assert resolution.waiting["c"].upstream == ("b", "a")  # b is not rendered yet
     # the same inputs give the same key, and the second time from the kept frame
