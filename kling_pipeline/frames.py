@@ -6,8 +6,9 @@ dependent shot's request key, and the key decides whether the user pays again. S
 bytes must give the same PNG bytes everywhere, or no chained shot could ever be up to date. Three
 steps are made exact on purpose:
 
-- Decoding: one thread, every frame in order. H.264 (like FFmpeg's other decoders) is bit-exact
-  by its standard; the frame is chosen by its presentation time.
+- Decoding: one thread, every frame in order, by the same code that proves a download whole
+  (kling_pipeline.output.media). H.264 (like FFmpeg's other decoders) is bit-exact by its
+  standard; the frame is chosen by its presentation time.
 - Colour: FFmpeg's swscale (PyAV's `to_image()`) has SIMD paths that differ between CPUs, so the
   YUV -> RGB conversion is ours, in integers: every output value is a lookup in a table computed
   in Python with exact fractions (see `_Tables`), applied with Pillow's `Image.point`, and
@@ -26,10 +27,11 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from kling_pipeline.output.media import MediaError, decode_whole, open_video
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -41,9 +43,6 @@ if TYPE_CHECKING:
 # `at: t` takes the last frame shown at or before t; this much later still counts as "at t", so
 # that t written in decimal (0.1, or 1/12 s as 0.08333333333333333) finds the frame it means.
 AT_EPSILON = Fraction(1, 1_000_000)  # seconds
-
-# Demuxers that read a single picture: ffmpeg opens an image as a one-frame "video".
-_IMAGE_FORMAT_SUFFIXES = ("_pipe", "image2")
 
 # Kr, Kb of each YCbCr matrix (Kg = 1 - Kr - Kb), as the standards give them.
 _KR_KB = {
@@ -115,7 +114,13 @@ class Frame:
 
 
 class FrameError(Exception):
-    """A frame that cannot be taken from a file; the message names the file and says why."""
+    """A frame that cannot be taken from a file; the message names the file and says why.
+
+    Not a MediaError, on purpose: a MediaError says a download is bad (it is fetched again), a
+    FrameError blocks the shot that wanted the frame, and no `except MediaError` may take one for
+    the other. extract_frame turns the MediaError of the opening and decoding it shares with
+    probe_video into a FrameError with the same message.
+    """
 
 
 def extract_frame(video: str | os.PathLike[str], ref: FrameRef, *,
@@ -138,23 +143,11 @@ def extract_frame(video: str | os.PathLike[str], ref: FrameRef, *,
     if max_bytes is not None and max_bytes < _png_size(1, 1):
         raise ValueError(f"max_bytes must be at least {_png_size(1, 1)}, not {max_bytes}")
     try:
-        size = os.path.getsize(name)
-    except OSError as exc:
-        raise FrameError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise FrameError(f"{name}: the file is empty")
-    import av
-
-    try:
-        with av.open(name, mode="r") as container:
-            chosen, seconds = _choose(container, ref, name)
+        with open_video(name) as (container, stream):  # any failure inside: a MediaError
+            chosen, seconds = _choose(container, stream, ref, name)
             image = _to_rgb(chosen)
-    except FrameError:
-        raise
-    except av.FFmpegError as exc:
-        raise FrameError(f"{name}: not a readable video ({_plain(exc)})") from exc
-    except Exception as exc:  # PyAV can raise anything on hostile bytes; none may escape raw
-        raise FrameError(f"{name}: not a readable video ({type(exc).__name__}: {exc})") from exc
+    except MediaError as exc:
+        raise FrameError(str(exc)) from exc
     reduced = 0
     while max_bytes is not None and _png_size(*image.size) > max_bytes:
         image = image.reduce(2)
@@ -203,37 +196,28 @@ def _png_size(width: int, height: int) -> int:
     return len(_PNG_SIGNATURE) + (12 + 13) + (12 + 2 + raw + 5 * blocks + 4) + 12
 
 
-def _plain(exc: Exception) -> str:
-    """FFmpeg's own words for an error, without the errno and the repeated file name."""
-    strerror = getattr(exc, "strerror", None)
-    return str(strerror) if strerror else str(exc)
-
-
 # --- choosing the frame ---------------------------------------------------------------------
 
 
-def _choose(container: InputContainer, ref: FrameRef, name: str) -> tuple[VideoFrame, Fraction]:
-    """Decode the first video stream to its end; the frame `ref` names and its time."""
-    format_name = container.format.name
-    if any(part.endswith(_IMAGE_FORMAT_SUFFIXES) for part in format_name.split(",")):
-        raise FrameError(f"{name}: is a still image ({format_name}), not a video")
-    if not container.streams.video:
-        raise FrameError(f"{name}: has no video stream")
-    stream = container.streams.video[0]
+def _choose(container: InputContainer, stream: VideoStream, ref: FrameRef,
+            name: str) -> tuple[VideoFrame, Fraction]:
+    """Decode the video stream to its end, proving the file whole; the frame `ref` names and its
+    time. MediaError (made a FrameError by extract_frame) when there is none."""
     stream.codec_context.thread_count = 1
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     wanted = None if ref.seconds is None else Fraction(ref.seconds)
     chosen: tuple[VideoFrame, Fraction] | None = None
     end = _header_end(container, stream)
-    for frame, seconds in _decode_all(container, stream, name, rate):
+    for index, frame in enumerate(decode_whole(container, stream, name)):
+        seconds = _frame_time(frame, index, rate)
         if chosen is None or ref.kind == "last" or (
                 wanted is not None and seconds <= wanted + AT_EPSILON):
             chosen = (frame, seconds)  # the only decoded frame kept
         end = max(end, _frame_end(frame, seconds, rate))
-    if chosen is None:
-        raise FrameError(f"{name}: no video frame could be decoded")
+    if chosen is None:  # decode_whole refuses a file with no frame: for the type checker
+        raise MediaError(f"{name}: no video frame could be decoded")
     if wanted is not None and wanted > end + AT_EPSILON:
-        raise FrameError(f"{name}: has no {ref.label()}: the video lasts {float(end):g} s")
+        raise MediaError(f"{name}: has no {ref.label()}: the video lasts {float(end):g} s")
     return chosen
 
 
@@ -256,45 +240,6 @@ def _header_end(container: InputContainer, stream: VideoStream) -> Fraction:
 
         return Fraction(container.duration, av.time_base)
     return Fraction(0)
-
-
-def _decode_all(container: InputContainer, stream: VideoStream, name: str,
-                rate: Fraction | None) -> Iterator[tuple[VideoFrame, Fraction]]:
-    """Every decoded frame with its presentation time; FrameError if the file is not whole.
-
-    The checks are probe_video's (kling_pipeline.output.media): a packet cut short, fewer
-    packets than the index promises, or video packets that decode to no frame.
-    """
-    import av
-
-    decoded = 0
-    discarded = 0  # frames an edit list drops on purpose: read, never output
-    packets: dict[int, int] = {}  # stream index -> packets with data
-    try:
-        for packet in container.demux():
-            if packet.is_corrupt:
-                raise FrameError(f"{name}: is truncated or damaged (a packet's data is "
-                                 "incomplete)")
-            index = packet.stream.index
-            if packet.size:
-                packets[index] = packets.get(index, 0) + 1
-            if index != stream.index:
-                continue
-            discarded += packet.is_discard
-            for frame in packet.decode():
-                if isinstance(frame, av.VideoFrame):
-                    yield frame, _frame_time(frame, decoded, rate)
-                    decoded += 1
-    except av.FFmpegError as exc:
-        raise FrameError(f"{name}: is damaged ({_plain(exc)})") from exc
-    for each in container.streams:
-        present = packets.get(each.index, 0)
-        if each.frames and present < each.frames:
-            raise FrameError(f"{name}: is truncated (only {present} of {each.frames} "
-                             f"{each.type} frames are in the file)")
-    if decoded and decoded + discarded < packets.get(stream.index, 0):
-        raise FrameError(f"{name}: is damaged (only {decoded} of "
-                         f"{packets.get(stream.index, 0)} video frames could be decoded)")
 
 
 def _frame_time(frame: VideoFrame, index: int, rate: Fraction | None) -> Fraction:

@@ -3,18 +3,23 @@
 An MP4 cut short still opens (its index at the front promises every frame) and decodes without
 complaint until the data runs out, so a whole file is proved by decoding every frame and checking
 that all the frames the index promises arrived intact. Every failure, whatever PyAV raises, becomes
-a MediaError with a message in plain words: bad bytes never give a traceback.
+a MediaError with a message in plain words: bad bytes never give a traceback. open_video and
+decode_whole do the opening and the proving for probe_video here and for extract_frame
+(kling_pipeline.frames), which must refuse the same files.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from av.container import InputContainer
+    from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
 # Demuxers that read a single picture: ffmpeg opens an image as a one-frame "video".
@@ -43,6 +48,19 @@ def probe_video(path: str | os.PathLike[str], *, decode: bool = True) -> VideoIn
     `decode=False` reads the headers only: fast, but it cannot tell a truncated file from a whole.
     """
     name = os.fspath(path)
+    with open_video(name) as (container, stream):
+        return _probe(container, stream, name, decode)
+
+
+@contextmanager
+def open_video(path: str | os.PathLike[str]) -> Iterator[tuple[InputContainer, VideoStream]]:
+    """The open container of a video file and its first video stream; MediaError if it is none.
+
+    Whatever is raised inside the `with` (the caller's work on the container included) leaves it
+    as a MediaError in plain words: a MediaError as it is, any other exception as "not a readable
+    video (...)". Use with decode_whole to prove the file whole.
+    """
+    name = os.fspath(path)
     try:
         size = os.path.getsize(name)
     except OSError as exc:
@@ -53,7 +71,7 @@ def probe_video(path: str | os.PathLike[str], *, decode: bool = True) -> VideoIn
 
     try:
         with av.open(name, mode="r") as container:
-            return _probe(container, name, decode)
+            yield container, _first_video_stream(container, name)
     except MediaError:
         raise
     except av.FFmpegError as exc:
@@ -68,14 +86,19 @@ def _plain(exc: Exception) -> str:
     return str(strerror) if strerror else str(exc)
 
 
-def _probe(container: InputContainer, name: str, decode: bool) -> VideoInfo:
-    """The facts of an open container, checked."""
+def _first_video_stream(container: InputContainer, name: str) -> VideoStream:
+    """The container's first video stream; MediaError for a still image or no video at all."""
     format_name = container.format.name
     if any(part.endswith(_IMAGE_FORMAT_SUFFIXES) for part in format_name.split(",")):
         raise MediaError(f"{name}: is a still image ({format_name}), not a video")
     if not container.streams.video:
         raise MediaError(f"{name}: has no video stream")
-    stream = container.streams.video[0]
+    return container.streams.video[0]
+
+
+def _probe(container: InputContainer, stream: VideoStream, name: str,
+           decode: bool) -> VideoInfo:
+    """The facts of an open container and its video stream, checked."""
     codec_context = stream.codec_context
     width, height = codec_context.width, codec_context.height
     if width <= 0 or height <= 0:
@@ -84,7 +107,7 @@ def _probe(container: InputContainer, name: str, decode: bool) -> VideoInfo:
     fps = float(rate) if rate else 0.0
     duration = _header_duration(container, stream)
     if decode:
-        decoded = _decode_all(container, stream, name)
+        decoded = sum(1 for _ in decode_whole(container, stream, name, empty_first=True))
         if fps <= 0 and duration and duration > 0:
             fps = decoded / duration
         if duration is None and fps > 0:
@@ -109,11 +132,17 @@ def _header_duration(container: InputContainer, stream: VideoStream) -> float | 
     return None
 
 
-def _decode_all(container: InputContainer, stream: VideoStream, name: str) -> int:
-    """Decode every video frame and read every other packet; MediaError if any is missing.
+def decode_whole(container: InputContainer, stream: VideoStream, name: str, *,
+                 empty_first: bool = False) -> Iterator[VideoFrame]:
+    """Every frame of `stream`, decoded in order; at the end, MediaError unless the file is whole.
 
-    Other streams (the audio) are read but not decoded: a download cut short usually ends in
-    them, and their packet count and the demuxer's "incomplete" flag are proof enough.
+    Each packet of the file is read: a packet cut short, fewer packets in any stream than its
+    index promises, no video frame at all, or video packets that decode to no frame (beyond those
+    an edit list drops) make a MediaError. Other streams (the audio) are read but not decoded: a
+    download cut short usually ends in them, and their packet count and the demuxer's
+    "incomplete" flag are proof enough. A file with no decoded frame that also misses packets
+    says "no video frame could be decoded" with `empty_first` (probe_video), else that it is
+    truncated (extract_frame). Only a generator run to its end has proved the file whole.
     """
     import av
 
@@ -127,19 +156,24 @@ def _decode_all(container: InputContainer, stream: VideoStream, name: str) -> in
             index = packet.stream.index
             if packet.size:
                 packets[index] = packets.get(index, 0) + 1
-            if index == stream.index:
-                discarded += packet.is_discard
-                decoded += len(packet.decode())
+            if index != stream.index:
+                continue
+            discarded += packet.is_discard
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):  # always, from a video stream
+                    decoded += 1
+                    yield frame
     except av.FFmpegError as exc:
         raise MediaError(f"{name}: is damaged ({_plain(exc)})") from exc
-    if decoded == 0:
+    if empty_first and decoded == 0:
         raise MediaError(f"{name}: no video frame could be decoded")
     for each in container.streams:
         present = packets.get(each.index, 0)
         if each.frames and present < each.frames:
             raise MediaError(f"{name}: is truncated (only {present} of {each.frames} "
                              f"{each.type} frames are in the file)")
+    if decoded == 0:
+        raise MediaError(f"{name}: no video frame could be decoded")
     if decoded + discarded < packets.get(stream.index, 0):
         raise MediaError(f"{name}: is damaged (only {decoded} of "
                          f"{packets.get(stream.index, 0)} video frames could be decoded)")
-    return decoded
