@@ -42,6 +42,11 @@ class Store:
         self._objects = os.fspath(self.objects)
         self.tmp = root / "tmp"
         self._index: Any = None
+        # Objects found whole in this Store's life (one command): a no-op apply of 10,000
+        # shots asked for each twice (planning its jobs, then the folder's recipe), 10,000
+        # stats each time. An object never leaves the store under a run: only gc deletes,
+        # under every run lock, and never an object a lock names.
+        self._present: set[tuple[str, int]] = set()
 
     def _open_index(self) -> Any:
         if self._index is None:
@@ -64,10 +69,15 @@ class Store:
         A stat of a plain string: `status` and a no-op `apply` ask once per shot, and two
         Path joins cost more than the stat."""
         sha = output.sha256
+        if (sha, output.size) in self._present:
+            return True
         try:
-            return os.stat(f"{self._objects}/{sha[:2]}/{sha}.mp4").st_size == output.size
+            here = os.stat(f"{self._objects}/{sha[:2]}/{sha}.mp4").st_size == output.size
         except OSError:
             return False
+        if here:
+            self._present.add((sha, output.size))
+        return here
 
     def lookup(self, key: str) -> CachedResult | None:
         """The result recorded for a request key, if its object is still in the store."""

@@ -249,3 +249,17 @@ def test_place_copies_where_a_link_is_impossible(obj: Path, tmp_path: Path,
     assert dest.read_bytes() == obj.read_bytes()
     assert not dest.samefile(obj)
     assert [p.name for p in dest.parent.iterdir()] == ["a.mp4"]
+
+
+def test_an_object_found_whole_is_not_looked_for_again_in_the_same_store(store: Store) -> None:
+    """One command asks for each object twice (its jobs, then the folder): the second
+    answer comes from the first. A new Store (the next command) looks again."""
+    temp, sha = download(store, b"12345")
+    store.ingest(temp, sha)
+    assert store.has_object(Output(sha, 5, 5.0))
+    path = store.object_path(sha)
+    path.chmod(0o644)
+    path.unlink()
+    assert store.has_object(Output(sha, 5, 5.0))  # remembered: nothing deletes under a run
+    assert not Store(store.root).has_object(Output(sha, 5, 5.0))
+    assert not store.has_object(Output(sha, 6, 5.0))  # another size is another question

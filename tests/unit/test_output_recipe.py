@@ -50,13 +50,18 @@ def lock(board: Path) -> LockFile:
 
 def sync(board: Path, store: Store, lock_file: LockFile | None = None, *,
          build_final: bool = True) -> tuple[FolderResult, list[str]]:
-    """The folder's sync as apply runs it; the steps it took."""
+    """The folder's sync as apply runs it (with a Store of its own, as each command has);
+    the steps it took."""
     project = Project.open(board)
-    folder = OutputFolder(project.target.out_dir, list(project.validate().shots), store,
-                          storyboard=project.name, simulated=False)
-    steps: list[str] = []
-    result = folder.sync(lock_file or lock(board), build_final=build_final,
-                         checkpoint=steps.append)
+    own = Store(store.root)
+    try:
+        folder = OutputFolder(project.target.out_dir, list(project.validate().shots), own,
+                              storyboard=project.name, simulated=False)
+        steps: list[str] = []
+        result = folder.sync(lock_file or lock(board), build_final=build_final,
+                             checkpoint=steps.append)
+    finally:
+        own.close()
     return result, steps
 
 
