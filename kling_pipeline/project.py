@@ -233,7 +233,7 @@ class Project:
         """
         from kling_pipeline.plan.jobs import make_jobs
         from kling_pipeline.results import ApplyReport
-        from kling_pipeline.run.runner import needs_network
+        from kling_pipeline.run.settle import needs_network
         from kling_pipeline.state.cache import Store
         from kling_pipeline.state.lockfile import read_lock
         from kling_pipeline.state.lockstore import LockKeeper, hold_run_lock
@@ -295,7 +295,6 @@ class Project:
         run ends in an exception (the folder shows what is done; only a whole run makes a
         cut; a run with nothing to show makes no folder)."""
         from kling_pipeline.output.folder import OutputFolder
-        from kling_pipeline.run.runner import run_jobs
 
         target = self.target
         folder = OutputFolder(target.out_dir, self._load().shots, store,
@@ -304,11 +303,20 @@ class Project:
         try:
             on_event(RunStarted(len(work)))
             try:
-                with self._server(how.network, how.base_url, how.key) as (url, key):
-                    run = run_jobs(work, base_url=url, api_key=key, keeper=keeper, store=store,
-                                   options=self._run_options(how.jobs, how.max_wait),
-                                   on_event=on_event, on_done=folder.place_job, cancel=cancel,
-                                   transport=transport, resolver=resolver)
+                if how.network:
+                    from kling_pipeline.run.runner import run_jobs
+
+                    with self._server(how.network, how.base_url, how.key) as (url, key):
+                        run = run_jobs(work, base_url=url, api_key=key, keeper=keeper,
+                                       store=store,
+                                       options=self._run_options(how.jobs, how.max_wait),
+                                       on_event=on_event, on_done=folder.place_job,
+                                       cancel=cancel, transport=transport, resolver=resolver)
+                else:  # nothing to ask the API: no event loop, no HTTP client (settle.py)
+                    from kling_pipeline.run.settle import EventReporter, settle_jobs
+
+                    run = settle_jobs(work, keeper, EventReporter(on_event),
+                                      lambda job, output: folder.place_job(job, output.sha256))
             finally:
                 on_event(RunEnded())
         finally:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from kling_pipeline.output.media import MediaError, probe_video
 from kling_pipeline.plan.jobs import Job
@@ -42,8 +42,9 @@ from kling_pipeline.run.apierrors import (
     Unreachable,
     UrlExpired,
 )
-from kling_pipeline.run.ledger import Changes, Ledger
+from kling_pipeline.run.ledger import Ledger
 from kling_pipeline.run.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
+from kling_pipeline.run.settle import Reporter, Results
 from kling_pipeline.state.cache import CachedResult, Store
 from kling_pipeline.state.lockfile import LockEntry, Output, utc_now
 from kling_pipeline.state.lockstore import LockKeeper
@@ -84,15 +85,6 @@ class RunOptions:
     pending_polls: int = 40  # answers in a row with a status we do not know before leaving it
 
 
-class Reporter(Protocol):
-    """Where the executor says what happens (the CLI's live view or plain lines)."""
-
-    def update(self, label: str, state: str, percent: int | None = None,
-               note: str = "") -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-
 def _verify(path: Path, expected: float | None) -> float:
     """Decode the whole file; its duration, or MediaError if it is not the video asked for."""
     info = probe_video(path, decode=True)
@@ -126,10 +118,11 @@ class Executor:
         self.options = options
         self.reporter = reporter
         self.on_done = on_done
+        self.results = Results(self.ledger, reporter, on_done, on_result=self._finished_as)
         self.rng = rng or random.Random()
         self.limiter = SubmitLimiter(options.requests_per_minute)
         self.reach = Reachability(options.unreachable_after, options.outage_after)
-        self.report = RunReport()
+        self.report = self.results.report
         self._stop = asyncio.Event()  # Ctrl-C: wind down, keep every task id
         self._no_submit = False  # an account problem, a server out of reach, or a stop
         self._halted = asyncio.Event()  # set with _no_submit: wakes shots waiting to submit
@@ -195,15 +188,14 @@ class Executor:
 
     def _result(self, job: Job, outcome: Outcome, note: str = "", output: Output | None = None,
                 submitted: bool = False) -> ShotResult:
-        result = ShotResult(tuple(job.shot_ids or job.removed_ids), outcome, job.task_id, note,
-                            output, submitted)
-        self.report.results.append(result)
+        return self.results.add(job, outcome, note, output, submitted)
+
+    def _finished_as(self, job: Job, outcome: Outcome, output: Output | None) -> None:
+        """Tell the jobs waiting for frames of this job's shots how it ended."""
         for shot_id in job.shot_ids:
             finished = self._finished.get(shot_id)
             if finished is not None and not finished.done():
                 finished.set_result((outcome, output))
-        self.reporter.update(job.label, outcome, 100 if outcome == "done" else None, note)
-        return result
 
     # -- running ---------------------------------------------------------------------------
 
@@ -233,7 +225,7 @@ class Executor:
             await asyncio.gather(*(one(job) for job in jobs
                                    if job.kind not in ("report", "place") or job.waits_for))
         finally:
-            self._in_storyboard_order(jobs)
+            self.results.in_storyboard_order(jobs)
         return self.report
 
     async def _after_inputs(self, job: Job) -> Job | None:
@@ -273,39 +265,9 @@ class Executor:
         """Reports and videos the store has: 10,000 shots with nothing to do are 10,000
         results and, at most, one lock write (none when every entry already says so), not
         10,000 tasks each awaiting a write of nothing."""
-        places = [job for job in jobs if job.kind == "place"]
-        changes, placed = self._placed(places)
+        changes, placed = self.results.placed([job for job in jobs if job.kind == "place"])
         await self.ledger.commit(changes)
-        for job in jobs:
-            if job.kind == "report":
-                self._report_only(job)
-            else:
-                assert job.known_output is not None
-                if job.key in placed:  # a settled shot's file is the folder sync's
-                    self.on_done(job, job.known_output)
-                self._result(job, "up to date", job.note, job.known_output)
-
-    def _placed(self, places: list[Job]) -> tuple[Changes, set[str]]:
-        """The lock changes of videos the store has, and the keys of the jobs that change
-        anything (a shot already done with its video changes nothing)."""
-        changes: Changes = {}
-        placed: set[str] = set()
-        for job in places:
-            assert job.known_output is not None
-            if self.ledger.settled(job, job.known_output):
-                continue
-            placed.add(job.key)
-            changes.update(self.ledger.changes(job, "done", task_id=job.task_id,
-                                               output=job.known_output,
-                                               finished_at=self.ledger.finished_at(job)))
-        return changes, placed
-
-    def _in_storyboard_order(self, jobs: list[Job]) -> None:
-        """Results in the order of the jobs (the storyboard's), not the order they ended in."""
-        position = {shot_id: i for i, job in enumerate(jobs)
-                    for shot_id in job.shot_ids or job.removed_ids}
-        self.report.results.sort(key=lambda r: position.get(r.shot_ids[0], len(position))
-                                 if r.shot_ids else len(position))
+        self.results.settled(jobs, placed)
 
     def _unreachable(self, exc: ApiError) -> bool:
         """A connection failed: True once the server has been out of reach too long, when
@@ -333,17 +295,6 @@ class Executor:
         if state is None:
             return
         await self._download(job, self.client, state, submitted)
-
-    def _report_only(self, job: Job) -> None:
-        item = job.items[0]
-        if item.action in ("noop", "reuse"):
-            self._result(job, "lost", "recorded as done, but its video is not in the cache and "
-                                      "there is no task id to fetch it by; --force "
-                                      f"{item.id} renders it again (paid)")
-            return
-        outcome: Outcome = {"failed": "failed", "unknown": "unknown", "blocked": "blocked"}.get(
-            item.action, "not submitted")  # type: ignore[assignment]
-        self._result(job, outcome, item.note)
 
     # -- submit ----------------------------------------------------------------------------
 

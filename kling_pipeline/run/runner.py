@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from kling_pipeline.events import CancelToken, Note, OnEvent, ShotUpdate
+from kling_pipeline.events import CancelToken, OnEvent
 from kling_pipeline.plan.jobs import Job
 from kling_pipeline.results import RunReport
-from kling_pipeline.run.executor import Executor, Reporter, RunOptions
+from kling_pipeline.run.executor import Executor, RunOptions
+from kling_pipeline.run.settle import EventReporter, Reporter
 from kling_pipeline.state.cache import Store
 from kling_pipeline.state.lockstore import LockKeeper
 
@@ -24,24 +25,6 @@ if TYPE_CHECKING:
 
     from kling_pipeline.plan.inputs import Resolver
     from kling_pipeline.run.apiclient import KlingClient
-
-
-def needs_network(jobs: list[Job]) -> bool:
-    return any(job.kind in ("submit", "follow") for job in jobs)
-
-
-class _Reporting:
-    """The executor's reporter, turned into events for the caller."""
-
-    def __init__(self, on_event: OnEvent) -> None:
-        self._on_event = on_event
-
-    def update(self, label: str, state: str, percent: int | None = None,
-               note: str = "") -> None:
-        self._on_event(ShotUpdate(label, state, percent, note))
-
-    def message(self, text: str) -> None:
-        self._on_event(Note(text))
 
 
 @contextmanager
@@ -116,7 +99,7 @@ def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
     `resolver` makes exact the keys of jobs that wait for frames of other shots."""
     try:
         return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options,
-                                _Reporting(on_event), on_done, cancel or CancelToken(),
+                                EventReporter(on_event), on_done, cancel or CancelToken(),
                                 transport, resolver))
     finally:
         keeper.settle()  # a change a cancelled job made while a write was under way

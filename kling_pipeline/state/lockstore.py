@@ -18,16 +18,19 @@ write, and neither puts an older version over a newer one.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kling_pipeline.errors import KlingPipelineError
 from kling_pipeline.fsutil import atomic_write_bytes
 from kling_pipeline.state.lockfile import LockEntry, LockFile, LockText
+
+if TYPE_CHECKING:
+    import asyncio  # imported by the methods of a run's event loop: a no-op apply has none
 
 
 class RunLockBusy(KlingPipelineError):
@@ -147,6 +150,8 @@ class LockKeeper:
         """Set (or drop) entries; return as soon as a write holding them is on disk (not when
         the writer has caught up with changes made after them). Changes made in one loop turn
         share the next write."""
+        import asyncio
+
         self._apply(changes)
         if self._on_disk >= self._version:
             return
@@ -160,6 +165,8 @@ class LockKeeper:
         """Write the newest state until the disk has caught up with memory, one write at a
         time, waking the waiters of each write as it lands; the bytes are rendered here, the
         fsync waits in a thread."""
+        import asyncio
+
         try:
             while self._on_disk < self._version:
                 version = self._version

@@ -114,3 +114,27 @@ def test_a_warm_run_does_not_import_jinja(tmp_path: Path, command: str) -> None:
         found.append(set(json.loads(done.stdout[marker + len("\nMODULES "):])))
     assert "jinja2" in found[0]
     assert [m for name in WARM_NEVER for m in _loaded(found[1], name)] == []
+
+
+NOOP_APPLY_NEVER = ("asyncio", "httpx", "httpcore", "kling_pipeline.run.executor",
+                    "kling_pipeline.run.runner", "kling_pipeline.run.apiclient",
+                    "kling_pipeline.simulator.app", "uvicorn", "starlette")
+
+
+def test_an_apply_with_nothing_to_ask_the_api_starts_no_event_loop(tmp_path: Path) -> None:
+    """A no-op apply settles every shot from the store and the lock (run/settle.py): no
+    event loop, no HTTP client, not even asyncio (a fifth of what it cost beyond its plan)."""
+    board = tmp_path / "imports.yaml"
+    board.write_text(BOARD, encoding="utf-8")
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+    found = []
+    for _ in range(2):  # the first one renders on the embedded simulator
+        done = subprocess.run(
+            [sys.executable, "-c", RUN, json.dumps(["apply", str(board), "--simulate", "--yes"])],
+            cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        marker = done.stdout.rindex("\nMODULES ")
+        found.append(set(json.loads(done.stdout[marker + len("\nMODULES "):])))
+    assert "asyncio" in found[0] and "kling_pipeline.run.executor" in found[0]
+    assert "kling_pipeline.run.settle" in found[1]
+    assert [m for name in NOOP_APPLY_NEVER for m in _loaded(found[1], name)] == []
