@@ -27,6 +27,15 @@ from kling_pipeline.errors import (
     EXIT_OK,
     EXIT_USAGE,
 )
+from kling_pipeline.events import (
+    CancelToken,
+    Event,
+    FolderStep,
+    Note,
+    RunEnded,
+    RunStarted,
+    ShotUpdate,
+)
 
 # Our models use no pydantic plugin, and looking for plugins scans every installed package's
 # metadata (~30 ms of every command that loads a storyboard). The command line's own process
@@ -34,7 +43,6 @@ from kling_pipeline.errors import (
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 if TYPE_CHECKING:
-    from kling_pipeline.events import CancelToken, Event
     from kling_pipeline.plan.planner import Plan
     from kling_pipeline.project import Project
     from kling_pipeline.results import ApplyReport
@@ -303,8 +311,6 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
     Every task id is in the lock file before anything else happens, so an interrupted run
     (Ctrl-C, a crash, kill -9) is resumed by running apply again, without paying twice.
     """
-    from kling_pipeline.events import CancelToken
-
     wait, lock_wait = _seconds(max_wait), _seconds(lock_timeout)
     project = _project(storyboard, variables, no_cache, simulate, cache_dir, out_dir)
 
@@ -376,14 +382,13 @@ class _ProgressView:
             _stdout_closed()
 
     def _show(self, event: Event) -> None:
-        from kling_pipeline.events import FolderStep, Note, RunEnded, RunStarted, ShotUpdate
-
-        if isinstance(event, RunStarted):
+        if type(event) is ShotUpdate:  # 10,000 of them in a run of 10,000 shots: first
+            if self._reporter is not None:
+                self._reporter.update(event.label, event.state, event.percent, event.note)
+        elif isinstance(event, RunStarted):
             self._handlers = {sig: signal.signal(sig, lambda *_: self._cancel.cancel())
                               for sig in (signal.SIGINT, signal.SIGTERM)}
             self._reporter = self._open(event.total)
-        elif isinstance(event, ShotUpdate) and self._reporter is not None:
-            self._reporter.update(event.label, event.state, event.percent, event.note)
         elif isinstance(event, Note) and self._reporter is not None:
             self._reporter.message(event.text)
         elif isinstance(event, RunEnded):
