@@ -243,7 +243,9 @@ class OutputFolder:
         strangers = self._tidy(manifest.files())
         self.stamps.keep_only(manifest.files() | {MANIFEST})
         whole = build_final and not problems
-        self.stamps.remember((recipe.digest, None if final is None else asdict(final))
+        self.stamps.remember({"digest": recipe.digest,
+                              "final": None if final is None else asdict(final),
+                              "dirs": self._dir_stamps(), "strangers": strangers}
                              if whole else None)
         self.stamps.save()
         return FolderResult(self.out_dir, final, len(shots), recipe.absent, built, strangers,
@@ -253,15 +255,35 @@ class OutputFolder:
         """The folder as the last whole sync left it, when it was made from this very recipe
         and every file it stamped is still as it was; None when anything differs."""
         made = self.stamps.made_from()
-        if made is None or made[0] != recipe.digest or not self.stamps.all_fresh():
+        if made is None or made["digest"] != recipe.digest or not self.stamps.all_fresh():
             return None
         try:
-            final = None if made[1] is None else ManifestFinal(**made[1])
+            final = None if made["final"] is None else ManifestFinal(**made["final"])
         except TypeError:
             return None  # a record of another shape: make the folder the long way
-        strangers = self._tidy(self.stamps.names())
+        strangers = made.get("strangers")
+        if made.get("dirs") != self._dir_stamps() or not isinstance(strangers, list):
+            # an entry came or went in one of the folders: sweep and look again
+            strangers = self._tidy(self.stamps.names())
+            self.stamps.remember({**made, "dirs": self._dir_stamps(), "strangers": strangers})
+            self.stamps.save()
         return FolderResult(self.out_dir, final, len(self.shots), recipe.absent, False,
-                            strangers)
+                            [str(name) for name in strangers])
+
+    def _dir_stamps(self) -> dict[str, list[int] | None]:
+        """mtime_ns and inode of the folder and of its subfolders: a name added, removed or
+        renamed in one changes its mtime, so while these hold, no stranger came and no temp
+        file was left (a file system with coarse times may miss an entry made in the same
+        tick as the last sync: the next change shows it)."""
+        found: dict[str, list[int] | None] = {}
+        for sub in ("", SHOTS, THUMBS, FRAMES):
+            try:
+                info = os.stat(self.out_dir / sub if sub else self.out_dir)
+            except OSError:
+                found[sub] = None
+                continue
+            found[sub] = [info.st_mtime_ns, info.st_ino]
+        return found
 
     def _page_and_manifest(self, manifest: Manifest, previous: Manifest | None,
                            checkpoint: Callable[[str], None]) -> None:

@@ -61,7 +61,7 @@ class FolderStamps:
         self._dir = os.fspath(out_dir)  # joined 30,000 times by a no-op sync of 10,000 shots
         key = hashlib.sha256(str(out_dir.resolve()).encode("utf-8")).hexdigest()[:32]
         self.path = store_root / "folders" / f"{key}.json"
-        self._recipe: tuple[str, dict[str, Any] | None] | None = None
+        self._recipe: dict[str, Any] | None = None
         self._stamps = self._read()
         self._changed = False
 
@@ -83,7 +83,7 @@ class FolderStamps:
             recipe = data.get("recipe")
             if isinstance(recipe, dict) and isinstance(recipe.get("digest"), str) and (
                     recipe.get("final") is None or isinstance(recipe["final"], dict)):
-                self._recipe = (recipe["digest"], recipe["final"])
+                self._recipe = recipe
             return stamps
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}
@@ -124,11 +124,12 @@ class FolderStamps:
         folder = self._dir
         return all(_holds(stamp, f"{folder}/{name}") for name, stamp in self._stamps.items())
 
-    def made_from(self) -> tuple[str, dict[str, Any] | None] | None:
-        """The recipe the last whole sync recorded: its digest and the final cut's record."""
+    def made_from(self) -> dict[str, Any] | None:
+        """The recipe the last whole sync recorded: its `digest`, the final cut's record
+        (`final`), and what the folder's own folders looked like (`dirs`, `strangers`)."""
         return self._recipe
 
-    def remember(self, recipe: tuple[str, dict[str, Any] | None] | None) -> None:
+    def remember(self, recipe: dict[str, Any] | None) -> None:
         """Record the recipe of the folder as it now is (None: it is not whole)."""
         if recipe != self._recipe:
             self._recipe = recipe
@@ -146,10 +147,8 @@ class FolderStamps:
         if not self._changed:
             return
         files = dict(sorted(self._stamps.items()))
-        recipe = None if self._recipe is None else {"digest": self._recipe[0],
-                                                    "final": self._recipe[1]}
         data = {"version": STAMPS_VERSION, "folder": str(self.out_dir.resolve()),
-                "recipe": recipe, "files": files}
+                "recipe": self._recipe, "files": files}
         try:
             atomic_write_bytes(self.path, json.dumps(data, separators=(",", ":")).encode())
         except OSError:

@@ -161,3 +161,16 @@ def test_apply_of_other_shots_names_a_video_the_store_lost(
     shots = {shot.id: shot for shot in Project.open(board).manifest().shots}  # type: ignore[union-attr]
     assert shots["harbour"].file is None and "not in the local cache" in str(shots["harbour"].error)
     assert shots["gulls"].file == "shots/002-gulls.mp4"
+
+
+def test_strangers_are_remembered_while_the_folders_hold_the_same_names(
+        board: Path, store: Store) -> None:
+    (out(board) / "notes.txt").write_text("mine")
+    assert sync(board, store)[0].strangers == ["notes.txt"]
+    assert sync(board, store)[0].strangers == ["notes.txt"]  # from the recipe's record
+    (out(board) / "notes.txt").write_text("mine, longer")  # in place: still a stranger
+    assert sync(board, store)[0].strangers == ["notes.txt"]
+    (out(board) / "notes.txt").unlink()
+    (out(board) / "thumbs" / "cover.png").write_bytes(b"also mine")
+    result, steps = sync(board, store)
+    assert steps == [] and result.strangers == ["thumbs/cover.png"]
