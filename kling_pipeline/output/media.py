@@ -93,7 +93,11 @@ def _first_video_stream(container: InputContainer, name: str) -> VideoStream:
         raise MediaError(f"{name}: is a still image ({format_name}), not a video")
     if not container.streams.video:
         raise MediaError(f"{name}: has no video stream")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # the file stops before its codec is described
+        raise MediaError(f"{name}: is truncated or damaged (its video stream names no codec "
+                         "that can be read)")
+    return stream
 
 
 def _probe(container: InputContainer, stream: VideoStream, name: str,

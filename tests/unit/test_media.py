@@ -102,3 +102,22 @@ def test_audio_only_file_has_no_video(tmp_path: Path) -> None:
         container.mux(stream.encode(None))
     with pytest.raises(MediaError, match="no video stream"):
         probe_video(path)
+
+
+def test_a_file_cut_before_its_codec_is_named_in_plain_words(tmp_path: Path,
+                                                              clip: bytes) -> None:
+    """Cut early enough, the stream names no codec: PyAV then gave None where a codec
+    context should be, and the message was 'AttributeError: NoneType ...'. Every cut of the
+    first kilobytes now reads as plain words, never as a Python exception's name."""
+    import re
+
+    python_error = re.compile(r"\b[A-Z][a-zA-Z]+Error\b")
+    codec_less = 0
+    for cut in range(40, 3000, 23):
+        path = _write(tmp_path, clip[:cut], f"cut-{cut}.mp4")
+        with pytest.raises(MediaError) as refused:
+            probe_video(path)
+        message = str(refused.value)
+        assert not python_error.search(message), (cut, message)
+        codec_less += "names no codec" in message
+    assert codec_less, "no cut fell before the codec: the case is not exercised"
