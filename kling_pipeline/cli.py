@@ -510,6 +510,90 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
     click.echo(render_gc_text(report, freed=freed), nl=False)
 
 
+remote_option = click.option(
+    "--remote", metavar="URL", help="The remote: s3://bucket/prefix, a folder, or any fsspec "
+    "URL (default: $KLING_PIPELINE_REMOTE, else the storyboard's remote:).")
+remote_endpoint_option = click.option(
+    "--remote-endpoint-url", metavar="URL",
+    help="An S3-compatible server for an s3:// remote (MinIO, R2, ...).")
+transfer_jobs_option = click.option(
+    "-j", "--jobs", type=click.IntRange(1, 256), metavar="N",
+    help="Transfers at once (default: 8).")
+
+
+def _transfer_view() -> PlainReporter:
+    from kling_pipeline.views.progress import PlainReporter
+
+    return PlainReporter(click.echo, 0)
+
+
+def _show_transfer(reporter: PlainReporter, event: Event) -> None:
+    if type(event) is ShotUpdate:
+        reporter.update(event.label, event.state, event.percent, event.note)
+    elif isinstance(event, FolderStep):
+        click.echo(f"{event.text} ...")
+
+
+@main.command()
+@storyboard_arg
+@var_option
+@no_cache_option
+@remote_option
+@remote_endpoint_option
+@transfer_jobs_option
+@click.option("--simulate", is_flag=True, help="Push the simulated renders.")
+@cache_dir_option
+def push(storyboard: Path, variables: tuple[str, ...], no_cache: bool, remote: str | None,
+         remote_endpoint_url: str | None, jobs: int | None, simulate: bool,
+         cache_dir: Path | None) -> int:
+    """Upload to the remote every video the lock file references that it lacks.
+
+    Each video is hashed before it leaves; its request keys go to the remote's index. The
+    provider is never called.
+    """
+    from kling_pipeline.views.transfer import render_push
+
+    project = _project(storyboard, variables, no_cache, simulate, cache_dir)
+    reporter = _transfer_view()
+    report = project.push(remote=remote, endpoint_url=remote_endpoint_url, jobs=jobs,
+                          on_event=lambda event: _show_transfer(reporter, event))
+    click.echo(render_push(report))
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+@main.command()
+@storyboard_arg
+@var_option
+@no_cache_option
+@remote_option
+@remote_endpoint_option
+@transfer_jobs_option
+@click.option("--lock-timeout", default="30s", show_default=True, metavar="DURATION",
+              help="How long to wait for an apply on this storyboard to finish.")
+@click.option("--simulate", is_flag=True, help="Pull the simulated renders.")
+@cache_dir_option
+@out_option
+def pull(storyboard: Path, variables: tuple[str, ...], no_cache: bool, remote: str | None,
+         remote_endpoint_url: str | None, jobs: int | None, lock_timeout: str,
+         simulate: bool, cache_dir: Path | None, out_dir: Path | None) -> int:
+    """Download from the remote every video the lock file references that the cache lacks,
+    then fill the output folder.
+
+    Each video is verified by its sha256 (one that does not match is refused and named). The
+    provider is never called; a cache that lacks nothing asks the remote nothing.
+    """
+    from kling_pipeline.views.transfer import render_pull
+
+    wait = _seconds(lock_timeout)
+    project = _project(storyboard, variables, no_cache, simulate, cache_dir, out_dir)
+    reporter = _transfer_view()
+    report = project.pull(remote=remote, endpoint_url=remote_endpoint_url, jobs=jobs,
+                          lock_timeout=wait,
+                          on_event=lambda event: _show_transfer(reporter, event))
+    click.echo(render_pull(report))
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
 @main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the schema to this file instead of printing it.")

@@ -115,3 +115,7 @@ class NoApiKey(KlingPipelineError):
 
 class Declined(KlingPipelineError):
     """The plan was not confirmed: nothing was written or submitted."""
+
+
+class RemoteError(KlingPipelineError):
+    """A remote that cannot be named, reached or read (its credentials never in the text)."""

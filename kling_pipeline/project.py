@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from kling_pipeline.plan.inputs import Resolver, Waiting
     from kling_pipeline.plan.jobs import Job
     from kling_pipeline.plan.planner import Plan
+    from kling_pipeline.remote.transfer import PullReport, PushReport
+    from kling_pipeline.remote.url import RemoteSpec
     from kling_pipeline.results import ApplyReport, RunReport
     from kling_pipeline.run.executor import RunOptions
     from kling_pipeline.state.cache import Store
@@ -388,6 +390,75 @@ class Project:
         with self._server(True, base_url, key) as (url, key):
             assert url is not None and key is not None
             return apply_refresh(rows, ask_tasks(url, key, tasks))
+
+    # -- the remote ----------------------------------------------------------------------
+
+    def remote(self, url: str | None = None, endpoint_url: str | None = None) -> RemoteSpec:
+        """The remote push and pull use: `url` (as --remote), else KLING_PIPELINE_REMOTE,
+        else the storyboard's `remote:`; UsageError when none is named."""
+        from kling_pipeline.remote.url import choose_remote
+
+        spec = choose_remote(url, endpoint_url, self._load().settings.remote,
+                             self.path.resolve().parent)
+        if spec is None:
+            raise UsageError("no remote: give --remote URL, set KLING_PIPELINE_REMOTE, or add "
+                             "remote: to the storyboard (docs/remote.md)", option="--remote")
+        return spec
+
+    def push(self, *, remote: str | None = None, endpoint_url: str | None = None,
+             jobs: int | None = None, on_event: OnEvent = ignore) -> PushReport:
+        """Upload every video the lock file references that the remote lacks (each hashed
+        first), and the index entries of their request keys. Never calls the provider."""
+        from kling_pipeline.remote.store import RemoteStore
+        from kling_pipeline.remote.transfer import DEFAULT_JOBS, push
+        from kling_pipeline.state.cache import Store
+        from kling_pipeline.state.lockfile import read_lock
+
+        spec = self.remote(remote, endpoint_url)
+        target = self.target
+        lock = read_lock(target.lock_path, self.name)
+        store = Store(target.store_root)
+        try:
+            return push(RemoteStore(spec), store, lock, jobs=jobs or DEFAULT_JOBS,
+                        on_event=on_event)
+        finally:
+            store.close()
+
+    def pull(self, *, remote: str | None = None, endpoint_url: str | None = None,
+             jobs: int | None = None, lock_timeout: float = 30.0,
+             on_event: OnEvent = ignore) -> PullReport:
+        """Download every video the lock file references that the local store lacks (each
+        verified by its sha256; a mismatch is refused and named), then fill the output
+        folder as apply does. Never calls the provider; asks the remote nothing when the
+        store lacks nothing."""
+        from dataclasses import replace as replace_report
+
+        from kling_pipeline.output.folder import OutputFolder
+        from kling_pipeline.remote.store import RemoteStore
+        from kling_pipeline.remote.transfer import DEFAULT_JOBS, pull
+        from kling_pipeline.state.cache import Store
+        from kling_pipeline.state.lockfile import read_lock
+        from kling_pipeline.state.lockstore import hold_run_lock
+
+        spec = self.remote(remote, endpoint_url)
+        self._preflight((), (), False, False, None)
+        target = self.target
+        store = Store(target.store_root)
+        try:
+            with hold_run_lock(target.lock_path, lock_timeout):
+                lock = read_lock(target.lock_path, self.name)
+                report = pull(lambda: RemoteStore(spec), store, lock,
+                              jobs=jobs or DEFAULT_JOBS, on_event=on_event)
+                folder = OutputFolder(target.out_dir, self._load().shots, store,
+                                      storyboard=self.name, simulated=target.simulated)
+                if not folder.worth_writing(lock):
+                    return report
+                result = folder.sync(lock, build_final=True,
+                                     notify=lambda step: on_event(FolderStep(step)),
+                                     as_run=self._shots(lock, store)[0])
+        finally:
+            store.close()
+        return replace_report(report, folder=result)
 
     # -- the output folder ---------------------------------------------------------------
 

@@ -191,6 +191,41 @@ class Provider(_Strict):
         json_schema_extra=_PRICE_KEYS)
 
 
+def _no_credentials(value: str) -> str:
+    """A remote URL names a place; its credentials come from the backend's usual places
+    (environment, profile), never from the storyboard, which is committed (never echoed)."""
+    head = value.split("://", 1)
+    if len(head) == 2 and "@" in head[1].split("/", 1)[0]:
+        raise PydanticCustomError(
+            "credentials_in_url", "holds credentials (user@ or user:secret@): give them "
+            "through the backend's environment or profile, never in the storyboard")
+    return value
+
+
+RemoteUrl: TypeAlias = Annotated[str, Field(min_length=1, json_schema_extra={
+    "pattern": r"^[^\x00]+$"}), AfterValidator(_no_credentials)]
+
+
+class Remote(_Strict):
+    """Where a team shares the videos (docs/remote.md)."""
+
+    url: RemoteUrl = Field(description="s3://bucket/prefix, a folder (/mnt/nas/kling, "
+                                       "file:///...), or any fsspec URL")
+    endpoint_url: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="An S3-compatible server (MinIO, R2, ...) for an s3:// URL")
+
+
+def _remote_from_text(value: Any) -> Any:
+    """`remote: URL` is `remote: {url: URL}` (so an error never echoes the URL)."""
+    return {"url": value} if isinstance(value, str) else value
+
+
+def _remote_schema(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [{"type": "string", "minLength": 1, "pattern": r"^[^\x00]+$"},
+                       *schema.get("anyOf", [])]
+
+
 class MultiPromptPart(_Strict):
     """One part of a multi-shot video."""
 
@@ -301,6 +336,10 @@ class StoryboardHead(_Strict):
                     "relative to it (no '..', no '~'), or an absolute path (default: "
                     "renders/<name>); `apply --simulate` adds `.simulated` to its name")
     provider: Provider = Field(default_factory=Provider)
+    remote: Annotated[Remote, BeforeValidator(_remote_from_text)] | None = Field(
+        default=None, json_schema_extra=_remote_schema,
+        description="Shared store of the videos for push and pull: a URL, or {url, "
+                    "endpoint_url}; --remote and KLING_PIPELINE_REMOTE override it")
     defaults: Defaults = Field(default_factory=Defaults)
     vars: dict[Annotated[str, Field(pattern=IDENTIFIER)], Any] = Field(default_factory=dict)
     snippets: dict[Annotated[str, Field(pattern=IDENTIFIER)], str] = Field(

@@ -30,6 +30,14 @@ class ProviderSettings:
 
 
 @dataclass(frozen=True)
+class RemoteSettings:
+    """The storyboard's `remote:` (a plain string is a URL with no endpoint)."""
+
+    url: str
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
 class BoardSettings:
     """Everything of a valid storyboard but its shots and defaults (models.StoryboardHead's)."""
 
@@ -39,6 +47,7 @@ class BoardSettings:
     provider: ProviderSettings
     vars: dict[str, Any]
     snippets: dict[str, str]
+    remote: RemoteSettings | None = None
 
     @classmethod
     def of(cls, head: StoryboardHead) -> BoardSettings:
@@ -48,7 +57,7 @@ class BoardSettings:
         return cls(head.name, head.output, head.description,
                    ProviderSettings(provider.base_url, provider.api_key_env,
                                     provider.requests_per_minute, provider.concurrency, prices),
-                   head.vars, head.snippets)
+                   head.vars, head.snippets, _remote(head.remote))
 
     def to_json(self) -> dict[str, Any] | None:
         """The settings as JSON data, or None when JSON would not give them back exactly
@@ -65,4 +74,12 @@ class BoardSettings:
     def from_json(cls, data: dict[str, Any]) -> BoardSettings:
         provider = dict(data["provider"])
         provider["prices"] = {name: Rate(**price) for name, price in provider["prices"].items()}
-        return cls(**{**data, "provider": ProviderSettings(**provider)})
+        remote = data.get("remote")
+        return cls(**{**data, "provider": ProviderSettings(**provider),
+                      "remote": None if remote is None else RemoteSettings(**remote)})
+
+
+def _remote(value: Any) -> RemoteSettings | None:
+    if value is None:
+        return None
+    return RemoteSettings(value.url, value.endpoint_url)

@@ -35,7 +35,7 @@ print("\\nMODULES " + json.dumps(sorted(sys.modules)))
 """
 OFFLINE_NEVER = ("httpx", "httpcore", "av", "starlette", "uvicorn", "rich.live",
                  "kling_pipeline.run.executor", "kling_pipeline.run.apiclient",
-                 "kling_pipeline.simulator")
+                 "kling_pipeline.simulator", "fsspec", "s3fs", "kling_pipeline.remote")
 # gc needs where the cache and the lock files are, never a storyboard's models or templates.
 GC_NEVER = (*OFFLINE_NEVER, "pydantic", "jinja2", "kling_pipeline.storyboard.models",
             "kling_pipeline.storyboard.render")

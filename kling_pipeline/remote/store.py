@@ -1,0 +1,129 @@
+"""The remote as a content-addressed store, with an index by request key (docs/remote.md):
+
+    <root>/objects/<aa>/<sha256>.mp4   the videos, the same objects as the local store
+    <root>/index/<request key>.json    {"sha256", "size", "duration", "task_id", "endpoint"}
+
+Every call goes through fsspec. What is there is learned by one recursive listing of a
+folder (paginated by the backend: one request per 1,000 names on S3), never by a request per
+object. A folder remote gets whole files only (written beside, then renamed); an object
+store's upload is whole by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kling_pipeline.remote.url import RemoteSpec, open_filesystem, remote_failure
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+    from kling_pipeline.state.lockfile import Output
+
+INDEX_FORMAT = 1
+_OBJECT = re.compile(r"(?:^|/)objects/([0-9a-f]{2})/([0-9a-f]{64})\.mp4$")
+_INDEX = re.compile(r"(?:^|/)index/([0-9a-f]{64})\.json$")
+# Protocols whose uploads are atomic and which have no folders to make.
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """What a request key produced, as the remote's index holds it."""
+
+    sha256: str
+    size: int
+    duration: float
+    task_id: str | None
+    endpoint: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"format": INDEX_FORMAT, "sha256": self.sha256, "size": self.size,
+                           "duration": self.duration, "task_id": self.task_id,
+                           "endpoint": self.endpoint}, sort_keys=True, indent=1).encode() + b"\n"
+
+
+class RemoteStore:
+    """One remote, opened for one command."""
+
+    def __init__(self, spec: RemoteSpec) -> None:
+        self.spec = spec
+        self.fs: AbstractFileSystem
+        self.fs, self.root = open_filesystem(spec)
+        self._atomic = spec.protocol in _OBJECT_STORES
+
+    def object_path(self, sha256: str) -> str:
+        return f"{self.root}/objects/{sha256[:2]}/{sha256}.mp4"
+
+    def index_path(self, key: str) -> str:
+        return f"{self.root}/index/{key}.json"
+
+    def _find(self, folder: str) -> dict[str, Any]:
+        try:
+            found: dict[str, Any] = self.fs.find(f"{self.root}/{folder}", detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            raise remote_failure(self.spec, f"listing {folder}/", exc) from None
+        return found
+
+    def list_objects(self) -> dict[str, int]:
+        """The objects there, sha256 -> size, from one recursive listing."""
+        objects: dict[str, int] = {}
+        for path, info in self._find("objects").items():
+            found = _OBJECT.search(path)
+            if found and found.group(2).startswith(found.group(1)):
+                objects[found.group(2)] = int(info.get("size") or 0)
+        return objects
+
+    def list_index(self) -> set[str]:
+        """The request keys in the index, from one recursive listing."""
+        return {found.group(1) for path in self._find("index")
+                if (found := _INDEX.search(path))}
+
+    def _mkdirs(self, path: str) -> None:
+        if not self._atomic:
+            self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+
+    def put_object(self, local: Path, sha256: str) -> None:
+        """Upload a local object under its name (whole: a reader never sees a part)."""
+        final = self.object_path(sha256)
+        try:
+            self._mkdirs(final)
+            if self._atomic:
+                self.fs.put_file(str(local), final)
+            else:
+                part = f"{final}.{uuid.uuid4().hex}.part"
+                self.fs.put_file(str(local), part)
+                self.fs.mv(part, final)
+        except Exception as exc:
+            raise remote_failure(self.spec, f"uploading {sha256[:12]}", exc) from None
+
+    def put_index(self, key: str, entry: IndexEntry) -> None:
+        final = self.index_path(key)
+        try:
+            self._mkdirs(final)
+            if self._atomic:
+                self.fs.pipe_file(final, entry.to_bytes())
+            else:
+                part = f"{final}.{uuid.uuid4().hex}.part"
+                self.fs.pipe_file(part, entry.to_bytes())
+                self.fs.mv(part, final)
+        except Exception as exc:
+            raise remote_failure(self.spec, f"writing the index entry {key[:12]}", exc) \
+                from None
+
+    def get_object(self, sha256: str, dest: Path) -> None:
+        try:
+            self.fs.get_file(self.object_path(sha256), str(dest))
+        except Exception as exc:
+            raise remote_failure(self.spec, f"downloading {sha256[:12]}", exc) from None
+
+
+def index_entry(output: Output, task_id: str | None, endpoint: str) -> IndexEntry:
+    return IndexEntry(output.sha256, output.size, output.duration, task_id, endpoint)

@@ -1,0 +1,77 @@
+"""A real S3 protocol server on loopback (moto's server mode), counting the requests it gets.
+
+moto answers the S3 API over HTTP like AWS does; s3fs talks to it through
+`--remote-endpoint-url`, with fake credentials in the environment. Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing-key-id",
+            "AWS_SECRET_ACCESS_KEY": "fake-secret-value-7f3a9c1e",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+BUCKET = "team"
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    requests: list[str] = field(default_factory=list)  # "METHOD /path?query", in order
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def since(self, start: int) -> list[str]:
+        with self._lock:
+            return self.requests[start:]
+
+
+def _counting(app: Any, server: S3Server) -> Callable[..., Iterable[bytes]]:
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        query = environ.get("QUERY_STRING", "")
+        with server._lock:
+            server.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}"
+                                   + (f"?{query}" if query else ""))
+        result: Iterable[bytes] = app(environ, start_response)
+        return result
+
+    return wrapped
+
+
+@contextmanager
+def running_s3_server() -> Iterator[S3Server]:
+    """moto on 127.0.0.1 (a free port), with the bucket BUCKET made, and FAKE_ENV set."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
+    saved = {name: os.environ.get(name) for name in FAKE_ENV}
+    os.environ.update(FAKE_ENV)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        server = S3Server(f"http://{host}:{port}")
+        wsgi = moto._server
+        assert wsgi is not None
+        wsgi.app = _counting(wsgi.app, server)
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=server.endpoint, skip_instance_cache=True).mkdir(BUCKET)
+        yield server
+    finally:
+        moto.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
