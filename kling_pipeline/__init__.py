@@ -32,7 +32,8 @@ _EXPORTS = {
     "RunEnded": "events", "FolderStep": "events", "CancelToken": "events",
     "KlingPipelineError": "errors", "StoryboardError": "errors", "Diagnostic": "errors",
     "LockFileError": "errors", "UsageError": "errors", "NoApiKey": "errors",
-    "Declined": "errors", "RunLockBusy": "state.lockstore",
+    "Declined": "errors", "RunLockBusy": "state.lockstore", "RemoteError": "errors",
+    "PushReport": "remote.transfer", "PullReport": "remote.transfer",
 }
 __all__ = [
     "SUCCESSFUL",
@@ -55,6 +56,9 @@ __all__ = [
     "Plan",
     "PlanItem",
     "Project",
+    "PullReport",
+    "PushReport",
+    "RemoteError",
     "RunEnded",
     "RunLockBusy",
     "RunReport",

@@ -9,6 +9,7 @@
     ├── NoApiKey              the key's environment variable is not set
     ├── Declined              `apply`'s `on_plan` said no: nothing was written or submitted
     ├── RunLockBusy           another apply holds the storyboard (kling_pipeline.state.lockstore)
+    ├── RemoteError           a remote that cannot be named, reached or read (push, pull)
     └── (others)              an output folder that is not ours, a cache gc cannot read, ...
 
 Anything else that escapes is a bug (exit 3). A run's own result (failed shots, an interrupted
