@@ -33,12 +33,8 @@ def show_value(value: Any, limit: int = 70) -> str:
     if isinstance(value, str):
         if value.startswith(IMAGE_DIGEST_PREFIX):
             return f"<image {value[len(IMAGE_DIGEST_PREFIX):][:12]}>"
-        if value.startswith(PLACEHOLDER_PREFIX):  # frame-of:<shot>:<first|last|at:t>
-            shot, _, which = value[len(PLACEHOLDER_PREFIX):].rpartition(":")
-            if shot.endswith(":at"):
-                shot, which = shot[:-3], f"at:{which}"
-            label = f"frame at {which[3:]} s" if which.startswith("at:") else f"{which} frame"
-            return f"<{label} of {printable(shot)}, which changes>"
+        if value.startswith(PLACEHOLDER_PREFIX):  # a frame not known: _line names it
+            return "<a frame of another shot, which changes>"
         text = value if len(value) <= limit else value[: limit - 1] + "…"
         return '"' + printable(text).replace('"', '\\"') + '"'
     if isinstance(value, bool):
@@ -78,9 +74,12 @@ def _line(item: PlanItem, width: int, style: Style) -> list[str]:
         "price unknown" if item.action in ("create", "update") else "")
     head = f"  {symbol} {shot_id:<{width}}  {shot.endpoint:<20} {shot.duration:>3} s  {cost}"
     lines = [head.rstrip()]
+    pending = {frame.placeholder: frame for frame in shot.frames}
     for change in item.changes:
-        lines.append(f"      {clip(change.field)}: {show_value(change.old)} -> "
-                     f"{show_value(change.new)}")
+        frame = pending.get(change.new) if isinstance(change.new, str) else None
+        new = (f"<{frame.label} of {clip(frame.shot)}, which changes>" if frame is not None
+               else show_value(change.new))
+        lines.append(f"      {clip(change.field)}: {show_value(change.old)} -> {new}")
     if note:
         lines.append(f"      {style(note, 'bright_black')}")
     return lines
