@@ -119,4 +119,9 @@ class Declined(KlingPipelineError):
 
 
 class RemoteError(KlingPipelineError):
-    """A remote that cannot be named, reached or read (its credentials never in the text)."""
+    """A remote that cannot be named, reached or read (its credentials never in the text).
+    `detail`: what failed, without the remote's name (for a list of videos that failed)."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = printable(detail) if detail is not None else None

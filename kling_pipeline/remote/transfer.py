@@ -138,8 +138,8 @@ def push(remote: RemoteStore, store: Store, lock: LockFile, *, jobs: int = DEFAU
         try:
             remote.put_object(local, sha)
         except RemoteError as exc:
-            failed.append(Problem(sha, video.shot_ids, str(exc)))
-            on_event(ShotUpdate(video.label, "failed", note=str(exc)))
+            failed.append(Problem(sha, video.shot_ids, exc.detail or str(exc)))
+            on_event(ShotUpdate(video.label, "failed", note=exc.detail or str(exc)))
             return
         uploaded.append(video)
         on_event(ShotUpdate(video.label, "uploaded"))
@@ -192,8 +192,8 @@ def pull(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile, *
             try:
                 remote.get_object(sha, temp)
             except RemoteError as exc:
-                failed.append(Problem(sha, video.shot_ids, str(exc)))
-                on_event(ShotUpdate(video.label, "failed", note=str(exc)))
+                failed.append(Problem(sha, video.shot_ids, exc.detail or str(exc)))
+                on_event(ShotUpdate(video.label, "failed", note=exc.detail or str(exc)))
                 return
             digest = sha256_of(temp)
             if digest != sha:

@@ -121,5 +121,5 @@ def scrub(text: str) -> str:
 def remote_failure(spec: RemoteSpec, doing: str, exc: BaseException) -> RemoteError:
     """A located, plain error for a backend's exception (no traceback, no secret)."""
     detail = scrub(str(exc)) or type(exc).__name__
-    return RemoteError(f"the remote {shown(spec)}: {doing} failed: {type(exc).__name__}: "
-                       f"{clip(detail, 300)}")
+    what = f"{doing} failed: {type(exc).__name__}: {clip(detail, 300)}"
+    return RemoteError(f"the remote {shown(spec)}: {what}", detail=what)

@@ -262,3 +262,25 @@ def test_push_and_pull_work_on_the_simulated_renders(tmp_path: Path) -> None:
     pulled = run("pull", "--simulate", str(b / "board.yaml"), "--remote", remote)
     assert pulled.exit_code == 0 and "2 downloaded" in pulled.output, pulled.output
     assert files(folder / "renders/demo.simulated") == files(b / "renders/demo.simulated")
+
+
+def test_a_missing_bucket_fails_each_upload_plainly(s3: S3Server, tmp_path: Path,
+                                                    sim: SimClient) -> None:
+    a = render_a(tmp_path / "a", sim.base_url, SHOTS[:2])
+    result = run("push", str(a), "--remote", "s3://no-such-bucket/x", "--remote-endpoint-url",
+                 s3.endpoint)
+    assert result.exit_code == 1, result.output
+    assert "Push to s3://no-such-bucket/x: 0 uploaded" in result.output
+    assert "Failed:" in result.output and "bucket does not exist" in result.output
+    assert "Traceback" not in result.output
+    assert FAKE_ENV["AWS_SECRET_ACCESS_KEY"] not in result.output
+
+
+def test_push_names_the_videos_the_local_store_lacks(remote: Remote, tmp_path: Path,
+                                                     sim: SimClient) -> None:
+    a = render_a(tmp_path / "a", sim.base_url, SHOTS[:2])
+    b = clone(a, tmp_path / "b")
+    result = run("push", str(b), *remote.args())
+    assert result.exit_code == 1, result.output
+    assert "Not in the local store (pull or apply first):" in result.output
+    assert "dawn" in result.output and "boats" in result.output
