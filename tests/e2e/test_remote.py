@@ -1,4 +1,5 @@
-"""push and pull against a folder remote and a real S3 protocol server (moto on loopback).
+"""push and pull against a folder remote, a real S3 protocol server (moto on loopback) and
+fsspec's in-memory file system (any backend fsspec has works the same way).
 
 Clone A renders on the simulator and pushes; clone B, with only the storyboard and the lock
 file, pulls with no provider at all and gets A's output folder, byte for byte. Every object
@@ -54,10 +55,13 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-@pytest.fixture(params=["folder", "s3"])
+@pytest.fixture(params=["folder", "s3", "memory"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
+    """A folder, S3 on loopback, and fsspec's in-memory file system: any fsspec backend."""
     if request.param == "folder":
         return Remote("folder", str(tmp_path / "remote"), None, None)
+    if request.param == "memory":
+        return Remote("memory", f"memory://team/{uuid.uuid4().hex}", None, None)
     server: S3Server = request.getfixturevalue("s3")
     return Remote("s3", f"s3://{BUCKET}/{uuid.uuid4().hex}", server.endpoint, server)
 
