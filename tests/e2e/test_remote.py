@@ -288,3 +288,35 @@ def test_push_names_the_videos_the_local_store_lacks(remote: Remote, tmp_path: P
     assert result.exit_code == 1, result.output
     assert "Not in the local store (pull or apply first):" in result.output
     assert "dawn" in result.output and "boats" in result.output
+
+
+CHAIN = """version: 1
+name: demo
+provider: {requests_per_minute: 6000}
+defaults: {model: kling-v3.0-pro-i2v, duration: 3}
+shots:
+  - {id: a, model: kling-v3.0-pro-t2v, aspect_ratio: "16:9", prompt: "A lighthouse at dusk"}
+  - {id: b, prompt: "The keeper climbs", image: {shot: a, frame: last}}
+  - {id: c, prompt: "The lamp turns", image: {shot: b, frame: last}}
+"""
+
+
+def test_a_chain_pulls_with_its_frames_byte_for_byte(tmp_path: Path, sim: SimClient) -> None:
+    """Shots that start on another shot's frame: the clone takes the frames from the pulled
+    videos, finds the keys of its lock file, and makes the same folder (frames/ included)."""
+    (tmp_path / "a").mkdir()
+    a = tmp_path / "a/board.yaml"
+    a.write_text(CHAIN, encoding="utf-8")
+    assert apply(a, sim.base_url).exit_code == 0
+    remote = str(tmp_path / "remote")
+    assert run("push", str(a), "--remote", remote).exit_code == 0
+    before = sim.stats()["requests"]
+    b = clone(a, tmp_path / "b")
+    pulled = run("pull", str(b), "--remote", remote)
+    assert pulled.exit_code == 0 and "3 downloaded" in pulled.output, pulled.output
+    assert sim.stats()["requests"] == before
+    out_a, out_b = files(tmp_path / "a/renders/demo"), files(tmp_path / "b/renders/demo")
+    assert any(name.startswith("frames/") for name in out_a)
+    assert out_a == out_b
+    plan = run("plan", str(b), "--detailed-exitcode")
+    assert plan.exit_code == 0, plan.output  # nothing left to do: every key is the lock's
