@@ -472,15 +472,42 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
               help="How long to wait for an apply in the project to finish before deleting.")
 @click.option("--simulate", is_flag=True,
               help="Only the simulated renders' store (<cache>/simulated/).")
+@click.option("--remote", "remote", is_flag=False, flag_value="", default=None,
+              metavar="[URL]", help="The remote's objects instead of the cache: --remote alone "
+              "is $KLING_PIPELINE_REMOTE, else the storyboard's remote: (put it after "
+              "STORYBOARD).")
+@click.option("--remote-endpoint-url", metavar="URL",
+              help="An S3-compatible server for an s3:// remote (MinIO, R2, ...).")
+@var_option
 def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
-       simulate: bool) -> None:
+       simulate: bool, remote: str | None, remote_endpoint_url: str | None,
+       variables: tuple[str, ...]) -> None:
     """List the cached videos that no lock file of the project references; --force deletes them.
 
     The project is the storyboard's folder and every folder below it: each *.lock.json there
     counts, and a video any of them references is never deleted. Output folders are not
-    touched (their files are links or copies of their own).
+    touched (their files are links or copies of their own). With --remote, the same for the
+    remote's objects and index entries (only this project's lock files are known: a remote
+    other branches or projects use holds videos only they reference).
     """
     import contextlib
+
+    wait = _seconds(lock_timeout)
+    if remote is None and remote_endpoint_url is not None:
+        raise click.UsageError("--remote-endpoint-url goes with --remote")
+    if remote is not None:
+        if simulate or cache_dir is not None:
+            raise click.UsageError("gc --remote does not look at the local cache: it counts "
+                                   "every lock file of the project, simulated ones included; "
+                                   "leave out --simulate and --cache-dir")
+        from kling_pipeline.remote.gc import render_remote_gc_text
+
+        project_ = _project(storyboard, variables, False, False)
+        remote_report = project_.gc_remote(remote=remote or None,
+                                           endpoint_url=remote_endpoint_url, force=force,
+                                           lock_timeout=wait)
+        click.echo(render_remote_gc_text(remote_report), nl=False)
+        return
 
     from kling_pipeline.state.gc import (
         delete_frames,
@@ -491,7 +518,6 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
     from kling_pipeline.state.lockstore import hold_run_lock
     from kling_pipeline.storyboard.load import default_cache_dir
 
-    wait = _seconds(lock_timeout)
     project = storyboard.resolve().parent
     cache = (cache_dir or default_cache_dir(storyboard)).resolve()
     if project not in cache.parents:

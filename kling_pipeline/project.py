@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from kling_pipeline.plan.inputs import Resolver, Waiting
     from kling_pipeline.plan.jobs import Job
     from kling_pipeline.plan.planner import Plan
+    from kling_pipeline.remote.gc import RemoteGcReport
     from kling_pipeline.remote.transfer import PullReport, PushReport
     from kling_pipeline.remote.url import RemoteSpec
     from kling_pipeline.results import ApplyReport, RunReport
@@ -459,6 +460,28 @@ class Project:
         finally:
             store.close()
         return replace_report(report, folder=result)
+
+    def gc_remote(self, *, remote: str | None = None, endpoint_url: str | None = None,
+                  force: bool = False, lock_timeout: float = 30.0) -> RemoteGcReport:
+        """The remote's objects that no lock file of the project (the storyboard's folder
+        and below) references; with `force`, delete them and their index entries, holding
+        the project's run locks and reading every lock again just before deleting (an object
+        a lock references then is kept). Only this project's locks are known: see
+        docs/remote.md before forcing on a remote other projects or branches use."""
+        from kling_pipeline.remote.gc import delete_remote_garbage, find_remote_garbage
+        from kling_pipeline.remote.store import RemoteStore
+        from kling_pipeline.state.lockstore import hold_run_lock
+
+        spec = self.remote(remote, endpoint_url)
+        project = self.path.resolve().parent
+        store = RemoteStore(spec)
+        report = find_remote_garbage(store, project)
+        if not force:
+            return report
+        with contextlib.ExitStack() as held:  # no apply here records a video meanwhile
+            for lock in report.locks:
+                held.enter_context(hold_run_lock(lock, lock_timeout))
+            return delete_remote_garbage(store, report)
 
     # -- the output folder ---------------------------------------------------------------
 

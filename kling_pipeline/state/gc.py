@@ -115,7 +115,9 @@ def project_lock_files(project: Path) -> list[Path]:
     return sorted(found)
 
 
-def _read_locks(paths: Iterable[Path]) -> list[tuple[Path, LockFile]]:
+def read_locks(paths: Iterable[Path]) -> list[tuple[Path, LockFile]]:
+    """Each lock file read (also by `gc --remote`, remote/gc.py); one that cannot be read is
+    a KlingPipelineError naming it, raised before anything is deleted."""
     read = []
     for path in paths:
         try:
@@ -130,7 +132,7 @@ def _read_locks(paths: Iterable[Path]) -> list[tuple[Path, LockFile]]:
 
 
 @dataclass
-class _Refs:
+class LockRefs:
     """What some locks reference: object digests, and task ids (with or without an output)."""
 
     shas: set[str] = field(default_factory=set)
@@ -222,7 +224,7 @@ def _scan_objects(objects: Path) -> tuple[list[tuple[str, Path, int]], list[Path
     return found, ignored
 
 
-def _frame_garbage(root: Path, kept_videos: set[str], refs: _Refs) -> list[tuple[Path, int]]:
+def _frame_garbage(root: Path, kept_videos: set[str], refs: LockRefs) -> list[tuple[Path, int]]:
     """The frame records of videos not kept, and the PNGs neither a kept record nor a lock's
     request names (with their sizes)."""
     frames = root / "frames"
@@ -253,14 +255,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _protected(index: list[_IndexEntry], refs: _Refs) -> set[str]:
+def _protected(index: list[_IndexEntry], refs: LockRefs) -> set[str]:
     """Objects kept: named by a lock's output, or the video of a task a lock knows."""
     return refs.shas | {e.sha256 for e in index if e.task_id in refs.task_ids}
 
 
 def _store_refs(cache_dir: Path, locks: list[tuple[Path, LockFile]],
-                simulated_only: bool) -> list[tuple[Path, _Refs]]:
-    real, simulated = _Refs(), _Refs()
+                simulated_only: bool) -> list[tuple[Path, LockRefs]]:
+    real, simulated = LockRefs(), LockRefs()
     for path, lock in locks:
         real.add(lock)
         if path.name.endswith(SIMULATED_LOCK_SUFFIX):
@@ -272,7 +274,7 @@ def _store_refs(cache_dir: Path, locks: list[tuple[Path, LockFile]],
 def find_garbage(cache_dir: Path, project: Path, *, simulated_only: bool = False) -> GcReport:
     """The objects of `cache_dir`'s real and simulated stores (only the simulated one with
     `simulated_only`, `gc --simulate`) that no lock of `project` references. Reads only."""
-    locks = _read_locks(project_lock_files(project))
+    locks = read_locks(project_lock_files(project))
     stores: list[Path] = []
     garbage: list[Garbage] = []
     ignored: list[Path] = []
@@ -338,8 +340,8 @@ def delete_garbage(report: GcReport) -> int:
     paths = set(report.locks)
     if report.project is not None:
         paths.update(project_lock_files(report.project))
-    refs = _Refs()
-    for _, lock in _read_locks(sorted(paths)):
+    refs = LockRefs()
+    for _, lock in read_locks(sorted(paths)):
         refs.add(lock)
     by_store: dict[Path, list[Garbage]] = {}
     for item in report.garbage:

@@ -1,0 +1,248 @@
+"""`gc --remote`: find, and only when asked delete, the remote's objects no lock references.
+
+Careful in one direction only, as the local gc (state/gc.py, whose lock reading this uses):
+
+- The locks are those `gc` reads: every `*.lock.json` of the project (the storyboard's folder
+  and below). They are read before the remote is asked anything, so a lock that cannot be read
+  stops gc before it makes a request, let alone deletes.
+- An object is kept when a lock entry of any status names it as its `output` (real and
+  simulated locks alike: the remote does not know which is which), or when an index entry
+  points to it with a task id a lock entry holds (a run between its upload and its lock write).
+- What is there is learned by one recursive listing of `index/`, then one of `objects/` (in
+  that order: push writes an object before its index entry, so an entry listed has its object
+  listed too unless it really is absent), and the index entries' bodies are read in one batch
+  (`fs.cat` of the list, concurrent on S3). No request is made per object.
+- Only `objects/<aa>/<sha256>.mp4` names are candidates; anything else is never touched.
+- With `--force`, every lock of the project is read again just before deleting, and an object
+  one of them references now is skipped. The index entries go first (those pointing to an
+  object deleted, and those whose object is absent and no lock references), then the objects:
+  an entry never points to an object gc deleted.
+
+This project's locks are all gc knows. A remote serves every branch of the project and any
+other project pushed to it; what only those reference looks unreferenced here
+(docs/remote.md, "gc --remote").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kling_pipeline.remote.url import remote_failure, shown
+from kling_pipeline.sizes import human_size
+from kling_pipeline.state.gc import LockRefs, project_lock_files, read_locks
+from kling_pipeline.textsafe import clip, printable
+
+if TYPE_CHECKING:
+    from kling_pipeline.remote.store import RemoteStore
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RemoteGarbage:
+    """One remote object no lock references."""
+
+    sha256: str
+    size: int
+    keys: tuple[str, ...]  # index entries pointing to it
+    task_ids: tuple[str, ...]  # the task ids those entries record
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An index entry as gc reads it: the video it names and the task that made it."""
+
+    sha256: str
+    task_id: str | None
+
+
+@dataclass(frozen=True)
+class RemoteGcReport:
+    """What `find_remote_garbage` saw (and, after `delete_remote_garbage`, what went)."""
+
+    remote: str  # the remote as messages name it (no secret)
+    project: Path  # the folder whose locks count
+    locks: tuple[Path, ...]
+    kept: int  # objects a lock references
+    kept_bytes: int
+    garbage: tuple[RemoteGarbage, ...]  # sorted by sha256
+    dangling: tuple[str, ...]  # index keys whose object is absent (and no lock needs)
+    entries: dict[str, Entry]  # every readable index entry, by key
+    unreadable: tuple[str, ...] = ()  # index keys whose body is not an entry: left alone
+    deleted: tuple[RemoteGarbage, ...] | None = None  # None: nothing was deleted (no --force)
+    deleted_keys: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size for item in self.garbage)
+
+    @property
+    def index_keys(self) -> tuple[str, ...]:
+        """The index entries --force deletes with the objects."""
+        shas = {item.sha256 for item in self.garbage}
+        return tuple(sorted({*self.dangling,
+                             *(k for k, e in self.entries.items() if e.sha256 in shas)}))
+
+
+def _parse(raw: bytes) -> Entry | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    sha, task_id = data.get("sha256"), data.get("task_id")
+    if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+        return None
+    return Entry(sha, str(task_id) if task_id else None)
+
+
+def _read_entries(remote: RemoteStore, keys: set[str]) -> tuple[dict[str, Entry], list[str]]:
+    """The index entries of `keys`, read in one batch; (readable by key, unreadable keys). An
+    entry deleted since the listing is left out."""
+    if not keys:
+        return {}, []
+    paths = {remote.index_path(key): key for key in sorted(keys)}
+    try:
+        bodies = remote.fs.cat(list(paths), on_error="return")
+    except Exception as exc:
+        raise remote_failure(remote.spec, "reading index/", exc) from None
+    by_name = {path.rsplit("/", 1)[-1]: body for path, body in bodies.items()}
+    entries: dict[str, Entry] = {}
+    unreadable: list[str] = []
+    for key in paths.values():
+        body = by_name.get(f"{key}.json")
+        if isinstance(body, FileNotFoundError) or body is None:
+            continue
+        if isinstance(body, BaseException):
+            raise remote_failure(remote.spec, f"reading the index entry {key[:12]}", body)
+        entry = _parse(body)
+        if entry is None:
+            unreadable.append(key)
+        else:
+            entries[key] = entry
+    return entries, unreadable
+
+
+def _protected(entries: dict[str, Entry], refs: LockRefs) -> set[str]:
+    """Objects kept: named by a lock's output, or the video of a task a lock knows."""
+    return refs.shas | {e.sha256 for e in entries.values() if e.task_id in refs.task_ids}
+
+
+def find_remote_garbage(remote: RemoteStore, project: Path) -> RemoteGcReport:
+    """The remote's objects that no lock of `project` references. Reads only."""
+    read = read_locks(project_lock_files(project))  # before the remote is asked anything
+    locks = [path for path, _ in read]
+    refs = LockRefs()
+    for _, lock in read:
+        refs.add(lock)
+    keys = remote.list_index()
+    objects = remote.list_objects()
+    entries, unreadable = _read_entries(remote, keys)
+    protected = _protected(entries, refs)
+    garbage = []
+    kept = kept_bytes = 0
+    for sha, size in sorted(objects.items()):
+        if sha in protected:
+            kept += 1
+            kept_bytes += size
+            continue
+        mine = [(key, e) for key, e in entries.items() if e.sha256 == sha]
+        garbage.append(RemoteGarbage(sha, size, tuple(sorted(k for k, _ in mine)),
+                                     tuple(sorted({e.task_id for _, e in mine if e.task_id}))))
+    dangling = tuple(sorted(key for key, e in entries.items()
+                            if e.sha256 not in objects and e.sha256 not in protected))
+    return RemoteGcReport(shown(remote.spec), project, tuple(locks), kept, kept_bytes,
+                          tuple(garbage), dangling, entries, tuple(sorted(unreadable)))
+
+
+def delete_remote_garbage(remote: RemoteStore, report: RemoteGcReport) -> RemoteGcReport:
+    """Delete the report's objects and index entries, except what a lock references now:
+    every lock (the report's and any new one in the project) is read again first."""
+    if not (report.garbage or report.dangling):
+        return replace(report, deleted=())
+    refs = LockRefs()
+    for _, lock in read_locks(sorted({*report.locks, *project_lock_files(report.project)})):
+        refs.add(lock)
+    protected = _protected(report.entries, refs)
+    doomed = tuple(item for item in report.garbage if item.sha256 not in protected)
+    shas = {item.sha256 for item in doomed}
+    keys = sorted({*(k for k in report.dangling if report.entries[k].sha256 not in protected),
+                   *(k for k, e in report.entries.items() if e.sha256 in shas)})
+    if keys:
+        try:
+            remote.fs.rm([remote.index_path(key) for key in keys])
+        except FileNotFoundError:
+            pass  # someone else deleted them meanwhile
+        except Exception as exc:
+            raise remote_failure(remote.spec, f"deleting {len(keys)} index entries", exc) \
+                from None
+    if doomed:
+        paths = [remote.object_path(item.sha256) for item in doomed]
+        try:
+            remote.fs.rm(paths)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise remote_failure(remote.spec, f"deleting {len(paths)} objects", exc) from None
+        if remote.spec.protocol == "file":  # a folder remote: no empty objects/ab/ left
+            for folder in sorted({path.rpartition("/")[0] for path in paths}):
+                with contextlib.suppress(Exception):
+                    remote.fs.rmdir(folder)  # only when it is empty
+    return replace(report, deleted=doomed, deleted_keys=len(keys))
+
+
+# -- text -------------------------------------------------------------------------------------
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def render_remote_gc_text(report: RemoteGcReport) -> str:
+    """One line per unreferenced object, the totals, what to do next, and what gc cannot
+    know. Task ids and keys (read from the remote) are shown through textsafe."""
+    lines = [f"Remote {report.remote}:"]
+    kept = (f"kept {_plural(report.kept, 'object')} ({human_size(report.kept_bytes)}) "
+            f"referenced by {_plural(len(report.locks), 'lock file')}")
+    width = max((len(human_size(g.size)) for g in report.garbage), default=0)
+    for item in report.garbage:
+        tasks = ("task " + ", ".join(clip(t) for t in item.task_ids)) if item.task_ids \
+            else "no task id recorded"
+        lines.append(f"- {item.sha256[:12]}  {human_size(item.size):>{width}}  {tasks}")
+    what = f"{_plural(len(report.garbage), 'unreferenced object')} " \
+           f"({human_size(report.total_bytes)})"
+    entries = _plural(len(report.index_keys), "index entry", "index entries")
+    if report.deleted is None:
+        if report.garbage or report.dangling:
+            lines.append(f"{what} and {entries} to delete; {kept}")
+            lines.append("run again with --force to delete them")
+        else:
+            lines.append(f"nothing to collect: {kept}")
+    else:
+        freed = sum(item.size for item in report.deleted)
+        if not report.garbage and not report.dangling:
+            lines.append(f"nothing to collect: {kept}")
+        else:
+            of = f" of {what}" if len(report.deleted) < len(report.garbage) else ""
+            lines.append(f"deleted: {_plural(len(report.deleted), 'object')} "
+                         f"({human_size(freed)}){of} and "
+                         f"{_plural(report.deleted_keys, 'index entry', 'index entries')}; "
+                         f"{kept}")
+            if of:
+                lines.append("some were kept: a lock file referenced them by the time of "
+                             "deleting (a run finished meanwhile)")
+    if report.unreadable:
+        odd = _plural(len(report.unreadable), "index entry", "index entries")
+        lines.append(f"left alone: {odd} that cannot be read, e.g. "
+                     f"index/{printable(report.unreadable[0])}.json")
+    project = printable(str(report.project))
+    lines.append(f"note: gc --remote knows only the lock files under {project}"
+                 " (this checkout, this branch): a video only another branch or another project "
+                 "sharing this remote references looks unreferenced here, and --force deletes it "
+                 "(docs/remote.md)")
+    return "\n".join(lines) + "\n"

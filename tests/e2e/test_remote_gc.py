@@ -1,0 +1,187 @@
+"""`gc --remote` over a folder remote and a real S3 protocol server (moto on loopback).
+
+Two versions of a shot are rendered on the simulator and both pushed: gc lists exactly the
+one no lock references, deletes it (and its index entry) only with --force, keeps the others
+byte for byte, lets a lock written between the listing and the delete save its object, stops
+before deleting anything on a broken lock, and names an unreachable remote in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from support.apply_fixtures import apply, lock_of, write_board
+from support.s3_server import BUCKET, FAKE_ENV, S3Server, running_s3_server
+from support.simulator_fixtures import SimClient
+
+from kling_pipeline.cli import main
+from kling_pipeline.remote.gc import delete_remote_garbage, find_remote_garbage
+from kling_pipeline.remote.store import RemoteStore
+from kling_pipeline.remote.url import RemoteSpec
+from kling_pipeline.state.lockfile import LockFile, read_lock, write_lock
+
+SHOTS = [("harbour", "A harbour at dawn"), ("gulls", "Gulls over the water")]
+
+
+def _reset_moto() -> None:
+    """moto keeps its buckets per process, not per server: another module's server left the
+    bucket (and running_s3_server makes it), so the state is cleared before and after (what
+    moto's own POST /moto-api/reset does)."""
+    from moto.moto_api._internal.models import moto_api_backend
+
+    moto_api_backend.reset()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    _reset_moto()
+    try:
+        with running_s3_server() as server:
+            yield server
+    finally:
+        _reset_moto()
+
+
+@pytest.fixture(params=["folder", "s3"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteSpec:
+    if request.param == "folder":
+        return RemoteSpec(str(tmp_path / "remote"))
+    server: S3Server = request.getfixturevalue("s3")
+    return RemoteSpec(f"s3://{BUCKET}/{uuid.uuid4().hex}", server.endpoint)
+
+
+def args(spec: RemoteSpec) -> list[str]:
+    return ["--remote", spec.url] + (["--remote-endpoint-url", spec.endpoint_url]
+                                     if spec.endpoint_url else [])
+
+
+def run(*argv: str) -> Result:
+    return CliRunner().invoke(main, list(argv), env={"NO_COLOR": "1"}, catch_exceptions=False)
+
+
+def remote_files(spec: RemoteSpec) -> dict[str, bytes]:
+    """Every file of the remote by its path under the remote, read back."""
+    store = RemoteStore(spec)
+    found = store.fs.find(store.root)
+    return {path[len(store.root) + 1:]: store.fs.cat_file(path) for path in sorted(found)}
+
+
+def two_versions(folder: Path, server: str, spec: RemoteSpec,
+                 rendered: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Render (unless `rendered`), push, change the gulls shot, render and push again; the
+    old gulls entry as the lock file held it."""
+    board = write_board(folder, SHOTS)
+    if not rendered:
+        assert apply(board, server).exit_code == 0
+    assert run("push", str(board), *args(spec)).exit_code == 0
+    old = lock_of(board)["gulls"]
+    write_board(folder, [SHOTS[0], ("gulls", "Gulls fighting over a fish")])
+    assert apply(board, server).exit_code == 0
+    pushed = run("push", str(board), *args(spec))
+    assert pushed.exit_code == 0 and "1 uploaded" in pushed.output, pushed.output
+    return board, old
+
+
+def test_gc_remote_lists_then_deletes_only_the_unreferenced_object(
+        remote: RemoteSpec, tmp_path: Path, sim: SimClient) -> None:
+    board, old = two_versions(tmp_path, sim.base_url, remote)
+    orphan = old["output"]["sha256"]
+    referenced = {shot["output"]["sha256"] for shot in lock_of(board).values()}
+    before = remote_files(remote)
+    assert len([p for p in before if p.startswith("objects/")]) == 3
+    assert f"index/{old['key']}.json" in before
+
+    listed = run("gc", str(board), *args(remote))
+    assert listed.exit_code == 0, listed.output
+    lines = [line for line in listed.output.splitlines() if line.startswith("- ")]
+    assert len(lines) == 1 and lines[0].startswith(f"- {orphan[:12]}"), listed.output
+    assert f"task {old['task_id']}" in lines[0]
+    assert "1 unreferenced object" in listed.output and "1 index entry to delete" \
+        in listed.output
+    assert "--force" in listed.output and "knows only the lock files" in listed.output
+    assert remote_files(remote) == before  # listing deletes nothing
+
+    deleted = run("gc", str(board), *args(remote), "--force")
+    assert deleted.exit_code == 0, deleted.output
+    assert "deleted: 1 object" in deleted.output and "1 index entry" in deleted.output
+    after = remote_files(remote)
+    assert set(before) - set(after) == {f"objects/{orphan[:2]}/{orphan}.mp4",
+                                        f"index/{old['key']}.json"}
+    assert {path: before[path] for path in after} == after  # the rest byte for byte
+    for sha in referenced:
+        data = after[f"objects/{sha[:2]}/{sha}.mp4"]
+        assert hashlib.sha256(data).hexdigest() == sha
+    if remote.endpoint_url is None:  # a folder remote keeps no empty objects/ab/
+        assert not (Path(remote.url) / "objects" / orphan[:2]).exists() or \
+            any(sha[:2] == orphan[:2] for sha in referenced)
+    again = run("gc", str(board), *args(remote))
+    assert "nothing to collect: kept 2 objects" in again.output, again.output
+
+
+def test_a_lock_written_after_the_listing_saves_its_object(
+        remote: RemoteSpec, tmp_path: Path, sim: SimClient) -> None:
+    board = write_board(tmp_path, SHOTS)
+    assert apply(board, sim.base_url).exit_code == 0
+    old = read_lock(board.with_name("board.lock.json"), "board").shots["gulls"]
+    assert old.output is not None
+    board, _ = two_versions(tmp_path, sim.base_url, remote, rendered=True)
+    store = RemoteStore(remote)
+    report = find_remote_garbage(store, tmp_path)
+    assert [item.sha256 for item in report.garbage] == [old.output.sha256]
+    # meanwhile a run of another storyboard of the project records the old video
+    write_lock(tmp_path / "other" / "other.lock.json", LockFile("other", {"x": old}))
+
+    result = delete_remote_garbage(store, report)
+
+    assert result.deleted == () and result.deleted_keys == 0
+    files = remote_files(remote)
+    sha = old.output.sha256
+    assert f"objects/{sha[:2]}/{sha}.mp4" in files and f"index/{old.key}.json" in files
+    text = run("gc", str(board), *args(remote)).output
+    assert "nothing to collect: kept 3 objects" in text, text
+
+
+def test_a_broken_lock_stops_it_before_it_deletes_anything(
+        remote: RemoteSpec, tmp_path: Path, sim: SimClient) -> None:
+    board, _ = two_versions(tmp_path, sim.base_url, remote)
+    before = remote_files(remote)
+    (tmp_path / "scene2").mkdir()
+    broken = tmp_path / "scene2" / "scene2.lock.json"
+    broken.write_text('{"version": 1, "shots": {<<<<<<< HEAD\n', encoding="utf-8")
+    result = run("gc", str(board), *args(remote), "--force")
+    assert result.exit_code == 1, result.output
+    assert str(broken) in result.output and "gc deletes nothing" in result.output
+    assert "Traceback" not in result.output
+    assert remote_files(remote) == before
+
+
+def test_an_unreachable_remote_is_a_plain_error(tmp_path: Path, s3: S3Server) -> None:
+    board = write_board(tmp_path, SHOTS)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    result = run("gc", str(board), "--remote", "s3://team/x", "--remote-endpoint-url",
+                 f"http://127.0.0.1:{closed}", "--force")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: the remote s3://team/x"), result.output
+    assert "Traceback" not in result.output
+    assert FAKE_ENV["AWS_SECRET_ACCESS_KEY"] not in result.output
+
+
+def test_the_listing_is_one_request_per_folder_and_one_batch_of_index_reads(
+        s3: S3Server, tmp_path: Path, sim: SimClient) -> None:
+    spec = RemoteSpec(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3.endpoint)
+    board, _ = two_versions(tmp_path, sim.base_url, spec)
+    start = s3.count()
+    assert run("gc", str(board), *args(spec)).exit_code == 0
+    requests = s3.since(start)
+    listings = [r for r in requests if "list-type=2" in r]
+    assert len(listings) == 2, requests  # index/ and objects/
+    assert not any("/objects/" in r for r in requests if "list-type" not in r), requests
