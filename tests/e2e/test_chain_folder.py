@@ -19,24 +19,16 @@ from typing import Any
 from click.testing import Result
 from PIL import Image
 from support.apply_fixtures import apply, lock_of
+from support.chains import HEAD, A, B, X
 from support.simulator_fixtures import SimClient
 
 from kling_pipeline.frames import FrameRef, extract_frame
 from kling_pipeline.key import IMAGE_DIGEST_PREFIX
 
-HEAD = """version: 1
-name: demo
-provider: {requests_per_minute: 6000}
-defaults: {model: kling-v3.0-pro-i2v, duration: 3}
-shots:
-"""
-CHAIN = HEAD + """\
-  - {id: a, model: kling-v3.0-pro-t2v, aspect_ratio: "16:9", prompt: "A lighthouse at dusk"}
-  - {id: b, prompt: "The keeper climbs", image: {shot: a, frame: last}}
+CHAIN = HEAD + A + B + """\
   - {id: c, prompt: "The lamp turns", image: {shot: b, at: 1.5},
      end_image: {shot: a, frame: first}}
-  - {id: x, model: kling-v3.0-pro-t2v, prompt: "Gulls, unrelated"}
-"""
+""" + X
 FRAMES = {"frames/002-b-image.png", "frames/003-c-image.png", "frames/003-c-end_image.png"}
 PNG = b"\x89PNG\r\n\x1a\n"
 

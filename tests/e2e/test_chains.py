@@ -19,24 +19,14 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image, ImageChops, ImageOps, ImageStat
 from support.apply_fixtures import apply, lock_of
+from support.chains import HEAD, A, B, C, X
 from support.simulator_fixtures import KEY, SimClient
 
 from kling_pipeline.cli import main
 from kling_pipeline.frames import FrameRef, extract_frame
 from kling_pipeline.key import IMAGE_DIGEST_PREFIX
 
-HEAD = """version: 1
-name: demo
-provider: {requests_per_minute: 6000}
-defaults: {model: kling-v3.0-pro-i2v, duration: 3}
-shots:
-"""
-CHAIN = HEAD + """\
-  - {id: a, model: kling-v3.0-pro-t2v, aspect_ratio: "16:9", prompt: "A lighthouse at dusk"}
-  - {id: b, prompt: "The keeper climbs", image: {shot: a, frame: last}}
-  - {id: c, prompt: "The lamp turns", image: {shot: b, frame: last}}
-  - {id: x, model: kling-v3.0-pro-t2v, prompt: "Gulls, unrelated"}
-"""
+CHAIN = HEAD + A + B + C + X
 DIAMOND = HEAD + """\
   - {id: d, prompt: "The beam meets the ship", image: {shot: b, frame: last},
      end_image: {shot: c, frame: first}}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 from support.apply_fixtures import apply, lock_of, write_board
+from support.chains import HEAD, A, B
 from support.simulator_fixtures import SimClient
 
 from kling_pipeline.cli import main
@@ -80,14 +81,7 @@ def test_gc_on_a_cache_outside_the_project_says_what_it_cannot_see(
     assert not (tmp_path / "shared-cache").exists()
 
 
-CHAIN = """version: 1
-name: demo
-provider: {requests_per_minute: 6000}
-defaults: {model: kling-v3.0-pro-i2v, duration: 3}
-shots:
-  - {id: a, model: kling-v3.0-pro-t2v, aspect_ratio: "16:9", prompt: "A lighthouse at dusk"}
-  - {id: b, prompt: "The keeper climbs", image: {shot: a, frame: last}}
-"""
+CHAIN = HEAD + A + B
 
 
 def test_gc_collects_the_frames_of_videos_no_lock_needs(tmp_path: Path, sim: SimClient) -> None:

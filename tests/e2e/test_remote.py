@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from support.apply_fixtures import apply, write_board
+from support.chains import HEAD as CHAIN_HEAD
+from support.chains import A, B, C
 from support.s3_server import BUCKET, FAKE_ENV, S3Server, running_s3_server
 from support.simulator_fixtures import SimClient
 
@@ -290,15 +292,7 @@ def test_push_names_the_videos_the_local_store_lacks(remote: Remote, tmp_path: P
     assert "dawn" in result.output and "boats" in result.output
 
 
-CHAIN = """version: 1
-name: demo
-provider: {requests_per_minute: 6000}
-defaults: {model: kling-v3.0-pro-i2v, duration: 3}
-shots:
-  - {id: a, model: kling-v3.0-pro-t2v, aspect_ratio: "16:9", prompt: "A lighthouse at dusk"}
-  - {id: b, prompt: "The keeper climbs", image: {shot: a, frame: last}}
-  - {id: c, prompt: "The lamp turns", image: {shot: b, frame: last}}
-"""
+CHAIN = CHAIN_HEAD + A + B + C
 
 
 def test_a_chain_pulls_with_its_frames_byte_for_byte(tmp_path: Path, sim: SimClient) -> None:
