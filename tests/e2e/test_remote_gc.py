@@ -185,3 +185,27 @@ def test_the_listing_is_one_request_per_folder_and_one_batch_of_index_reads(
     listings = [r for r in requests if "list-type=2" in r]
     assert len(listings) == 2, requests  # index/ and objects/
     assert not any("/objects/" in r for r in requests if "list-type" not in r), requests
+
+
+def test_index_entries_without_their_object_go_and_unreadable_ones_stay(
+        remote: RemoteSpec, tmp_path: Path, sim: SimClient) -> None:
+    board = write_board(tmp_path, SHOTS[:1])
+    assert apply(board, sim.base_url).exit_code == 0
+    assert run("push", str(board), *args(remote)).exit_code == 0
+    store = RemoteStore(remote)
+    absent, odd = "ab" * 32, "cd" * 32
+    store.fs.pipe_file(store.index_path(absent),
+                       b'{"format": 1, "sha256": "' + b"e" * 64 + b'", "task_id": "t-1"}')
+    store.fs.pipe_file(store.index_path(odd), b"not an index entry")
+    kept = {path: data for path, data in remote_files(remote).items()
+            if absent not in path}
+
+    listed = run("gc", str(board), *args(remote))
+    assert listed.exit_code == 0, listed.output
+    assert "0 unreferenced objects (0 B) and 1 index entry to delete" in listed.output
+    assert f"left alone: 1 index entry that cannot be read, e.g. index/{odd}.json" \
+        in listed.output
+    deleted = run("gc", str(board), *args(remote), "--force")
+    assert deleted.exit_code == 0, deleted.output
+    assert "deleted: 0 objects (0 B) and 1 index entry" in deleted.output
+    assert remote_files(remote) == kept
