@@ -12,6 +12,7 @@ import hashlib
 import socket
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,27 @@ def test_index_entries_without_their_object_go_and_unreadable_ones_stay(
     assert deleted.exit_code == 0, deleted.output
     assert "deleted: 0 objects (0 B) and 1 index entry" in deleted.output
     assert remote_files(remote) == kept
+
+
+def test_a_task_a_lock_holds_without_an_output_keeps_its_object(
+        tmp_path: Path, sim: SimClient) -> None:
+    """A run between its upload and its lock write: the entry has the task id, no output."""
+    spec = RemoteSpec(str(tmp_path / "remote"))
+    board = write_board(tmp_path, SHOTS)
+    assert apply(board, sim.base_url).exit_code == 0
+    old = read_lock(board.with_name("board.lock.json"), "board").shots["gulls"]
+    board, _ = two_versions(tmp_path, sim.base_url, spec, rendered=True)
+    in_flight = replace(old, status="processing", output=None, finished_at=None)
+    write_lock(tmp_path / "other" / "other.lock.json", LockFile("other", {"x": in_flight}))
+    listed = run("gc", str(board), *args(spec))
+    assert "nothing to collect: kept 3 objects" in listed.output, listed.output
+
+
+def test_remote_and_the_local_cache_options_do_not_mix(tmp_path: Path) -> None:
+    board = write_board(tmp_path, SHOTS)
+    result = run("gc", str(board), "--remote", str(tmp_path / "r"), "--simulate")
+    assert result.exit_code == 2 and "does not look at the local cache" in result.output
+    result = run("gc", str(board), "--remote-endpoint-url", "http://127.0.0.1:1")
+    assert result.exit_code == 2 and "goes with --remote" in result.output
+    result = run("gc", str(board), "--remote")  # none named anywhere
+    assert result.exit_code == 2 and "no remote" in result.output, result.output
