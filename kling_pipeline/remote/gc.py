@@ -161,6 +161,20 @@ def find_remote_garbage(remote: RemoteStore, project: Path) -> RemoteGcReport:
                           tuple(garbage), dangling, entries, tuple(sorted(unreadable)))
 
 
+def _remove(remote: RemoteStore, paths: list[str], what: str) -> None:
+    """Delete `paths` (one bulk request per 1,000 on S3); one already gone is no error, and
+    does not stop the others (a folder's rm stops at the first missing file)."""
+    try:
+        try:
+            remote.fs.rm(paths)
+        except FileNotFoundError:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    remote.fs.rm_file(path)
+    except Exception as exc:
+        raise remote_failure(remote.spec, f"deleting {len(paths)} {what}", exc) from None
+
+
 def delete_remote_garbage(remote: RemoteStore, report: RemoteGcReport) -> RemoteGcReport:
     """Delete the report's objects and index entries, except what a lock references now:
     every lock (the report's and any new one in the project) is read again first."""
@@ -175,21 +189,10 @@ def delete_remote_garbage(remote: RemoteStore, report: RemoteGcReport) -> Remote
     keys = sorted({*(k for k in report.dangling if report.entries[k].sha256 not in protected),
                    *(k for k, e in report.entries.items() if e.sha256 in shas)})
     if keys:
-        try:
-            remote.fs.rm([remote.index_path(key) for key in keys])
-        except FileNotFoundError:
-            pass  # someone else deleted them meanwhile
-        except Exception as exc:
-            raise remote_failure(remote.spec, f"deleting {len(keys)} index entries", exc) \
-                from None
+        _remove(remote, [remote.index_path(key) for key in keys], "index entries")
     if doomed:
         paths = [remote.object_path(item.sha256) for item in doomed]
-        try:
-            remote.fs.rm(paths)
-        except FileNotFoundError:
-            pass
-        except Exception as exc:
-            raise remote_failure(remote.spec, f"deleting {len(paths)} objects", exc) from None
+        _remove(remote, paths, "objects")
         if remote.spec.protocol == "file":  # a folder remote: no empty objects/ab/ left
             for folder in sorted({path.rpartition("/")[0] for path in paths}):
                 with contextlib.suppress(Exception):

@@ -234,3 +234,20 @@ def test_remote_and_the_local_cache_options_do_not_mix(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "goes with --remote" in result.output
     result = run("gc", str(board), "--remote")  # none named anywhere
     assert result.exit_code == 2 and "no remote" in result.output, result.output
+
+
+def test_an_entry_deleted_by_someone_else_meanwhile_does_not_stop_the_others(
+        remote: RemoteSpec, tmp_path: Path) -> None:
+    write_board(tmp_path, SHOTS)
+    store = RemoteStore(remote)
+    keys = [f"{n}" * 64 for n in (1, 2, 3)]
+    if remote.endpoint_url is None:
+        store.fs.makedirs(f"{store.root}/index", exist_ok=True)
+    for key in keys:
+        store.fs.pipe_file(store.index_path(key), b'{"sha256": "' + b"e" * 64 + b'"}')
+    report = find_remote_garbage(store, tmp_path)
+    assert report.index_keys == tuple(keys)
+    store.fs.rm_file(store.index_path(keys[0]))
+    result = delete_remote_garbage(store, report)
+    assert result.deleted == () and result.deleted_keys == 3
+    assert not any(path.startswith("index/") for path in remote_files(remote))
