@@ -31,23 +31,10 @@ from kling_pipeline.state.lockfile import LockFile, read_lock, write_lock
 SHOTS = [("harbour", "A harbour at dawn"), ("gulls", "Gulls over the water")]
 
 
-def _reset_moto() -> None:
-    """moto keeps its buckets per process, not per server: another module's server left the
-    bucket (and running_s3_server makes it), so the state is cleared before and after (what
-    moto's own POST /moto-api/reset does)."""
-    from moto.moto_api._internal.models import moto_api_backend
-
-    moto_api_backend.reset()
-
-
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    _reset_moto()
-    try:
-        with running_s3_server() as server:
-            yield server
-    finally:
-        _reset_moto()
+    with running_s3_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["folder", "s3"])

@@ -46,12 +46,23 @@ def _counting(app: Any, server: S3Server) -> Callable[..., Iterable[bytes]]:
     return wrapped
 
 
+def _reset_moto() -> None:
+    """moto keeps its buckets per process, not per server: a second test module's server
+    would find the first one's bucket (what moto's own POST /moto-api/reset does)."""
+    from moto.moto_api._internal.models import moto_api_backend
+
+    moto_api_backend.reset()
+
+
 @contextmanager
 def running_s3_server() -> Iterator[S3Server]:
-    """moto on 127.0.0.1 (a free port), with the bucket BUCKET made, and FAKE_ENV set."""
+    """moto on 127.0.0.1 (a free port), with the bucket BUCKET made, and FAKE_ENV set; its
+    state is cleared before and after, so each user starts from an empty server."""
     import logging
 
     from moto.server import ThreadedMotoServer
+
+    _reset_moto()
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
     saved = {name: os.environ.get(name) for name in FAKE_ENV}
@@ -70,6 +81,7 @@ def running_s3_server() -> Iterator[S3Server]:
         yield server
     finally:
         moto.stop()
+        _reset_moto()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
