@@ -151,7 +151,10 @@ MOMENTS = [
            and status(now, "a") in RENDERING,
            left=left(a=RENDERING, b=None, c=None, x=RENDERING)),
     Moment("a's download is half streamed",
-           arm=hold_when("a", ("rendered",), lambda task: Hold("file-body", None, match=task)),
+           # armed as soon as a's task id is known: a download follows "rendered" at once, and
+           # a hold set only when the lock says so can come too late
+           arm=hold_when("a", (*RENDERING, "rendered"),
+                         lambda task: Hold("file-body", None, match=task)),
            left=left(a="rendered", b=None, c=None, x=AFTER_POST)),
     Moment("a is done in the lock; b's frame is being taken, its intent not yet written",
            when=lambda start, now: status(now, "a") == "done",
@@ -163,7 +166,8 @@ MOMENTS = [
            arm=hold_when("c", ("processing",), lambda task: Hold("result", None, match=task)),
            left=left(a="done", b="done", c="processing", x="done")),
     Moment("c's download is half streamed",
-           arm=hold_when("c", ("rendered",), lambda task: Hold("file-body", None, match=task)),
+           arm=hold_when("c", ("processing", "rendered"),
+                         lambda task: Hold("file-body", None, match=task)),
            left=left(a="done", b="done", c="rendered", x="done")),
 ]
 

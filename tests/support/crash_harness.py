@@ -504,10 +504,15 @@ def kill_at(project: Project, moment: Moment, *args: str, key: str) -> None:
     start = project.lock()
     if moment.when is not None:
         assert not moment.when(start, start), f"{moment.name}: true before the run started"
-    child = project.start(*args, key=key, holds=moment.holds)
+    holds = moment.holds
+    armed = moment.arm is None
+    if moment.arm is not None and (more := moment.arm(start)):
+        # the lock names what the hold needs already (a run after an earlier kill): hold from
+        # the start, or a fast child may download before the hold is set
+        holds, armed = (*holds, *more), True
+    child = project.start(*args, key=key, holds=holds)
     seen: tuple[int, int, int] | None = None
     now = start
-    armed = moment.arm is None
     deadline = time.monotonic() + WAIT
     while True:
         try:
