@@ -2,6 +2,9 @@
 
 moto answers the S3 API over HTTP like AWS does; s3fs talks to it through
 `--remote-endpoint-url`, with fake credentials in the environment. Nothing leaves the machine.
+Conditional requests (`If-None-Match`, `If-Match`) are served one at a time, so that they are
+atomic as on S3, and a test can ask for S3's faults of a conditional PUT (a 409 conflict, a
+lost answer).
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ class S3Server:
     endpoint: str
     requests: list[str] = field(default_factory=list)  # "METHOD /path?query", in order
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Faults of conditional PUTs, for the next N of them: `conflicts` are answered 409
+    # ConditionalRequestConflict without being applied (S3's answer to one that meets another
+    # conditional write of the key in flight); `lost_answers` are applied, then answered 500
+    # (an answer lost on the way back: the client sends the PUT again).
+    conflicts: int = 0
+    lost_answers: int = 0
+    _conditional: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self) -> int:
         with self._lock:
@@ -33,6 +43,37 @@ class S3Server:
         with self._lock:
             return self.requests[start:]
 
+    def _take(self, fault: str) -> bool:
+        with self._lock:
+            if getattr(self, fault) <= 0:
+                return False
+            setattr(self, fault, getattr(self, fault) - 1)
+            return True
+
+
+def _s3_error(start_response: Any, status: str, code: str, message: str) -> list[bytes]:
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error>").encode()
+    start_response(status, [("Content-Type", "application/xml"),
+                            ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _conditional(app: Any, server: S3Server, environ: dict[str, Any],
+                 start_response: Any) -> Iterable[bytes]:
+    put = environ["REQUEST_METHOD"] == "PUT"
+    if put and server._take("conflicts"):
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        return _s3_error(start_response, "409 Conflict", "ConditionalRequestConflict",
+                         "A conflicting conditional operation is currently in progress "
+                         "against this resource. Please try again.")
+    if put and server._take("lost_answers"):
+        b"".join(app(environ, lambda *args: None))
+        return _s3_error(start_response, "500 Internal Server Error", "InternalError",
+                         "We encountered an internal error. Please try again.")
+    result: Iterable[bytes] = app(environ, start_response)
+    return result
+
 
 def _counting(app: Any, server: S3Server) -> Callable[..., Iterable[bytes]]:
     def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -40,8 +81,14 @@ def _counting(app: Any, server: S3Server) -> Callable[..., Iterable[bytes]]:
         with server._lock:
             server.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}"
                                    + (f"?{query}" if query else ""))
-        result: Iterable[bytes] = app(environ, start_response)
-        return result
+        if "HTTP_IF_NONE_MATCH" not in environ and "HTTP_IF_MATCH" not in environ:
+            result: Iterable[bytes] = app(environ, start_response)
+            return result
+        # S3 promises that a conditional write is atomic; moto checks the condition and then
+        # writes, in two steps, on a threaded server, so two racing `If-None-Match: *` PUTs
+        # could both succeed here. One lock over the conditional requests keeps S3's promise.
+        with server._conditional:
+            return _conditional(app, server, environ, start_response)
 
     return wrapped
 
