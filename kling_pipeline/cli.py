@@ -163,6 +163,17 @@ out_option = click.option(
          "the storyboard).")
 
 
+remote_option = click.option(
+    "--remote", metavar="URL", help="The remote: s3://bucket/prefix, a folder, or any fsspec "
+    "URL (default: $KLING_PIPELINE_REMOTE, else the storyboard's remote:).")
+remote_endpoint_option = click.option(
+    "--remote-endpoint-url", metavar="URL",
+    help="An S3-compatible server for an s3:// remote (MinIO, R2, ...).")
+no_remote_option = click.option(
+    "--no-remote", is_flag=True, help="Use no remote, even one the storyboard or "
+    "$KLING_PIPELINE_REMOTE names.")
+
+
 def _vars(values: tuple[str, ...]) -> dict[str, str]:
     from kling_pipeline.storyboard.load import parse_var
 
@@ -237,12 +248,21 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
 @click.option("--simulate", is_flag=True,
               help="What apply --simulate would do: the simulated lock file and cache.")
 @cache_dir_option
+@remote_option
+@remote_endpoint_option
+@no_remote_option
 def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
          detailed_exitcode: bool, force: tuple[str, ...], retry_failed: bool,
-         resubmit_unknown: bool, simulate: bool, cache_dir: Path | None) -> int:
-    """Show what a render would do and cost, without touching the network."""
+         resubmit_unknown: bool, simulate: bool, cache_dir: Path | None, remote: str | None,
+         remote_endpoint_url: str | None, no_remote: bool) -> int:
+    """Show what a render would do and cost, without calling the provider.
+
+    With a remote, the shots whose videos this machine lacks are looked up in its index
+    (one listing; none when nothing is lacking).
+    """
     result = _project(storyboard, variables, no_cache, simulate, cache_dir).plan(
-        force=force, retry_failed=retry_failed, resubmit_unknown=resubmit_unknown)
+        force=force, retry_failed=retry_failed, resubmit_unknown=resubmit_unknown,
+        remote=remote, remote_endpoint_url=remote_endpoint_url, use_remote=not no_remote)
     if as_json:
         from kling_pipeline.textsafe import json_printable
         from kling_pipeline.views.plan import render_json
@@ -301,11 +321,17 @@ def _seconds(text: str) -> float:
 @resubmit_unknown_option
 @cache_dir_option
 @out_option
+@remote_option
+@remote_endpoint_option
+@no_remote_option
+@click.option("--no-push", is_flag=True,
+              help="Do not push the videos this run downloads to the remote.")
 def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: bool,
           simulate: bool, base_url: str | None, jobs: int | None, max_wait: str,
           lock_timeout: str, only: tuple[str, ...], force: tuple[str, ...],
           retry_failed: bool, resubmit_unknown: bool, cache_dir: Path | None,
-          out_dir: Path | None) -> int:
+          out_dir: Path | None, remote: str | None, remote_endpoint_url: str | None,
+          no_remote: bool, no_push: bool) -> int:
     """Render what changed: submit, poll, download, and fill the output folder.
 
     Every task id is in the lock file before anything else happens, so an interrupted run
@@ -332,7 +358,8 @@ def apply(storyboard: Path, variables: tuple[str, ...], no_cache: bool, yes: boo
             force=force, only=only, retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown, jobs=jobs, max_wait=wait,
             lock_timeout=lock_wait, base_url=base_url, on_plan=on_plan, on_event=view.show,
-            cancel=cancel)
+            cancel=cancel, remote=remote, remote_endpoint_url=remote_endpoint_url,
+            use_remote=not no_remote, push=not no_push)
     try:
         _show_report(report)
     except BrokenPipeError:
@@ -371,6 +398,7 @@ class _ProgressView:
     def __init__(self, cancel: CancelToken) -> None:
         self._cancel = cancel
         self._reporter: LiveReporter | PlainReporter | None = None
+        self._before: PlainReporter | None = None
         self._handlers: dict[int, Any] = {}
 
     def show(self, event: Event) -> None:
@@ -383,8 +411,13 @@ class _ProgressView:
 
     def _show(self, event: Event) -> None:
         if type(event) is ShotUpdate:  # 10,000 of them in a run of 10,000 shots: first
-            if self._reporter is not None:
+            if self._reporter is None:  # before the plan: videos taken from the remote
+                self._before = self._before or _transfer_view()
+                _show_transfer(self._before, event)
+            else:
                 self._reporter.update(event.label, event.state, event.percent, event.note)
+        elif isinstance(event, Note) and self._reporter is None:
+            click.echo(event.text, err=True)
         elif isinstance(event, RunStarted):
             self._handlers = {sig: signal.signal(sig, lambda *_: self._cancel.cancel())
                               for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -428,6 +461,10 @@ def _show_report(report: ApplyReport) -> None:
                               [item.id for item in report.plan.items]))
     click.echo(render_folder(report.folder) if report.folder is not None else
                "Output: none written: no shot is rendered yet.")
+    if report.remote is not None:
+        from kling_pipeline.views.transfer import render_remote_use
+
+        click.echo(render_remote_use(report.remote), nl=False)
 
 
 @main.command()
@@ -536,12 +573,6 @@ def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
     click.echo(render_gc_text(report, freed=freed), nl=False)
 
 
-remote_option = click.option(
-    "--remote", metavar="URL", help="The remote: s3://bucket/prefix, a folder, or any fsspec "
-    "URL (default: $KLING_PIPELINE_REMOTE, else the storyboard's remote:).")
-remote_endpoint_option = click.option(
-    "--remote-endpoint-url", metavar="URL",
-    help="An S3-compatible server for an s3:// remote (MinIO, R2, ...).")
 transfer_jobs_option = click.option(
     "-j", "--jobs", type=click.IntRange(1, 256), metavar="N",
     help="Transfers at once (default: 8).")

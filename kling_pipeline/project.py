@@ -38,10 +38,13 @@ if TYPE_CHECKING:
     from kling_pipeline.plan.inputs import Resolver, Waiting
     from kling_pipeline.plan.jobs import Job
     from kling_pipeline.plan.planner import Plan
+    from kling_pipeline.remote.fill import RemoteFill
     from kling_pipeline.remote.gc import RemoteGcReport
+    from kling_pipeline.remote.publish import Published, Publisher
+    from kling_pipeline.remote.session import RemoteSession
     from kling_pipeline.remote.transfer import PullReport, PushReport
     from kling_pipeline.remote.url import RemoteSpec
-    from kling_pipeline.results import ApplyReport, RunReport
+    from kling_pipeline.results import ApplyReport, RemoteUse, RunReport
     from kling_pipeline.run.executor import RunOptions
     from kling_pipeline.state.cache import Store
     from kling_pipeline.state.lockfile import LockFile
@@ -152,19 +155,34 @@ class Project:
     # -- plan ----------------------------------------------------------------------------
 
     def plan(self, *, force: Sequence[str] = (), only: Sequence[str] = (),
-             retry_failed: bool = False, resubmit_unknown: bool = False) -> Plan:
-        """What `apply` would do and cost now, from the lock file and the local store; no
-        network. `force` names shots to render again (paid); `only` keeps the shots whose id
-        matches one of the globs."""
+             retry_failed: bool = False, resubmit_unknown: bool = False,
+             remote: str | None = None, remote_endpoint_url: str | None = None,
+             use_remote: bool = True) -> Plan:
+        """What `apply` would do and cost now, from the lock file and the local store; the
+        provider is never called. `force` names shots to render again (paid); `only` keeps
+        the shots whose id matches one of the globs. With a remote (as `push` chooses it;
+        `use_remote=False` for none), a shot whose video this machine lacks is looked up in
+        the remote's index (one listing, and none when no shot lacks its video)."""
         from kling_pipeline.state.cache import Store
         from kling_pipeline.state.lockfile import read_lock
 
         selection = self._selection(force, only, retry_failed, resubmit_unknown)
+        spec = self._run_remote(remote, remote_endpoint_url, use_remote)
         target = self.target
         lock = read_lock(target.lock_path, self.name)
         store = Store(target.store_root)  # what apply would reuse instead of paying
         try:
-            return self._plan(lock, store, selection)
+            plan = self._plan(lock, store, selection)
+            if spec is None:
+                return plan
+            from kling_pipeline.plan.fromremote import after_peek
+            from kling_pipeline.remote.fill import peek_index
+            from kling_pipeline.remote.store import RemoteStore
+
+            found, warning = peek_index(lambda: RemoteStore(spec), store, lock,
+                                        lambda: self._shots(lock, store, selection.force),
+                                        selected=self._chosen(selection))
+            return after_peek(plan, found, selection.force, warning)
         finally:
             store.close()
 
@@ -180,18 +198,57 @@ class Project:
             raise UsageError(f"{', '.join(nothing)} matches no shot id", option="--only")
         return Selection(tuple(force), tuple(only), retry_failed, resubmit_unknown)
 
-    def _plan(self, lock: LockFile, store: Store, selection: Selection) -> Plan:
+    def _plan(self, lock: LockFile, store: Store, selection: Selection,
+              fill: RemoteFill | None = None) -> Plan:
         from kling_pipeline.plan.planner import make_plan
         from kling_pipeline.plan.pricing import PriceTable
 
         loaded = self._load()
         shots, waiting = self._shots(lock, store, selection.force)
-        return _select(make_plan(loaded.settings.name, shots, lock,
-                                PriceTable(loaded.settings.provider.prices),
-                                force=selection.force, retry_failed=selection.retry_failed,
-                                resubmit_unknown=selection.resubmit_unknown,
-                                cached=store.lookup, waiting=waiting),
-                       selection.only)
+        plan = make_plan(loaded.settings.name, shots, lock,
+                         PriceTable(loaded.settings.provider.prices),
+                         force=selection.force, retry_failed=selection.retry_failed,
+                         resubmit_unknown=selection.resubmit_unknown,
+                         cached=store.lookup, waiting=waiting)
+        if fill is not None:
+            from kling_pipeline.plan.fromremote import after_fill
+
+            plan = after_fill(plan, fill.taken, fill.fallback,
+                              {refusal.key: refusal.reason for refusal in fill.refused},
+                              selection.force)
+        return _select(plan, selection.only)
+
+    def _chosen(self, selection: Selection) -> Callable[[str], bool]:
+        """Which shots a run may take from the remote: those it works on (`only`, and the
+        shots whose frames they take), never one it is told to render again (`force`)."""
+        ids = {shot.id for shot in self._load().shots}
+        if selection.only:
+            upstream = {shot.id: shot.upstream for shot in self._load().shots}
+            work = [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in selection.only)]
+            ids = set()
+            while work:
+                shot_id = work.pop()
+                if shot_id not in ids:
+                    ids.add(shot_id)
+                    work.extend(upstream.get(shot_id, ()))
+        chosen = ids - set(selection.force)
+        return chosen.__contains__
+
+    def _run_remote(self, url: str | None, endpoint_url: str | None,
+                    use: bool) -> RemoteSpec | None:
+        """The remote a plan or an apply uses (None: none named, or `use` is False); a
+        simulated run uses its `simulated/` part, so an animatic never stands for a render."""
+        if not use:
+            if url is not None:
+                raise UsageError("--remote and --no-remote say opposite things; give one")
+            return None
+        board = self._load().settings.remote
+        if url is None and board is None and not os.environ.get("KLING_PIPELINE_REMOTE"):
+            return None  # none named: nothing to import (a plan of 10,000 shots is timed)
+        from kling_pipeline.remote.url import choose_remote
+
+        spec = choose_remote(url, endpoint_url, board, self.path.resolve().parent)
+        return spec.simulated() if spec is not None and self.simulate else spec
 
     def _shots(self, lock: LockFile, store: Store, force: Sequence[str] = ()
                ) -> tuple[list[ShotRequest], Mapping[str, Waiting]]:
@@ -223,7 +280,9 @@ class Project:
               base_url: str | None = None, api_key: str | None = None,
               on_plan: Callable[[Plan], bool | None] | None = None,
               on_event: OnEvent = ignore, cancel: CancelToken | None = None,
-              transport: httpx.AsyncBaseTransport | None = None) -> ApplyReport:
+              transport: httpx.AsyncBaseTransport | None = None,
+              remote: str | None = None, remote_endpoint_url: str | None = None,
+              use_remote: bool = True, push: bool = True) -> ApplyReport:
         """Render what changed: submit, poll, download, verify, and fill the output folder.
 
         Every task id is in the lock file before anything else happens with it, so a run
@@ -233,6 +292,12 @@ class Project:
         the environment variable the storyboard names; it is never written anywhere.
         `transport` replaces httpx's (a test's `httpx.MockTransport`). Shots that fail are
         in the report (`report.ok`, `report.exit_code`), not raised.
+
+        With a remote (`remote`, else KLING_PIPELINE_REMOTE, else the storyboard's; none with
+        `use_remote=False`), a shot whose video this machine lacks is first taken from the
+        remote when it has it and its bytes prove it (docs/remote.md), and every video the
+        run downloads is pushed to it (not with `push=False`). A remote that cannot be
+        reached is a warning (`report.remote.down`); the run goes on without it.
         """
         from kling_pipeline.plan.jobs import make_jobs
         from kling_pipeline.results import ApplyReport
@@ -242,13 +307,18 @@ class Project:
         from kling_pipeline.state.lockstore import LockKeeper, hold_run_lock
 
         selection = self._preflight(force, only, retry_failed, resubmit_unknown, base_url)
+        spec = self._run_remote(remote, remote_endpoint_url, use_remote)
         target = self.target
         store = Store(target.store_root)
+        session = fill = publisher = None
         try:
             with hold_run_lock(target.lock_path, lock_timeout):
                 had_lock = target.lock_path.exists()
                 lock = read_lock(target.lock_path, self.name)
-                plan = self._plan(lock, store, selection)
+                if spec is not None:
+                    session, fill = self._take_from_remote(spec, lock, store, selection, jobs,
+                                                           on_event)
+                plan = self._plan(lock, store, selection, fill)
                 work, changes = make_jobs(plan, store)
                 network = needs_network(work)
                 key = self._api_key(api_key) if network and not target.simulated else None
@@ -259,15 +329,37 @@ class Project:
                 store.clean_tmp()
                 resolver = self._resolver(store, selection) if any(
                     job.waits_for for job in work) else None
+                if session is not None and push and network:
+                    from kling_pipeline.remote.publish import Publisher
+
+                    publisher = Publisher(session, store)
                 run, folder = self._run_and_fill(
                     work, keeper, store, had_lock, _Run(jobs, max_wait, base_url, key, network),
-                    on_event, cancel, transport, resolver)
+                    on_event, cancel, transport, resolver, publisher)
         finally:
+            if publisher is not None:  # only when an exception passes: closed already
+                publisher.close(wait=False)
             store.close()
         covered = {shot_id for shot in run.results for shot_id in shot.shot_ids}
         missing = tuple(item.id for item in plan.items
                         if item.action != "remove" and item.id not in covered)
-        return ApplyReport(plan, run, missing, folder)
+        return ApplyReport(plan, run, missing, folder,
+                           _remote_use(session, fill, run.published) if session else None)
+
+    def _take_from_remote(self, spec: RemoteSpec, lock: LockFile, store: Store,
+                          selection: Selection, jobs: int | None, on_event: OnEvent,
+                          ) -> tuple[RemoteSession, RemoteFill]:
+        """Before the plan: every video the run's shots lack that the remote can prove."""
+        from kling_pipeline.remote.fill import fill_from_remote
+        from kling_pipeline.remote.session import RemoteSession
+        from kling_pipeline.remote.transfer import DEFAULT_JOBS
+
+        session = RemoteSession(spec, on_event)
+        fill = fill_from_remote(session, store, lock,
+                                lambda: self._shots(lock, store, selection.force),
+                                selected=self._chosen(selection), jobs=jobs or DEFAULT_JOBS,
+                                on_event=on_event)
+        return session, fill
 
     def _preflight(self, force: Sequence[str], only: Sequence[str], retry_failed: bool,
                    resubmit_unknown: bool, base_url: str | None) -> Selection:
@@ -293,6 +385,7 @@ class Project:
     def _run_and_fill(self, work: list[Job], keeper: LockKeeper, store: Store, had_lock: bool,
                       how: _Run, on_event: OnEvent, cancel: CancelToken | None,
                       transport: httpx.AsyncBaseTransport | None, resolver: Resolver | None,
+                      publisher: Publisher | None = None,
                       ) -> tuple[RunReport, FolderResult | None]:
         """Run the jobs, then bring the output folder in line with the lock, even when the
         run ends in an exception (the folder shows what is done; only a whole run makes a
@@ -314,7 +407,12 @@ class Project:
                                        store=store,
                                        options=self._run_options(how.jobs, how.max_wait),
                                        on_event=on_event, on_done=folder.place_job,
-                                       cancel=cancel, transport=transport, resolver=resolver)
+                                       cancel=cancel, transport=transport, resolver=resolver,
+                                       on_stored=None if publisher is None else (
+                                           lambda job, output: publisher.publish(
+                                               job.key, output, job.task_id, job.endpoint)))
+                    if publisher is not None:  # the last uploads: skipped after a stop
+                        run.published = publisher.close(wait=not run.interrupted)
                 else:  # nothing to ask the API: no event loop, no HTTP client (settle.py)
                     from kling_pipeline.run.settle import EventReporter, settle_jobs
 
@@ -396,11 +494,9 @@ class Project:
 
     def remote(self, url: str | None = None, endpoint_url: str | None = None) -> RemoteSpec:
         """The remote push and pull use: `url` (as --remote), else KLING_PIPELINE_REMOTE,
-        else the storyboard's `remote:`; UsageError when none is named."""
-        from kling_pipeline.remote.url import choose_remote
-
-        spec = choose_remote(url, endpoint_url, self._load().settings.remote,
-                             self.path.resolve().parent)
+        else the storyboard's `remote:` (its `simulated/` part for a simulated project);
+        UsageError when none is named."""
+        spec = self._run_remote(url, endpoint_url, True)
         if spec is None:
             raise UsageError("no remote: give --remote URL, set KLING_PIPELINE_REMOTE, or add "
                              "remote: to the storyboard (docs/remote.md)", option="--remote")
@@ -513,6 +609,19 @@ def _select(plan: Plan, only: Sequence[str]) -> Plan:
                                      else note)
             work.append(kept[upstream])
     return replace(plan, items=[kept[item.id] for item in plan.items if item.id in kept])
+
+
+def _remote_use(session: RemoteSession, fill: RemoteFill | None,
+                published: Published | None) -> RemoteUse:
+    from kling_pipeline.results import RemoteUse
+
+    return RemoteUse(
+        remote=session.shown,
+        taken=tuple(sorted(i for ids in (fill.taken.values() if fill else ()) for i in ids)),
+        refused=tuple((", ".join(r.shot_ids), r.reason) for r in (fill.refused if fill else ())),
+        pushed=published.pushed if published else 0,
+        not_pushed=published.left if published else 0,
+        down=session.down)
 
 
 def _simulator_pace() -> int:

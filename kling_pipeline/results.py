@@ -14,6 +14,7 @@ from kling_pipeline.state.lockfile import Output
 if TYPE_CHECKING:
     from kling_pipeline.output.folder import FolderResult
     from kling_pipeline.plan.planner import Plan
+    from kling_pipeline.remote.publish import Published
 
 Outcome = Literal["done", "up to date", "failed", "unknown", "in flight", "lost",
                   "not submitted", "blocked"]  # blocked: an input shot has no video
@@ -45,6 +46,21 @@ class RunReport:
     results: list[ShotResult] = field(default_factory=list)
     stop_reason: str = ""  # why submitting stopped early (account problem, no server)
     interrupted: bool = False
+    published: Published | None = None  # what was pushed to the remote as it downloaded
+
+
+@dataclass(frozen=True)
+class RemoteUse:
+    """What an apply did with its remote: the shots whose videos it took (verified), the
+    copies it refused and why, the videos it pushed, and why it went on without the remote
+    (`down`, "" when it did not)."""
+
+    remote: str  # as messages name it
+    taken: tuple[str, ...]  # shot ids
+    refused: tuple[tuple[str, str], ...]  # (shot ids, reason)
+    pushed: int
+    not_pushed: int  # downloaded, not pushed (the remote failed, or the run stopped)
+    down: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class ApplyReport:
     run: RunReport
     missing: tuple[str, ...]  # planned shots without a result: the run stopped first
     folder: FolderResult | None
+    remote: RemoteUse | None = None  # None: the run had no remote
 
     @property
     def results(self) -> list[ShotResult]:

@@ -52,6 +52,15 @@ def probe_video(path: str | os.PathLike[str], *, decode: bool = True) -> VideoIn
         return _probe(container, stream, name, decode)
 
 
+def check_duration(path: str | os.PathLike[str], expected: float | None) -> float:
+    """Decode the whole file; its duration, or MediaError if it is not the video asked for
+    (a duration off by more than 1 s or 10 %: a shot of 5 s that lasts 10 is another video)."""
+    info = probe_video(path, decode=True)
+    if expected is not None and abs(info.duration - expected) > max(1.0, 0.1 * expected):
+        raise MediaError(f"the video lasts {info.duration:.2f} s; {expected:g} s were asked for")
+    return info.duration
+
+
 @contextmanager
 def open_video(path: str | os.PathLike[str]) -> Iterator[tuple[InputContainer, VideoStream]]:
     """The open container of a video file and its first video stream; MediaError if it is none.

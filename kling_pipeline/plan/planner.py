@@ -50,6 +50,7 @@ class PlanItem:
     estimate: float | None = None
     note: str = ""
     waits_for: tuple[str, ...] = ()  # upstream shots whose frames decide this shot's key
+    from_remote: bool = False  # its video comes (came) from the remote, unpaid
 
     @property
     def symbol(self) -> str:
@@ -60,6 +61,7 @@ class PlanItem:
 class Plan:
     storyboard: str
     items: list[PlanItem] = field(default_factory=list)
+    notes: tuple[str, ...] = ()  # warnings about the plan (a remote that could not be read)
 
     def count(self, *actions: Action) -> int:
         return sum(1 for item in self.items if item.action in actions)
@@ -211,6 +213,10 @@ def decide(shot: ShotRequest, entry: LockEntry | None,
         if status in IN_FLIGHT:
             return PlanItem(shot.id, "inflight", shot, entry,
                             note=f"task {entry.task_id} {status}: the next run picks it up")
+        if cached(shot.key) is not None:  # another task's video of this request is here
+            return PlanItem(shot.id, "reuse", shot, entry,
+                            note=f"{status} in the lock; a video of the same request is in "
+                                 "the cache")
         if status == "failed":
             if retry_failed:
                 return PlanItem(shot.id, "update", shot, entry, estimate=cost,

@@ -26,12 +26,12 @@ other project pushed to it; what only those reference looks unreferenced here
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kling_pipeline.remote.store import json_object
 from kling_pipeline.remote.url import remote_failure, shown
 from kling_pipeline.sizes import human_size
 from kling_pipeline.state.gc import LockRefs, project_lock_files, read_locks
@@ -90,11 +90,9 @@ class RemoteGcReport:
 
 
 def _parse(raw: bytes) -> Entry | None:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
+    """Lenient on purpose: an entry with a video's name is never deleted as unreadable."""
+    data = json_object(raw)
+    if data is None:
         return None
     sha, task_id = data.get("sha256"), data.get("task_id")
     if not isinstance(sha, str) or not _SHA.fullmatch(sha):
@@ -107,20 +105,9 @@ def _read_entries(remote: RemoteStore, keys: set[str]) -> tuple[dict[str, Entry]
     entry deleted since the listing is left out."""
     if not keys:
         return {}, []
-    paths = {remote.index_path(key): key for key in sorted(keys)}
-    try:
-        bodies = remote.fs.cat(list(paths), on_error="return")
-    except Exception as exc:
-        raise remote_failure(remote.spec, "reading index/", exc) from None
-    by_name = {path.rsplit("/", 1)[-1]: body for path, body in bodies.items()}
     entries: dict[str, Entry] = {}
     unreadable: list[str] = []
-    for key in paths.values():
-        body = by_name.get(f"{key}.json")
-        if isinstance(body, FileNotFoundError) or body is None:
-            continue
-        if isinstance(body, BaseException):
-            raise remote_failure(remote.spec, f"reading the index entry {key[:12]}", body)
+    for key, body in remote.read_index(keys).items():
         entry = _parse(body)
         if entry is None:
             unreadable.append(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 INDEX_FORMAT = 1
 _OBJECT = re.compile(r"(?:^|/)objects/([0-9a-f]{2})/([0-9a-f]{64})\.mp4$")
 _INDEX = re.compile(r"(?:^|/)index/([0-9a-f]{64})\.json$")
+_SHA = re.compile(r"[0-9a-f]{64}")
 # Protocols whose uploads are atomic and which have no folders to make.
 _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
 
@@ -41,6 +43,21 @@ class IndexEntry:
     duration: float
     task_id: str | None
     endpoint: str
+
+    @classmethod
+    def parse(cls, raw: bytes) -> IndexEntry | None:
+        """The entry `raw` holds, or None when it is not one (every field of its type)."""
+        data = json_object(raw)
+        if data is None:
+            return None
+        sha, size, duration = data.get("sha256"), data.get("size"), data.get("duration")
+        task_id, endpoint = data.get("task_id"), data.get("endpoint")
+        if not (isinstance(sha, str) and _SHA.fullmatch(sha) and type(size) is int and size > 0
+                and isinstance(duration, int | float) and not isinstance(duration, bool)
+                and duration > 0 and isinstance(endpoint, str)
+                and (task_id is None or isinstance(task_id, str))):
+            return None
+        return cls(sha, size, float(duration), task_id or None, endpoint)
 
     def to_bytes(self) -> bytes:
         return json.dumps({"format": INDEX_FORMAT, "sha256": self.sha256, "size": self.size,
@@ -118,11 +135,41 @@ class RemoteStore:
             raise remote_failure(self.spec, f"writing the index entry {key[:12]}", exc) \
                 from None
 
+    def read_index(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The bodies of the index entries of `keys` that are there, read in one batch
+        (`fs.cat` of the list: concurrent requests on S3); an entry absent is left out."""
+        paths = {self.index_path(key): key for key in sorted(set(keys))}
+        if not paths:
+            return {}
+        try:
+            bodies = self.fs.cat(list(paths), on_error="return")
+        except Exception as exc:
+            raise remote_failure(self.spec, "reading index/", exc) from None
+        by_name = {path.rsplit("/", 1)[-1]: body for path, body in bodies.items()}
+        found: dict[str, bytes] = {}
+        for key in paths.values():
+            body = by_name.get(f"{key}.json")
+            if body is None or isinstance(body, FileNotFoundError):
+                continue  # deleted since it was listed
+            if isinstance(body, BaseException):
+                raise remote_failure(self.spec, f"reading the index entry {key[:12]}", body)
+            found[key] = bytes(body)
+        return found
+
     def get_object(self, sha256: str, dest: Path) -> None:
         try:
             self.fs.get_file(self.object_path(sha256), str(dest))
         except Exception as exc:
             raise remote_failure(self.spec, f"downloading {sha256[:12]}", exc) from None
+
+
+def json_object(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object `raw` holds; None for anything else (a remote's bytes are anyone's)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def index_entry(output: Output, task_id: str | None, endpoint: str) -> IndexEntry:

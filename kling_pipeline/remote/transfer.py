@@ -106,7 +106,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _each(items: Iterable[_T], work: Callable[[_T], None], jobs: int) -> None:
+def each(items: Iterable[_T], work: Callable[[_T], None], jobs: int) -> None:
     """Run `work` over `items` in a thread pool; the first exception is raised after all."""
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="transfer") as pool:
         for future in [pool.submit(work, item) for item in items]:
@@ -144,11 +144,11 @@ def push(remote: RemoteStore, store: Store, lock: LockFile, *, jobs: int = DEFAU
         uploaded.append(video)
         on_event(ShotUpdate(video.label, "uploaded"))
 
-    _each(todo, upload, jobs)
+    each(todo, upload, jobs)
     bad = {problem.sha256 for problem in (*refused, *failed)}
     entries = [(entry, video) for video in here if video.output.sha256 not in bad
                for entry in video.entries if entry.key not in keys]
-    _each(entries, lambda pair: remote.put_index(
+    each(entries, lambda pair: remote.put_index(
         pair[0].key, index_entry(pair[1].output, pair[0].task_id, pair[0].endpoint)), jobs)
     return PushReport(remote.spec.url, len(videos), tuple(uploaded), len(here) - len(todo),
                       len({entry.key for entry, _ in entries}), not_local, tuple(refused),
@@ -210,6 +210,6 @@ def pull(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile, *
         downloaded.append(video)
         on_event(ShotUpdate(video.label, "downloaded"))
 
-    _each(todo, download, jobs)
+    each(todo, download, jobs)
     return PullReport(remote.spec.url, len(videos), tuple(downloaded),
                       len(videos) - len(wanted), tuple(missing), tuple(refused), tuple(failed))

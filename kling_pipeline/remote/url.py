@@ -40,6 +40,11 @@ class RemoteSpec:
     url: str
     endpoint_url: str | None = None
 
+    def simulated(self) -> RemoteSpec:
+        """The part of this remote for simulated renders: animatics have the same request
+        keys as the renders they preview, so they must never share an index with them."""
+        return RemoteSpec(f"{self.url.rstrip('/')}/simulated", self.endpoint_url)
+
     @property
     def protocol(self) -> str:
         found = _SCHEME.match(self.url)

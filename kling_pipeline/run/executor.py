@@ -18,10 +18,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from kling_pipeline.output.media import MediaError, probe_video
+from kling_pipeline.output.media import MediaError, check_duration
 from kling_pipeline.plan.jobs import Job
 from kling_pipeline.results import SUCCESSFUL, Outcome, RunReport, ShotResult
 from kling_pipeline.run.apierrors import (
@@ -85,14 +84,6 @@ class RunOptions:
     pending_polls: int = 40  # answers in a row with a status we do not know before leaving it
 
 
-def _verify(path: Path, expected: float | None) -> float:
-    """Decode the whole file; its duration, or MediaError if it is not the video asked for."""
-    info = probe_video(path, decode=True)
-    if expected is not None and abs(info.duration - expected) > max(1.0, 0.1 * expected):
-        raise MediaError(f"the video lasts {info.duration:.2f} s; {expected:g} s were asked for")
-    return info.duration
-
-
 async def _wait_unless(event: asyncio.Event, seconds: float) -> bool:
     """Wait `seconds`; True (at once) if `event` is or becomes set meanwhile."""
     if seconds <= 0:
@@ -110,8 +101,10 @@ class Executor:
     def __init__(self, client: KlingClient | None, keeper: LockKeeper, store: Store,
                  options: RunOptions, reporter: Reporter,
                  on_done: Callable[[Job, Output], None] = lambda job, output: None,
-                 rng: random.Random | None = None, resolver: Resolver | None = None) -> None:
+                 rng: random.Random | None = None, resolver: Resolver | None = None,
+                 on_stored: Callable[[Job, Output], None] | None = None) -> None:
         self.client = client
+        self.on_stored = on_stored  # a video downloaded and recorded (pushed to a remote)
         self.resolver = resolver  # for jobs that wait for frames of other shots
         self.ledger = Ledger(keeper)  # every lock entry the run writes is decided there
         self.store = store
@@ -528,7 +521,7 @@ class Executor:
             temp = self.store.temp_file()
             try:
                 got = await self._read(client.download(url, temp, lambda: self.stopping))
-                duration = await asyncio.to_thread(_verify, temp, job.duration)
+                duration = await asyncio.to_thread(check_duration, temp, job.duration)
                 self.store.ingest(temp, got.sha256)
             except _Stopped:
                 break
@@ -550,6 +543,8 @@ class Executor:
                               finished_at=self.ledger.finished_at(job) if same else utc_now())
             if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
                 await self.ledger.forget(job.removed_ids)
+            if self.on_stored is not None:
+                self.on_stored(job, output)
             self.on_done(job, output)
             note = ""
             if job.known_output is not None and job.known_output.sha256 != output.sha256:

@@ -18,6 +18,7 @@ from kling_pipeline.results import RunReport
 from kling_pipeline.run.executor import Executor, RunOptions
 from kling_pipeline.run.settle import EventReporter, Reporter
 from kling_pipeline.state.cache import Store
+from kling_pipeline.state.lockfile import Output
 from kling_pipeline.state.lockstore import LockKeeper
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keepe
                store: Store, options: RunOptions, reporter: Reporter,
                on_done: Callable[[Job, str], None], cancel: CancelToken,
                transport: httpx.AsyncBaseTransport | None,
-               resolver: Resolver | None = None) -> RunReport:
+               resolver: Resolver | None = None,
+               on_stored: Callable[[Job, Output], None] | None = None) -> RunReport:
     async with contextlib.AsyncExitStack() as stack:
         client = None
         if base_url and api_key:  # an HTTP client only for a run that asks the API something
@@ -61,7 +63,7 @@ async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keepe
                                                              transport))
         executor = Executor(client, keeper, store, options, reporter,
                             on_done=lambda job, output: on_done(job, output.sha256),
-                            resolver=resolver)
+                            resolver=resolver, on_stored=on_stored)
         main = asyncio.ensure_future(executor.run(jobs))
         with _cancelled_by(cancel, executor, reporter, main):
             try:
@@ -94,13 +96,15 @@ def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
              keeper: LockKeeper, store: Store, options: RunOptions, on_event: OnEvent,
              on_done: Callable[[Job, str], None], cancel: CancelToken | None = None,
              transport: httpx.AsyncBaseTransport | None = None,
-             resolver: Resolver | None = None) -> RunReport:
+             resolver: Resolver | None = None,
+             on_stored: Callable[[Job, Output], None] | None = None) -> RunReport:
     """Run the jobs to the end (or to a stop); every state change is already in the lock.
-    `resolver` makes exact the keys of jobs that wait for frames of other shots."""
+    `resolver` makes exact the keys of jobs that wait for frames of other shots;
+    `on_stored` hears of each video downloaded, once it is recorded."""
     try:
         return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options,
                                 EventReporter(on_event), on_done, cancel or CancelToken(),
-                                transport, resolver))
+                                transport, resolver, on_stored))
     finally:
         keeper.settle()  # a change a cancelled job made while a write was under way
 

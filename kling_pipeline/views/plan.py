@@ -51,7 +51,10 @@ def money(value: float) -> str:
 
 def summary_line(plan: Plan) -> str:
     parts = [f"{plan.count('create')} to add", f"{plan.count('update')} to change",
-             f"{plan.count('noop', 'reuse')} unchanged", f"{plan.count('inflight')} in flight",
+             f"{plan.count('noop', 'reuse')} unchanged" + (
+                 f" ({remote} from the remote)" if (remote := sum(
+                     1 for item in plan.items if item.from_remote)) else ""),
+             f"{plan.count('inflight')} in flight",
              f"{plan.count('remove')} to remove"]
     if plan.count("failed"):
         parts.append(f"{plan.count('failed')} failed")
@@ -112,6 +115,7 @@ def render_text(plan: Plan, style: Style = _plain_style) -> str:
                          "the same leaves its shot up to date, unpaid.")
     else:
         lines.append("Nothing to submit: no money would be spent.")
+    lines += [f"warning: {clip(note, 400)}" for note in plan.notes]
     return "\n".join(lines)
 
 
@@ -126,6 +130,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
                           estimated_cost_usd=item.estimate)
         if item.entry is not None:
             record.update(task_id=item.entry.task_id, status=item.entry.status)
+        record["from_remote"] = item.from_remote
         record["changes"] = [{"field": c.field, "old": c.old, "new": c.new}
                              for c in item.changes]
         if item.shot is not None and item.shot.frames:
@@ -146,6 +151,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "unpriced_shots": plan.unpriced,
         "estimate_note": ESTIMATE_NOTE,
         "has_work": plan.has_work,
+        "notes": list(plan.notes),
     }
 
 

@@ -1,10 +1,12 @@
-"""The summaries push and pull end with (plain text; every name from a file made printable)."""
+"""The summaries push and pull end with, and the lines apply ends with about its remote
+(plain text; every name from a file made printable)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from kling_pipeline.remote.transfer import Problem, PullReport, PushReport
+from kling_pipeline.results import RemoteUse
 from kling_pipeline.textsafe import clip, printable
 from kling_pipeline.views.progress import render_folder
 
@@ -38,3 +40,18 @@ def render_pull(report: PullReport) -> str:
     lines.append(render_folder(report.folder) if report.folder is not None else
                  "Output: none written: no shot has a video yet.")
     return "\n".join(lines)
+
+
+def render_remote_use(use: RemoteUse) -> str:
+    """What an apply did with its remote, after its summary (ends with a newline)."""
+    parts = [f"{len(use.taken)} video(s) taken" if use.taken else "",
+             f"{use.pushed} pushed" if use.pushed else "",
+             f"{use.not_pushed} not pushed (push sends them later)" if use.not_pushed else ""]
+    said = ", ".join(part for part in parts if part) or "nothing to take or push"
+    lines = [f"Remote {printable(use.remote)}: {said}."]
+    if use.refused:
+        lines.append("Refused (not used; see docs/remote.md):")
+        lines += [f"  {clip(ids)}  {clip(reason, 400)}" for ids, reason in use.refused]
+    if use.down:
+        lines.append(f"warning: went on without the remote: {clip(use.down, 400)}")
+    return "\n".join(lines) + "\n"

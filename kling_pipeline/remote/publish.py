@@ -1,0 +1,65 @@
+"""Push each video an apply downloads, as soon as it is safe in the local store.
+
+The upload runs in the background (a small thread pool), so a run's polls and downloads never
+wait for the remote; the run waits for the last uploads at its end. The object goes first,
+then the request key's index entry (which a teammate's apply reads), so an entry never names
+an object that is not there. A failure is a warning and ends the pushing for this run (the
+videos are in the local store: `push` sends them later); it never changes a shot's outcome.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from kling_pipeline.errors import RemoteError
+from kling_pipeline.remote.session import RemoteSession
+from kling_pipeline.remote.store import IndexEntry
+from kling_pipeline.state.cache import Store
+from kling_pipeline.state.lockfile import Output
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the run pushed: videos (with their index entries), and those left for `push`."""
+
+    pushed: int
+    left: int
+
+
+class Publisher:
+    """Uploads the run's new videos and their index entries, `jobs` at a time."""
+
+    def __init__(self, session: RemoteSession, store: Store, jobs: int = 2) -> None:
+        self.session = session
+        self.store = store
+        self._pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="push")
+        self._futures: list[Future[bool]] = []
+
+    def publish(self, key: str, output: Output, task_id: str | None, endpoint: str) -> None:
+        """Queue the upload of a stored video and its entry; returns at once."""
+        if not self.session.down:
+            self._futures.append(self._pool.submit(self._push, key, output,
+                                                   IndexEntry(output.sha256, output.size,
+                                                              output.duration, task_id,
+                                                              endpoint)))
+
+    def _push(self, key: str, output: Output, entry: IndexEntry) -> bool:
+        if self.session.down:
+            return False
+        try:
+            remote = self.session.open()
+            remote.put_object(self.store.object_path(output.sha256), output.sha256)
+            remote.put_index(key, entry)
+        except RemoteError as exc:
+            self.session.give_up(exc, "the videos of this run stay in the local store "
+                                      "(push sends them later)")
+            return False
+        return True
+
+    def close(self, *, wait: bool = True) -> Published:
+        """Wait for the uploads under way (`wait=False`: drop those not started)."""
+        self._pool.shutdown(wait=True, cancel_futures=not wait)
+        done = sum(1 for future in self._futures
+                   if not future.cancelled() and future.exception() is None and future.result())
+        return Published(done, len(self._futures) - done)
