@@ -34,6 +34,7 @@ _EXPORTS = {
     "LockFileError": "errors", "UsageError": "errors", "NoApiKey": "errors",
     "Declined": "errors", "RunLockBusy": "state.lockstore", "RemoteError": "errors",
     "PushReport": "remote.transfer", "PullReport": "remote.transfer",
+    "RemoteGcReport": "remote.gc",
 }
 __all__ = [
     "SUCCESSFUL",
@@ -59,6 +60,7 @@ __all__ = [
     "PullReport",
     "PushReport",
     "RemoteError",
+    "RemoteGcReport",
     "RunEnded",
     "RunLockBusy",
     "RunReport",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:
         KlingPipelineError,
         LockFileError,
         NoApiKey,
+        RemoteError,
         StoryboardError,
         UsageError,
     )
@@ -110,6 +113,8 @@ if TYPE_CHECKING:
     from kling_pipeline.output.manifest import Manifest, ManifestFinal, ManifestShot
     from kling_pipeline.plan.planner import FieldChange, Plan, PlanItem
     from kling_pipeline.project import Project, Validation
+    from kling_pipeline.remote.gc import RemoteGcReport
+    from kling_pipeline.remote.transfer import PullReport, PushReport
     from kling_pipeline.results import (
         SUCCESSFUL,
         ApplyReport,

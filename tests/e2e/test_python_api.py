@@ -28,6 +28,7 @@ from kling_pipeline import (
     FolderStep,
     NoApiKey,
     Project,
+    RemoteGcReport,
     RunEnded,
     RunStarted,
     ShotUpdate,
@@ -230,3 +231,41 @@ def test_status_and_manifest_after_a_simulated_apply(tmp_path: Path) -> None:
     printed = json.loads(CliRunner().invoke(main, ["status", str(board), "--simulate",
                                                    "--json"]).output)
     assert [s["state"] for s in printed["shots"]] == [r.state for r in rows]
+
+
+# -- the remote: gc_remote ------------------------------------------------------------------
+
+def test_gc_remote_lists_then_deletes_only_what_no_lock_references(tmp_path: Path) -> None:
+    """A folder remote, through the public API only: a shot rendered again leaves its old
+    video on the remote; gc_remote names it, deletes it (and its index entry) only with
+    force, and what the lock references still pulls."""
+    folder, remote = tmp_path / "project", str(tmp_path / "remote")
+    folder.mkdir()
+    board = write_board(folder, [("a", "a heron"), ("b", "a kite")])
+    first = Project.open(board, simulate=True)
+    assert first.apply().ok and first.push(remote=remote).ok
+    manifest = first.manifest()
+    assert manifest is not None
+    [old] = [shot.sha256 for shot in manifest.shots if shot.id == "b"]
+    assert old is not None
+    write_board(folder, [("a", "a heron"), ("b", "a kite at dusk")])
+    project = Project.open(board, simulate=True)
+    assert project.apply().ok and project.push(remote=remote).ok
+
+    listed = project.gc_remote(remote=remote)
+    assert isinstance(listed, RemoteGcReport)
+    assert [item.sha256 for item in listed.garbage] == [old] and listed.deleted is None
+    assert (listed.kept, len(listed.index_keys)) == (2, 1)
+    assert [path.name for path in listed.locks] == ["board.simulated.lock.json"]
+    assert len(list((tmp_path / "remote").rglob(f"{old}.mp4"))) == 1  # listing deletes nothing
+
+    deleted = project.gc_remote(remote=remote, force=True)
+    assert deleted.deleted is not None
+    assert [item.sha256 for item in deleted.deleted] == [old] and deleted.deleted_keys == 1
+    assert list((tmp_path / "remote").rglob(f"{old}.mp4")) == []
+    again = project.gc_remote(remote=remote)
+    assert (again.garbage, again.dangling, again.kept) == ((), (), 2)
+    teammate = Project.open(board, simulate=True, cache_dir=tmp_path / "teammate-cache",
+                            out_dir=tmp_path / "teammate-renders")
+    pulled = teammate.pull(remote=remote)
+    assert pulled.ok and len(pulled.downloaded) == 2
