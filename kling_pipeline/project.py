@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from kling_pipeline.remote.transfer import PullReport, PushReport
     from kling_pipeline.remote.url import RemoteSpec
     from kling_pipeline.results import ApplyReport, RemoteUse, RunReport
+    from kling_pipeline.run.claiming import Claimer
     from kling_pipeline.run.executor import RunOptions
     from kling_pipeline.state.cache import Store
     from kling_pipeline.state.lockfile import LockFile
@@ -329,13 +330,16 @@ class Project:
                 store.clean_tmp()
                 resolver = self._resolver(store, selection) if any(
                     job.waits_for for job in work) else None
-                if session is not None and push and network:
-                    from kling_pipeline.remote.publish import Publisher
+                claimer = None
+                if session is not None and network:
+                    claimer = self._claimer(session, store, lock, selection)
+                    if push:
+                        from kling_pipeline.remote.publish import Publisher
 
-                    publisher = Publisher(session, store)
+                        publisher = Publisher(session, store)
                 run, folder = self._run_and_fill(
                     work, keeper, store, had_lock, _Run(jobs, max_wait, base_url, key, network),
-                    on_event, cancel, transport, resolver, publisher)
+                    on_event, cancel, transport, resolver, publisher, claimer)
         finally:
             if publisher is not None:  # only when an exception passes: closed already
                 publisher.close(wait=False)
@@ -345,6 +349,33 @@ class Project:
                         if item.action != "remove" and item.id not in covered)
         return ApplyReport(plan, run, missing, folder,
                            _remote_use(session, fill, run.published) if session else None)
+
+    def _claimer(self, session: RemoteSession, store: Store, lock: LockFile,
+                 selection: Selection) -> Claimer | None:
+        """The claims of a run that asks the API something (None: the remote cannot make
+        them, or cannot be reached: said once, and the run goes on), after putting right
+        the claims of a run of this checkout that was killed."""
+        import socket
+
+        from kling_pipeline.errors import RemoteError
+        from kling_pipeline.events import Note
+        from kling_pipeline.remote.claims import Claims
+        from kling_pipeline.run.claiming import Claimer, claim_expiry, holder_id, reconcile
+
+        try:
+            remote = session.open()
+        except RemoteError as exc:
+            session.give_up(exc, "going on without the remote")
+            return None
+        claims = Claims(remote, holder_id(store.root, self.target.lock_path),
+                        socket.gethostname(), expiry=claim_expiry())
+        if not claims.supported:
+            session.note(Note(f"warning: the remote {session.shown} cannot make an atomic "
+                              f"claim ({session.spec.protocol}://): two machines applying "
+                              "at once may pay for the same request (docs/remote.md)"))
+            return None
+        reconcile(claims, session, lock)
+        return Claimer(claims, session, resubmit_unknown=selection.resubmit_unknown)
 
     def _take_from_remote(self, spec: RemoteSpec, lock: LockFile, store: Store,
                           selection: Selection, jobs: int | None, on_event: OnEvent,
@@ -385,7 +416,7 @@ class Project:
     def _run_and_fill(self, work: list[Job], keeper: LockKeeper, store: Store, had_lock: bool,
                       how: _Run, on_event: OnEvent, cancel: CancelToken | None,
                       transport: httpx.AsyncBaseTransport | None, resolver: Resolver | None,
-                      publisher: Publisher | None = None,
+                      publisher: Publisher | None = None, claimer: Claimer | None = None,
                       ) -> tuple[RunReport, FolderResult | None]:
         """Run the jobs, then bring the output folder in line with the lock, even when the
         run ends in an exception (the folder shows what is done; only a whole run makes a
@@ -408,7 +439,7 @@ class Project:
                                        options=self._run_options(how.jobs, how.max_wait),
                                        on_event=on_event, on_done=folder.place_job,
                                        cancel=cancel, transport=transport, resolver=resolver,
-                                       on_stored=None if publisher is None else (
+                                       claimer=claimer, on_stored=None if publisher is None else (
                                            lambda job, output: publisher.publish(
                                                job.key, output, job.task_id, job.endpoint)))
                     if publisher is not None:  # the last uploads: skipped after a stop

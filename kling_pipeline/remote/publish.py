@@ -14,14 +14,15 @@ from dataclasses import dataclass
 
 from kling_pipeline.errors import RemoteError
 from kling_pipeline.remote.session import RemoteSession
-from kling_pipeline.remote.store import IndexEntry
+from kling_pipeline.remote.store import IndexEntry, RemoteStore
 from kling_pipeline.state.cache import Store
 from kling_pipeline.state.lockfile import Output
 
 
 @dataclass(frozen=True)
 class Published:
-    """What the run pushed: videos (with their index entries), and those left for `push`."""
+    """What the run pushed: videos (with their index entries), and those left for `push`
+    (the remote failed, or the run stopped first). A video the remote had is neither."""
 
     pushed: int
     left: int
@@ -35,10 +36,13 @@ class Publisher:
         self.store = store
         self._pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="push")
         self._futures: list[Future[bool]] = []
+        self._failed = 0
 
     def publish(self, key: str, output: Output, task_id: str | None, endpoint: str) -> None:
         """Queue the upload of a stored video and its entry; returns at once."""
-        if not self.session.down:
+        if self.session.down:
+            self._failed += 1
+        else:
             self._futures.append(self._pool.submit(self._push, key, output,
                                                    IndexEntry(output.sha256, output.size,
                                                               output.duration, task_id,
@@ -49,11 +53,14 @@ class Publisher:
             return False
         try:
             remote = self.session.open()
+            if _there(remote, key, entry):
+                return False  # another machine pushed it (it made the task this run followed)
             remote.put_object(self.store.object_path(output.sha256), output.sha256)
             remote.put_index(key, entry)
         except RemoteError as exc:
             self.session.give_up(exc, "the videos of this run stay in the local store "
                                       "(push sends them later)")
+            self._failed += 1
             return False
         return True
 
@@ -62,4 +69,15 @@ class Publisher:
         self._pool.shutdown(wait=True, cancel_futures=not wait)
         done = sum(1 for future in self._futures
                    if not future.cancelled() and future.exception() is None and future.result())
-        return Published(done, len(self._futures) - done)
+        dropped = sum(1 for future in self._futures if future.cancelled())
+        return Published(done, self._failed + dropped)
+
+
+def _there(remote: RemoteStore, key: str, entry: IndexEntry) -> bool:
+    """The key's entry already names this video, and the object is there whole (two small
+    requests rather than an upload of the video again)."""
+    body = remote.read_index([key]).get(key)
+    found = IndexEntry.parse(body) if body is not None else None
+    if found is None or found.sha256 != entry.sha256:
+        return False
+    return remote.object_size(entry.sha256) == entry.size

@@ -29,6 +29,7 @@ class RemoteSession:
         self._store: RemoteStore | None = None
         self._lock = threading.Lock()
         self.down = ""  # why the run went on without the remote ("" while it is in use)
+        self._said: set[str] = set()
 
     @property
     def shown(self) -> str:
@@ -46,6 +47,14 @@ class RemoteSession:
 
                 self._store = RemoteStore(self.spec)
             return self._store
+
+    def note(self, note: Note) -> None:
+        """Say something about the remote once per run (the same text is said once)."""
+        with self._lock:
+            if note.text in self._said:
+                return
+            self._said.add(note.text)
+        self._on_event(note)
 
     def give_up(self, exc: RemoteError, doing: str) -> None:
         """Go on without the remote; the first call says so (`doing`: what is skipped)."""

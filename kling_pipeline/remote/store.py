@@ -156,6 +156,15 @@ class RemoteStore:
             found[key] = bytes(body)
         return found
 
+    def object_size(self, sha256: str) -> int | None:
+        """The size of the object in the remote, None when it is not there."""
+        try:
+            return int(self.fs.size(self.object_path(sha256)))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise remote_failure(self.spec, f"looking for {sha256[:12]}", exc) from None
+
     def get_object(self, sha256: str, dest: Path) -> None:
         try:
             self.fs.get_file(self.object_path(sha256), str(dest))

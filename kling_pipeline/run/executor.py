@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from kling_pipeline.output.media import MediaError, check_duration
 from kling_pipeline.plan.jobs import Job
@@ -41,6 +41,7 @@ from kling_pipeline.run.apierrors import (
     Unreachable,
     UrlExpired,
 )
+from kling_pipeline.run.claiming import Claimer, Follow, Go
 from kling_pipeline.run.ledger import Ledger
 from kling_pipeline.run.pacing import Reachability, SubmitLimiter, backoff_delay, next_poll_delay
 from kling_pipeline.run.settle import Reporter, Results
@@ -50,8 +51,11 @@ from kling_pipeline.state.lockstore import LockKeeper
 from kling_pipeline.storyboard.images import ImageProblem
 from kling_pipeline.storyboard.localimages import body_to_send
 
+Submitted = Literal["paid", "followed"]  # how a submit job got its task id
+
 if TYPE_CHECKING:
     from kling_pipeline.plan.inputs import Resolver
+    from kling_pipeline.remote.claims import Claim
     from kling_pipeline.run.apiclient import KlingClient
 
 T = TypeVar("T")
@@ -102,8 +106,10 @@ class Executor:
                  options: RunOptions, reporter: Reporter,
                  on_done: Callable[[Job, Output], None] = lambda job, output: None,
                  rng: random.Random | None = None, resolver: Resolver | None = None,
-                 on_stored: Callable[[Job, Output], None] | None = None) -> None:
+                 on_stored: Callable[[Job, Output], None] | None = None,
+                 claimer: Claimer | None = None) -> None:
         self.client = client
+        self.claimer = claimer  # claims in a remote: no two machines pay for one key
         self.on_stored = on_stored  # a video downloaded and recorded (pushed to a remote)
         self.resolver = resolver  # for jobs that wait for frames of other shots
         self.ledger = Ledger(keeper)  # every lock entry the run writes is decided there
@@ -121,6 +127,7 @@ class Executor:
         self._halted = asyncio.Event()  # set with _no_submit: wakes shots waiting to submit
         self._halt_note = ""  # what each shot not submitted says (the reason is said once)
         self._blocked_endpoints: dict[str, str] = {}
+        self._followed: dict[str, str] = {}  # key -> the machine whose task this run followed
         # How each shot of the run ended, for the jobs that wait for its frames.
         self._finished: dict[str, asyncio.Future[tuple[Outcome, Output | None]]] = {}
 
@@ -145,8 +152,8 @@ class Executor:
         """Wait before a submission, or return True at once when submitting has stopped."""
         return await _wait_unless(self._halted, seconds)
 
-    async def _not_submitted(self, job: Job, previous: dict[str, LockEntry | None]) -> bool:
-        return await self._unsubmitted(job, previous, f"submitting stopped: {self._halt_note}")
+    async def _not_submitted(self, job: Job, previous: dict[str, LockEntry | None]) -> None:
+        await self._unsubmitted(job, previous, f"submitting stopped: {self._halt_note}")
 
     @property
     def stopping(self) -> bool:
@@ -276,37 +283,39 @@ class Executor:
         if self.client is None:  # cannot happen: the caller builds a client when needed
             self._result(job, "in flight", "no API client")
             return
-        submitted = False
+        fresh = paid = False
         if job.kind == "submit":
-            if not await self._submit(job, self.client):
+            how = await self._submit(job, self.client)
+            if how is None:
                 return
-            submitted = True
+            fresh, paid = True, how == "paid"
         elif self.stopping:
             self._result(job, "in flight", "stopped before polling; the task id is kept")
             return
-        state = await self._poll(job, self.client, submitted)
+        state = await self._poll(job, self.client, fresh, paid)
         if state is None:
             return
-        await self._download(job, self.client, state, submitted)
+        await self._download(job, self.client, state, paid)
 
     # -- submit ----------------------------------------------------------------------------
 
-    async def _submit(self, job: Job, client: KlingClient) -> bool:
-        """Submit once (again only where no task was made); True when a task id is recorded."""
+    async def _submit(self, job: Job, client: KlingClient) -> Submitted | None:
+        """Submit once (again only where no task was made): "paid" when this run's task id is
+        recorded, "followed" when another machine's is (its claim), None when neither."""
         shot = job.shot
         assert shot is not None
         if self._no_submit:
             self._result(job, "not submitted", f"submitting stopped: {self._halt_note}")
-            return False
+            return None
         blocked = self._blocked_endpoints.get(shot.endpoint)
         if blocked:
             self._result(job, "failed", blocked)
-            return False
+            return None
         try:
             wire = body_to_send(shot.body, shot.local_images)
         except (ImageProblem, OSError) as exc:
             self._result(job, "not submitted", f"{exc}")
-            return False
+            return None
         previous = self.ledger.before(job)
         attempt = limited = unreached = 0
         deadline = time.monotonic() + self.options.max_wait
@@ -314,7 +323,23 @@ class Executor:
             self.reporter.update(job.label, "waiting", None, "")
             if (not await self.limiter.acquire(shot.endpoint, self._wait_to_submit)
                     or self._no_submit):
-                return await self._not_submitted(job, previous)
+                await self._not_submitted(job, previous)
+                return None
+            claim = None
+            if self.claimer is not None:
+                self.reporter.update(job.label, "claiming")
+                decision = await self.claimer.before_post(job.key, self._wait_to_submit,
+                                                          deadline)
+                if not isinstance(decision, Go):
+                    self.limiter.forget(shot.endpoint)  # nothing was sent
+                    if isinstance(decision, Follow):
+                        return await self._follow(job, decision)
+                    if self._no_submit:
+                        await self._not_submitted(job, previous)
+                        return None
+                    await self._unsubmitted(job, previous, decision.note)
+                    return None
+                claim = decision.claim
             now = utc_now()
             self.reporter.update(job.label, "submitting")
 
@@ -325,19 +350,23 @@ class Executor:
                 task_id = await client.submit(shot.endpoint, wire, on_send=sending)
             except Unreachable as exc:
                 await self.ledger.restore(previous)
+                await self._release(claim)
                 self.limiter.forget(shot.endpoint)  # it never reached the server
                 if self._unreachable(exc):
-                    return await self._not_submitted(job, previous)
+                    await self._not_submitted(job, previous)
+                    return None
                 unreached += 1
                 delay = min(self.options.unreachable_retry, self._backoff(unreached))
                 if unreached == 1:  # the URL is named once, when the run gives up
                     self.reporter.update(job.label, "retrying", None, "no connection yet")
                 if await self._wait_to_submit(delay):
-                    return await self._not_submitted(job, previous)
+                    await self._not_submitted(job, previous)
+                    return None
                 continue
             except NotAccepted as exc:
                 self.reach.answered()
                 await self.ledger.restore(previous)
+                await self._release(claim, str(exc))
                 if exc.status == 429:
                     # Provably no task, and waiting is free: a rate-limited shot is never given
                     # up, only slowed (bounded by --max-wait like any wait of a shot).
@@ -345,63 +374,92 @@ class Executor:
                     delay = self._backoff(limited, exc.retry_after)
                     self.limiter.pause(shot.endpoint, delay)
                     if time.monotonic() + delay > deadline:
-                        return await self._unsubmitted(
+                        await self._unsubmitted(
                             job, previous, f"still rate limited after "
                                            f"{self.options.max_wait:g} s (--max-wait): {exc}")
+                        return None
                 else:
                     attempt += 1
                     if attempt >= self.options.submit_attempts:
-                        return await self._unsubmitted(
+                        await self._unsubmitted(
                             job, previous, f"not accepted after {attempt} tries: {exc}")
+                        return None
                     delay = self._backoff(attempt, exc.retry_after)
                 self.reporter.update(job.label, "retrying", None, str(exc))
                 if await self._wait_to_submit(delay):
-                    return await self._not_submitted(job, previous)
+                    await self._not_submitted(job, previous)
+                    return None
                 continue
             except NotSent as exc:
                 await self.ledger.restore(previous)  # nothing left this machine: never ambiguous
+                await self._release(claim)
                 self.limiter.forget(shot.endpoint)
                 self._halt("the request could not be sent", str(exc))
-                return await self._not_submitted(job, previous)
+                await self._not_submitted(job, previous)
+                return None
             except Ambiguous as exc:
                 await self.ledger.write(job, "unknown", submitted_at=now,
                                   error=f"submission not confirmed ({exc}); it may have been "
                                         "billed")
+                if self.claimer is not None:
+                    await self.claimer.ambiguous(claim, f"submission not confirmed ({exc})")
                 self._result(job, "unknown", f"{exc}; it may have been billed "
                                              "(--resubmit-unknown submits it again)",
                              submitted=True)
-                return False
+                return None
             except AccountProblem as exc:
                 self.reach.answered()
+                await self._release(claim, str(exc))
                 self._halt(exc.reason or "the provider refused the account", str(exc))
-                return await self._not_submitted(job, previous)
+                await self._not_submitted(job, previous)
+                return None
             except EndpointRefused as exc:
+                await self._release(claim, str(exc))
                 self._blocked_endpoints[shot.endpoint] = f"refused: {exc}"
-                return await self._refused(job, exc)
+                await self._refused(job, exc)
+                return None
             except Refused as exc:
-                return await self._refused(job, exc)
+                await self._release(claim, str(exc))
+                await self._refused(job, exc)
+                return None
             self.reach.answered()
             job.task_id = task_id
             await self.ledger.write(job, "queued", submitted_at=now, task_id=task_id)
+            if self.claimer is not None:  # the lock first, then the claim (docs/remote.md)
+                await self.claimer.submitted(claim, task_id)
             self.reporter.update(job.label, "queued", 0, "")
-            return True
+            return "paid"
+
+    async def _release(self, claim: Claim | None, note: str = "") -> None:
+        """The POST provably made no task: another machine may claim the key now."""
+        if self.claimer is not None:
+            await self.claimer.no_task(claim, note)
+
+    async def _follow(self, job: Job, claim: Follow) -> Submitted:
+        """Another machine's POST made the task for this key: record it, poll it, free."""
+        job.task_id = claim.task_id
+        self._followed[job.key] = claim.host or "another machine"
+        await self.ledger.write(job, "queued", task_id=claim.task_id)
+        self.reporter.update(job.label, "queued", 0, f"following {self._followed[job.key]}")
+        return "followed"
 
     async def _unsubmitted(self, job: Job, previous: dict[str, LockEntry | None],
-                           note: str) -> bool:
+                           note: str) -> None:
         await self.ledger.restore(previous)
         self._result(job, "not submitted", note)
-        return False
 
-    async def _refused(self, job: Job, exc: ApiError) -> bool:
+    async def _refused(self, job: Job, exc: ApiError) -> None:
         self.reach.answered()
         await self.ledger.write(job, "failed", error=str(exc), finished_at=utc_now())
         self._result(job, "failed", f"refused: {exc}")
-        return False
 
     # -- poll ------------------------------------------------------------------------------
 
-    async def _poll(self, job: Job, client: KlingClient, fresh: bool) -> TaskState | None:
-        """Ask about the task until it ends or the ceiling; its final state if it succeeded."""
+    async def _poll(self, job: Job, client: KlingClient, fresh: bool,
+                    paid: bool) -> TaskState | None:
+        """Ask about the task until it ends or the ceiling; its final state if it succeeded.
+        `fresh`: a task made moments ago (the provider may not list it yet); `paid`: by
+        this run."""
         task_id = job.task_id
         assert task_id is not None
         options = self.options
@@ -410,25 +468,25 @@ class Executor:
         due_since: float | None = None  # when the eta last said "more than 0 s" (or None)
         last_error: ApiError | None = None
         if fresh and await self._sleep(options.min_poll):
-            self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+            self._result(job, "in flight", "stopped; the task id is kept", submitted=paid)
             return None
         last_status = ""
         while True:
             try:
                 state = await self._read(client.result(task_id))
             except _Stopped:
-                self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+                self._result(job, "in flight", "stopped; the task id is kept", submitted=paid)
                 return None
             except AccountProblem as exc:
                 self._halt(exc.reason or "the provider refused the account", str(exc))
                 self._result(job, "in flight", f"cannot ask about the task: {exc}",
-                             submitted=fresh)
+                             submitted=paid)
                 return None
             except ReadUnreachable as exc:
                 if self._unreachable(exc):
                     self._result(job, "in flight", "the server could not be reached; the task "
                                                    "id is kept and the next run picks it up",
-                                 submitted=fresh)
+                                 submitted=paid)
                     return None
                 failures += 1
                 last_error = exc
@@ -460,19 +518,19 @@ class Executor:
                                       error="the provider reported success but gave no video URL")
                     self._result(job, "failed", "succeeded without a video URL "
                                                 "(--retry-failed renders it again)",
-                                 submitted=fresh)
+                                 submitted=paid)
                     return None
                 if state.status == FAILED:
                     reason = state.reason or "the task failed without a reason"
                     await self.ledger.write(job, "failed", error=reason, finished_at=utc_now())
                     self._result(job, "failed", f"{reason} (--retry-failed renders it again)",
-                                 submitted=fresh)
+                                 submitted=paid)
                     return None
                 pending = pending + 1 if state.status == PENDING else 0
                 if pending > options.pending_polls:
                     self._result(job, "in flight", f"the provider answered {state.raw_status} "
                                                    f"{pending - 1} times in a row; the next run "
-                                                   "asks again", submitted=fresh)
+                                                   "asks again", submitted=paid)
                     return None
                 if state.status != last_status and state.status != PENDING:
                     await self.ledger.write(job, state.status)  # type: ignore[arg-type]
@@ -486,7 +544,7 @@ class Executor:
             if failures and last_error is not None:
                 if failures >= options.read_failures:
                     self._result(job, "in flight", f"could not ask about the task ({last_error})"
-                                                   "; the next run picks it up", submitted=fresh)
+                                                   "; the next run picks it up", submitted=paid)
                     return None
                 delay = self._backoff(failures, last_error.retry_after)
             else:
@@ -495,16 +553,16 @@ class Executor:
             if time.monotonic() + delay > deadline:
                 self._result(job, "in flight", f"not finished after {options.max_wait:g} s "
                                                "(--max-wait); the next run picks it up",
-                             submitted=fresh)
+                             submitted=paid)
                 return None
             if await self._sleep(delay):
-                self._result(job, "in flight", "stopped; the task id is kept", submitted=fresh)
+                self._result(job, "in flight", "stopped; the task id is kept", submitted=paid)
                 return None
 
     # -- download --------------------------------------------------------------------------
 
     async def _download(self, job: Job, client: KlingClient, state: TaskState,
-                        fresh: bool) -> None:
+                        paid: bool) -> None:
         """Fetch, verify and store the video; retried (with a fresh URL if it expired)."""
         await self.ledger.write(job, "rendered")
         url = state.video_url
@@ -546,16 +604,17 @@ class Executor:
             if self.on_stored is not None:
                 self.on_stored(job, output)
             self.on_done(job, output)
-            note = ""
+            note = (f"submitted by {self._followed[job.key]}; this run followed its task"
+                    if job.key in self._followed else "")
             if job.known_output is not None and job.known_output.sha256 != output.sha256:
                 note = "fetched again by task id; the file differs from the one recorded"
-            self._result(job, "done", note, output, submitted=fresh)
+            self._result(job, "done", note, output, submitted=paid)
             return
         note = "stopped before the download finished" if self.stopping else (
             f"download failed: {problem}")
         await self.ledger.write(job, "rendered", error=note)
         self._result(job, "in flight", f"{note}; the task id is kept and the next run "
-                                       "downloads it", submitted=fresh)
+                                       "downloads it", submitted=paid)
 
     async def _fresh_url(self, job: Job, client: KlingClient) -> str | None:
         """Ask task-result again: a presigned URL that expired is replaced by a new one."""

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from kling_pipeline.plan.inputs import Resolver
     from kling_pipeline.run.apiclient import KlingClient
+    from kling_pipeline.run.claiming import Claimer
 
 
 @contextmanager
@@ -55,7 +56,8 @@ async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keepe
                on_done: Callable[[Job, str], None], cancel: CancelToken,
                transport: httpx.AsyncBaseTransport | None,
                resolver: Resolver | None = None,
-               on_stored: Callable[[Job, Output], None] | None = None) -> RunReport:
+               on_stored: Callable[[Job, Output], None] | None = None,
+               claimer: Claimer | None = None) -> RunReport:
     async with contextlib.AsyncExitStack() as stack:
         client = None
         if base_url and api_key:  # an HTTP client only for a run that asks the API something
@@ -63,7 +65,7 @@ async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keepe
                                                              transport))
         executor = Executor(client, keeper, store, options, reporter,
                             on_done=lambda job, output: on_done(job, output.sha256),
-                            resolver=resolver, on_stored=on_stored)
+                            resolver=resolver, on_stored=on_stored, claimer=claimer)
         main = asyncio.ensure_future(executor.run(jobs))
         with _cancelled_by(cancel, executor, reporter, main):
             try:
@@ -97,14 +99,16 @@ def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
              on_done: Callable[[Job, str], None], cancel: CancelToken | None = None,
              transport: httpx.AsyncBaseTransport | None = None,
              resolver: Resolver | None = None,
-             on_stored: Callable[[Job, Output], None] | None = None) -> RunReport:
+             on_stored: Callable[[Job, Output], None] | None = None,
+             claimer: Claimer | None = None) -> RunReport:
     """Run the jobs to the end (or to a stop); every state change is already in the lock.
     `resolver` makes exact the keys of jobs that wait for frames of other shots;
-    `on_stored` hears of each video downloaded, once it is recorded."""
+    `on_stored` hears of each video downloaded, once it is recorded; `claimer` claims each
+    request key in a remote before its POST (run/claiming.py)."""
     try:
         return asyncio.run(_run(jobs, base_url, api_key, keeper, store, options,
                                 EventReporter(on_event), on_done, cancel or CancelToken(),
-                                transport, resolver, on_stored))
+                                transport, resolver, on_stored, claimer))
     finally:
         keeper.settle()  # a change a cancelled job made while a write was under way
 

@@ -1,0 +1,206 @@
+"""Claims around a POST: what the executor asks the remote before it pays, and tells it after.
+
+The local protocol (DESIGN.md) keeps one machine from paying twice; a claim in the remote
+(remote/claims.py) keeps two machines from paying once each. Around every POST:
+
+1. **Claim** the request key, after the pacing wait and just before the intent is written.
+   Won: submit. Held by a claim that knows its task id: do not submit; follow that task (a
+   read, free) and record it in this machine's lock. Held by a live claim without a task id
+   yet: wait for it (polling the claim), until it has one, is released, expires, or the shot's
+   `--max-wait` ends (then it is left for the next run, unpaid). Held by a claim whose POST
+   was ambiguous (`unknown`): the request may have been billed on that machine; it is not
+   submitted here either, unless `--resubmit-unknown` says to.
+2. After the POST: the task id goes into the claim as soon as it is in the lock file; an
+   ambiguous POST marks the claim `unknown`; a POST that provably made no task releases it.
+
+And before a run: a claim this checkout made in a run that was killed is put right from the
+lock (`reconcile`): the task id the lock holds goes into it, and a shot the lock says is
+`unknown` marks it `unknown`, so another machine waiting on it does not wait out the expiry.
+
+A remote that cannot be reached is a warning (RemoteSession); the run goes on without
+claims, as it would without a remote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kling_pipeline.errors import RemoteError, UsageError
+from kling_pipeline.remote.claims import DEFAULT_EXPIRY, Claim, Claims, Held, Won
+from kling_pipeline.state.lockfile import AMBIGUOUS, IN_FLIGHT, LockFile
+
+if TYPE_CHECKING:
+    from kling_pipeline.remote.session import RemoteSession
+
+CLAIM_POLL = 1.0  # seconds between two looks at another machine's claim
+EXPIRY_ENV = "KLING_PIPELINE_CLAIM_EXPIRY"
+
+
+@dataclass(frozen=True)
+class Go:
+    """Submit; `claim` is this run's (None: the run goes without claims)."""
+
+    claim: Claim | None
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Do not submit: another machine's POST made `task_id`; follow it."""
+
+    task_id: str
+    host: str
+
+
+@dataclass(frozen=True)
+class Stand:
+    """Do not submit, and say why (the shot is left for a later run, unpaid)."""
+
+    note: str
+
+
+Decision = Go | Follow | Stand
+
+
+def _who(claim: Claim) -> str:
+    return f"another machine ({claim.host})" if claim.host else "another machine"
+
+
+class Claimer:
+    """The claims of one run, made in threads (a claim is a blocking request or two)."""
+
+    def __init__(self, claims: Claims, session: RemoteSession, *,
+                 resubmit_unknown: bool = False, poll: float = CLAIM_POLL) -> None:
+        self.claims = claims
+        self.session = session
+        self.resubmit_unknown = resubmit_unknown
+        self.poll = poll
+
+    def _off(self, exc: RemoteError) -> Go:
+        self.session.give_up(exc, "submitting without claims: another machine applying now "
+                                  "could pay for the same requests")
+        return Go(None)
+
+    async def before_post(self, key: str, wait: Callable[[float], Awaitable[bool]],
+                          deadline: float) -> Decision:
+        """May this run POST the request `key`? (`wait(s)` sleeps, True when the run stops.)"""
+        if self.session.down:
+            return Go(None)
+        while True:
+            try:
+                got = await asyncio.to_thread(self.claims.claim, key)
+                if isinstance(got, Held) and self._supersedes(got.claim):
+                    got = await asyncio.to_thread(self.claims.claim, key, supersede=got.claim)
+            except RemoteError as exc:
+                return self._off(exc)
+            if isinstance(got, Won):
+                return Go(got.claim)
+            held = got.claim
+            if held.task_id:
+                return Follow(held.task_id, held.host)
+            if held.state == "unknown":
+                return Stand(f"{_who(held)} claimed this request at {held.claimed_at:%H:%M:%S} "
+                             "UTC and could not confirm its submission: it may have been "
+                             "billed there (--resubmit-unknown submits it here)")
+            if time.monotonic() + self.poll > deadline:
+                return Stand(f"{_who(held)} has claimed this request since "
+                             f"{held.claimed_at:%H:%M:%S} UTC and has no task id yet; the next "
+                             "run looks again")
+            if await wait(self.poll):
+                return Stand("the run stopped while another machine held this request's "
+                             "claim")
+
+    def _supersedes(self, held: Claim) -> bool:
+        """Replace a claim this run may take: its own checkout's from a run that never
+        POSTed (the plan submits only where the lock says so), or an `unknown` one when
+        told to resubmit."""
+        if held.task_id:
+            return False
+        if held.holder == self.claims.holder and held.state == "claimed":
+            return True
+        return held.state == "unknown" and self.resubmit_unknown
+
+    async def submitted(self, claim: Claim | None, task_id: str) -> None:
+        """The POST made `task_id` (already in the lock): into the claim, for the others."""
+        await self._update(claim, lambda c: self.claims.record_task(c, task_id))
+
+    async def ambiguous(self, claim: Claim | None, note: str) -> None:
+        await self._update(claim, lambda c: self.claims.mark_unknown(c, note))
+
+    async def no_task(self, claim: Claim | None, note: str = "") -> None:
+        """The POST provably made no task: anyone may claim the key again."""
+        await self._update(claim, lambda c: self.claims.release(c, note))
+
+    async def _update(self, claim: Claim | None, change: Callable[[Claim], object]) -> None:
+        if claim is None or self.session.down:
+            return
+        try:
+            await asyncio.to_thread(change, claim)
+        except RemoteError as exc:
+            self._off(exc)
+
+
+def reconcile(claims: Claims, session: RemoteSession, lock: LockFile) -> int:
+    """Put this checkout's claims right from its lock after a run that was killed: the task
+    id the lock holds, or `unknown`, into each of its claims still `claimed`. Asks the remote
+    nothing when the lock has nothing in flight or unknown; else one listing, and one look
+    per such key that has a claim. Returns the claims changed."""
+    wanting = {entry.key: entry for entry in lock.shots.values()
+               if entry.status in AMBIGUOUS or (entry.status in IN_FLIGHT and entry.task_id)}
+    if not wanting or session.down or not claims.supported:
+        return 0
+    changed = 0
+    try:
+        for key in sorted(claims.claimed_keys() & set(wanting)):
+            claim = claims.current(key)
+            if claim is None or claim.holder != claims.holder or claim.state != "claimed":
+                continue
+            entry = wanting[key]
+            if entry.task_id:
+                claims.record_task(claim, entry.task_id)
+            else:
+                claims.mark_unknown(claim, "the run that claimed it was stopped before it "
+                                           "knew whether its submission was accepted")
+            changed += 1
+    except RemoteError as exc:
+        session.give_up(exc, "going on without the remote")
+    return changed
+
+
+def holder_id(store_root: Path, lock_path: Path) -> str:
+    """This checkout's name in the claims it makes: a random id kept in its store, and the
+    lock file it writes (two checkouts sharing one store are two holders). The same across
+    runs, so a run recognises the claims of one that was killed."""
+    path = store_root / "claims-holder"
+    try:
+        made = uuid.uuid4().hex
+        store_root.mkdir(parents=True, exist_ok=True)
+        with open(path, "x", encoding="ascii") as handle:
+            handle.write(made + "\n")
+        own = made
+    except FileExistsError:
+        own = path.read_text(encoding="ascii").strip()
+    where = hashlib.sha256(str(lock_path.resolve()).encode()).hexdigest()[:12]
+    return f"{own}:{where}"
+
+
+def claim_expiry() -> float:
+    """Seconds after which a claim without a task id may be taken over (EXPIRY_ENV, else
+    the default of remote/claims.py)."""
+    text = os.environ.get(EXPIRY_ENV, "").strip()
+    if not text:
+        return DEFAULT_EXPIRY
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise UsageError(f"{EXPIRY_ENV}={text!r}: must be a number of seconds above 0")
+    return value
