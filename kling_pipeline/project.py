@@ -331,12 +331,12 @@ class Project:
                 resolver = self._resolver(store, selection) if any(
                     job.waits_for for job in work) else None
                 claimer = None
-                if session is not None and network:
-                    claimer = self._claimer(session, store, lock, selection)
-                    if push:
-                        from kling_pipeline.remote.publish import Publisher
+                if session is not None:
+                    claimer = self._claimer(session, store, lock, selection, network)
+                if session is not None and network and push:
+                    from kling_pipeline.remote.publish import Publisher
 
-                        publisher = Publisher(session, store)
+                    publisher = Publisher(session, store)
                 run, folder = self._run_and_fill(
                     work, keeper, store, had_lock, _Run(jobs, max_wait, base_url, key, network),
                     on_event, cancel, transport, resolver, publisher, claimer)
@@ -351,17 +351,26 @@ class Project:
                            _remote_use(session, fill, run.published) if session else None)
 
     def _claimer(self, session: RemoteSession, store: Store, lock: LockFile,
-                 selection: Selection) -> Claimer | None:
-        """The claims of a run that asks the API something (None: the remote cannot make
-        them, or cannot be reached: said once, and the run goes on), after putting right
-        the claims of a run of this checkout that was killed."""
+                 selection: Selection, network: bool) -> Claimer | None:
+        """Put right the claims a killed run of this checkout left (whenever the lock has a
+        shot in flight or unknown, even in a run with nothing to submit), and the claims of
+        a run that asks the API something (None: no such run, or the remote cannot make
+        claims or be reached: said once, and the run goes on)."""
         import socket
 
         from kling_pipeline.errors import RemoteError
         from kling_pipeline.events import Note
         from kling_pipeline.remote.claims import Claims
-        from kling_pipeline.run.claiming import Claimer, claim_expiry, holder_id, reconcile
+        from kling_pipeline.run.claiming import (
+            Claimer,
+            claim_expiry,
+            holder_id,
+            reconcile,
+            unsettled,
+        )
 
+        if not network and not unsettled(lock):
+            return None
         try:
             remote = session.open()
         except RemoteError as exc:
@@ -375,7 +384,8 @@ class Project:
                               "at once may pay for the same request (docs/remote.md)"))
             return None
         reconcile(claims, session, lock)
-        return Claimer(claims, session, resubmit_unknown=selection.resubmit_unknown)
+        return Claimer(claims, session, resubmit_unknown=selection.resubmit_unknown) \
+            if network else None
 
     def _take_from_remote(self, spec: RemoteSpec, lock: LockFile, store: Store,
                           selection: Selection, jobs: int | None, on_event: OnEvent,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from kling_pipeline.errors import RemoteError, UsageError
 from kling_pipeline.remote.claims import DEFAULT_EXPIRY, Claim, Claims, Held, Won
-from kling_pipeline.state.lockfile import AMBIGUOUS, IN_FLIGHT, LockFile
+from kling_pipeline.state.lockfile import AMBIGUOUS, IN_FLIGHT, LockEntry, LockFile
 
 if TYPE_CHECKING:
     from kling_pipeline.remote.session import RemoteSession
@@ -147,13 +147,19 @@ class Claimer:
             self._off(exc)
 
 
+def unsettled(lock: LockFile) -> dict[str, LockEntry]:
+    """The lock's entries a claim of this checkout may not know the end of (by key): in
+    flight with a task id, or unknown."""
+    return {entry.key: entry for entry in lock.shots.values()
+            if entry.status in AMBIGUOUS or (entry.status in IN_FLIGHT and entry.task_id)}
+
+
 def reconcile(claims: Claims, session: RemoteSession, lock: LockFile) -> int:
     """Put this checkout's claims right from its lock after a run that was killed: the task
     id the lock holds, or `unknown`, into each of its claims still `claimed`. Asks the remote
     nothing when the lock has nothing in flight or unknown; else one listing, and one look
     per such key that has a claim. Returns the claims changed."""
-    wanting = {entry.key: entry for entry in lock.shots.values()
-               if entry.status in AMBIGUOUS or (entry.status in IN_FLIGHT and entry.task_id)}
+    wanting = unsettled(lock)
     if not wanting or session.down or not claims.supported:
         return 0
     changed = 0
