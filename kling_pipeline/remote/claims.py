@@ -167,6 +167,28 @@ def _mtime(info: dict[str, Any]) -> datetime | None:
     return None
 
 
+def claim_files(remote: RemoteStore) -> dict[str, tuple[list[str], datetime | None]]:
+    """Every claim file by request key, with the newest one's modification time, from one
+    recursive listing of claims/ (for gc --remote)."""
+    try:
+        listed: dict[str, Any] = remote.fs.find(f"{remote.root}/claims", detail=True)
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:
+        raise remote_failure(remote.spec, "listing claims/", exc) from None
+    found: dict[str, tuple[list[str], datetime | None]] = {}
+    for path, info in listed.items():
+        key = _CLAIM_FILE.search(path)
+        if key is None:
+            continue
+        paths, newest = found.setdefault(key.group(1), ([], None))
+        paths.append(path)
+        moment = _mtime(info)
+        if moment is not None and (newest is None or moment > newest):
+            found[key.group(1)] = (paths, moment)
+    return found
+
+
 def _lost_race(exc: BaseException) -> bool:
     """An exclusive create refused because the name is taken (s3fs names a 412 so only when
     the server says which condition failed)."""

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,10 @@ class RemoteGcReport:
     unreadable: tuple[str, ...] = ()  # index keys whose body is not an entry: left alone
     deleted: tuple[RemoteGarbage, ...] | None = None  # None: nothing was deleted (no --force)
     deleted_keys: int = 0
+    # Claims settled: their key's video is in the index and kept, and none of their files
+    # changed for longer than the claim expiry (key -> the claim files).
+    settled_claims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    deleted_claims: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -144,8 +149,25 @@ def find_remote_garbage(remote: RemoteStore, project: Path) -> RemoteGcReport:
                                      tuple(sorted({e.task_id for _, e in mine if e.task_id}))))
     dangling = tuple(sorted(key for key, e in entries.items()
                             if e.sha256 not in objects and e.sha256 not in protected))
+    doomed = {item.sha256 for item in garbage}
+    videos = {key for key, e in entries.items() if e.sha256 in objects
+              and e.sha256 not in doomed}
     return RemoteGcReport(shown(remote.spec), project, tuple(locks), kept, kept_bytes,
-                          tuple(garbage), dangling, entries, tuple(sorted(unreadable)))
+                          tuple(garbage), dangling, entries, tuple(sorted(unreadable)),
+                          settled_claims=_settled_claims(remote, videos))
+
+
+def _settled_claims(remote: RemoteStore, videos: set[str]) -> dict[str, tuple[str, ...]]:
+    """The claims no machine needs any more: the index holds their key's video (a machine
+    that plans finds it there first), and they are older than the claim expiry (no holder
+    is between its claim and its answer). One listing of claims/, no body read."""
+    from kling_pipeline.remote.claims import claim_files
+    from kling_pipeline.run.claiming import claim_expiry
+
+    now, expiry = datetime.now(UTC), claim_expiry()
+    return {key: tuple(sorted(paths)) for key, (paths, newest) in claim_files(remote).items()
+            if key in videos and newest is not None
+            and (now - newest).total_seconds() > expiry}
 
 
 def _remove(remote: RemoteStore, paths: list[str], what: str) -> None:
@@ -165,7 +187,7 @@ def _remove(remote: RemoteStore, paths: list[str], what: str) -> None:
 def delete_remote_garbage(remote: RemoteStore, report: RemoteGcReport) -> RemoteGcReport:
     """Delete the report's objects and index entries, except what a lock references now:
     every lock (the report's and any new one in the project) is read again first."""
-    if not (report.garbage or report.dangling):
+    if not (report.garbage or report.dangling or report.settled_claims):
         return replace(report, deleted=())
     refs = LockRefs()
     for _, lock in read_locks(sorted({*report.locks, *project_lock_files(report.project)})):
@@ -184,7 +206,16 @@ def delete_remote_garbage(remote: RemoteStore, report: RemoteGcReport) -> Remote
             for folder in sorted({path.rpartition("/")[0] for path in paths}):
                 with contextlib.suppress(Exception):
                     remote.fs.rmdir(folder)  # only when it is empty
-    return replace(report, deleted=doomed, deleted_keys=len(keys))
+    claims = [path for key, paths in report.settled_claims.items()
+              if key not in keys for path in paths]
+    if claims:
+        _remove(remote, claims, "claims")
+        if remote.spec.protocol == "file":  # no empty claims/<key>/ left
+            for folder in sorted({path.rpartition("/")[0] for path in claims}):
+                with contextlib.suppress(Exception):
+                    remote.fs.rmdir(folder)
+    return replace(report, deleted=doomed, deleted_keys=len(keys),
+                   deleted_claims=len({k for k in report.settled_claims if k not in keys}))
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -207,12 +238,16 @@ def render_remote_gc_text(report: RemoteGcReport) -> str:
     what = f"{_plural(len(report.garbage), 'unreferenced object')} " \
            f"({human_size(report.total_bytes)})"
     entries = _plural(len(report.index_keys), "index entry", "index entries")
+    claims = _plural(len(report.settled_claims), "settled claim")
     if report.deleted is None:
         if report.garbage or report.dangling:
             lines.append(f"{what} and {entries} to delete; {kept}")
-            lines.append("run again with --force to delete them")
-        else:
+        elif not report.settled_claims:
             lines.append(f"nothing to collect: {kept}")
+        if report.settled_claims:
+            lines.append(f"{claims} to delete (their videos are in the index)")
+        if report.garbage or report.dangling or report.settled_claims:
+            lines.append("run again with --force to delete them")
     else:
         freed = sum(item.size for item in report.deleted)
         if not report.garbage and not report.dangling:
@@ -226,6 +261,8 @@ def render_remote_gc_text(report: RemoteGcReport) -> str:
             if of:
                 lines.append("some were kept: a lock file referenced them by the time of "
                              "deleting (a run finished meanwhile)")
+        if report.deleted_claims:
+            lines.append(f"deleted: {_plural(report.deleted_claims, 'settled claim')}")
     if report.unreadable:
         odd = _plural(len(report.unreadable), "index entry", "index entries")
         lines.append(f"left alone: {odd} that cannot be read, e.g. "

@@ -171,7 +171,11 @@ def test_the_listing_is_one_request_per_folder_and_one_batch_of_index_reads(
     assert run("gc", str(board), *args(spec)).exit_code == 0
     requests = s3.since(start)
     listings = [r for r in requests if "list-type=2" in r]
-    assert len(listings) == 2, requests  # index/ and objects/
+    # index/, objects/ and claims/ (absent here: s3fs asks once more to tell "empty" from
+    # "missing")
+    assert {r.split("prefix=")[1].split("&")[0].rsplit("%2F", 2)[1] for r in listings} == {
+        "index", "objects", "claims"}, requests
+    assert len(listings) <= 4, requests
     assert not any("/objects/" in r for r in requests if "list-type" not in r), requests
 
 
@@ -238,3 +242,42 @@ def test_an_entry_deleted_by_someone_else_meanwhile_does_not_stop_the_others(
     result = delete_remote_garbage(store, report)
     assert result.deleted == () and result.deleted_keys == 3
     assert not any(path.startswith("index/") for path in remote_files(remote))
+
+
+def test_settled_claims_go_with_force_and_live_ones_stay(
+        remote: RemoteSpec, tmp_path: Path, sim: SimClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An apply with a remote claims each key it pays for. Once the key's video is in the
+    index and the claim is older than the expiry, nobody needs it: gc lists it and --force
+    deletes it. A claim whose key has no video in the index (a run between its claim and its
+    upload, or one that ended unknown) stays."""
+    board = write_board(tmp_path, SHOTS)
+    result = CliRunner().invoke(main, ["apply", str(board), "--base-url", sim.base_url,
+                                       "--yes", *args(remote)],
+                                env={"NOVITA_API_KEY": "sk-test", "NO_COLOR": "1"},
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    store = RemoteStore(remote)
+    live = "ef" * 32
+    store.fs.makedirs(f"{store.root}/claims/{live}", exist_ok=True)
+    store.fs.pipe_file(f"{store.root}/claims/{live}/00000001.json", b"{}")
+    claims = [p for p in remote_files(remote) if "/claims/" in f"/{p}"]
+    assert len(claims) == len(SHOTS) + 1
+
+    young = run("gc", str(board), *args(remote))
+    assert young.exit_code == 0 and "settled claim" not in young.output, young.output
+    monkeypatch.setenv("KLING_PIPELINE_CLAIM_EXPIRY", "0.01")
+    import time
+
+    time.sleep(0.05)
+    listed = run("gc", str(board), *args(remote))
+    assert listed.exit_code == 0, listed.output
+    assert f"{len(SHOTS)} settled claims to delete (their videos are in the index)" \
+        in listed.output
+    assert len([p for p in remote_files(remote) if "claims/" in p]) == len(SHOTS) + 1
+    deleted = run("gc", str(board), *args(remote), "--force")
+    assert deleted.exit_code == 0, deleted.output
+    assert f"deleted: {len(SHOTS)} settled claims" in deleted.output
+    left = [p for p in remote_files(remote) if "claims/" in p]
+    assert len(left) == 1 and live in left[0], left
+    assert len([p for p in remote_files(remote) if "objects/" in p]) == len(SHOTS)
