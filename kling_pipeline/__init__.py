@@ -34,7 +34,7 @@ _EXPORTS = {
     "LockFileError": "errors", "UsageError": "errors", "NoApiKey": "errors",
     "Declined": "errors", "RunLockBusy": "state.lockstore", "RemoteError": "errors",
     "PushReport": "remote.transfer", "PullReport": "remote.transfer",
-    "RemoteGcReport": "remote.gc",
+    "RemoteGcReport": "remote.gc", "RemoteUse": "results",
 }
 __all__ = [
     "SUCCESSFUL",
@@ -61,6 +61,7 @@ __all__ = [
     "PushReport",
     "RemoteError",
     "RemoteGcReport",
+    "RemoteUse",
     "RunEnded",
     "RunLockBusy",
     "RunReport",

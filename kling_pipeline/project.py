@@ -585,10 +585,12 @@ class Project:
         try:
             with hold_run_lock(target.lock_path, lock_timeout):
                 lock = read_lock(target.lock_path, self.name)
-                report = pull(lambda: RemoteStore(spec), store, lock,
-                              jobs=jobs or DEFAULT_JOBS, on_event=on_event)
                 folder = OutputFolder(target.out_dir, self._load().shots, store,
                                       storyboard=self.name, simulated=target.simulated)
+                report = pull(lambda: RemoteStore(spec), store, lock,
+                              jobs=jobs or DEFAULT_JOBS, on_event=on_event,
+                              on_stored=lambda video: folder.place(video.shot_ids,
+                                                                   video.output.sha256))
                 if not folder.worth_writing(lock):
                     return report
                 result = folder.sync(lock, build_final=True,

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -51,7 +52,7 @@ from kling_pipeline.output.manifest import (
     manifest_storyboard,
     read_manifest,
 )
-from kling_pipeline.output.media import MediaError, probe_video
+from kling_pipeline.output.media import MediaError
 from kling_pipeline.output.names import (
     FINAL,
     FRAMES,
@@ -172,6 +173,7 @@ class OutputFolder:
         # Thumbnails made while the run goes on, by video file name: (its sha256, (w, h)).
         self._early: dict[str, tuple[str, Future[tuple[int, int]]]] = {}
         self._thumbnailer: ThreadPoolExecutor | None = None
+        self._placing = threading.Lock()  # `place` is called from a pull's threads too
         self.stamps = FolderStamps(out_dir, store.root)
 
     def worth_writing(self, lock: LockFile) -> bool:
@@ -188,18 +190,25 @@ class OutputFolder:
         """Link a finished video into `shots/` at once, before the run ends, and start the
         thumbnail of a new download in a worker thread (200 of them made at the end made a
         run 1.5 s longer)."""
-        for shot_id in job.shot_ids:
-            name = self.names.get(shot_id)
-            if name is None:
-                continue
-            self._place_video(name, sha256)
-            if job.kind == "place":  # from the store: its thumbnail is likely there already
-                continue
-            video = self.out_dir / SHOTS / name
-            if self._thumbnailer is None:
-                self._thumbnailer = ThreadPoolExecutor(1, thread_name_prefix="thumbnails")
-            thumb = self.out_dir / _thumb_of(name)
-            self._early[name] = (sha256, self._thumbnailer.submit(_thumbnail, video, thumb))
+        # from the store (kind "place"): its thumbnail is likely there already
+        self.place(job.shot_ids, sha256, thumbnail=job.kind != "place")
+
+    def place(self, shot_ids: Iterable[str], sha256: str, *, thumbnail: bool = True) -> None:
+        """Link a video now in the store into `shots/` for these shots, and start its
+        thumbnail in a worker thread (a pull places each video as it arrives)."""
+        with self._placing:
+            for shot_id in shot_ids:
+                name = self.names.get(shot_id)
+                if name is None:
+                    continue
+                self._place_video(name, sha256)
+                if not thumbnail:
+                    continue
+                if self._thumbnailer is None:
+                    self._thumbnailer = ThreadPoolExecutor(
+                        min(2, os.cpu_count() or 1), thread_name_prefix="thumbnails")
+                video, thumb = self.out_dir / SHOTS / name, self.out_dir / _thumb_of(name)
+                self._early[name] = (sha256, self._thumbnailer.submit(_thumbnail, video, thumb))
 
     def sync(self, lock: LockFile, *, build_final: bool = True,
              notify: Callable[[str], None] | None = None,
@@ -556,9 +565,7 @@ def _thumb_of(video_name: str) -> str:
 
 def _thumbnail(video: Path, dest: Path) -> tuple[int, int]:
     """Write the thumbnail of `video`; the video's width and height. MediaError if bad."""
-    info = probe_video(video, decode=False)
-    write_thumbnail(video, dest)
-    return info.width, info.height
+    return write_thumbnail(video, dest)
 
 
 def _with_starts(shots: list[ManifestShot], inputs: list[ManifestShot],

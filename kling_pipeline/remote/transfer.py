@@ -156,9 +156,11 @@ def push(remote: RemoteStore, store: Store, lock: LockFile, *, jobs: int = DEFAU
 
 
 def pull(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile, *,
-         jobs: int = DEFAULT_JOBS, on_event: OnEvent) -> PullReport:
+         jobs: int = DEFAULT_JOBS, on_event: OnEvent,
+         on_stored: Callable[[Video], None] = lambda video: None) -> PullReport:
     """Download into the store every referenced video it lacks; the remote is opened (and
-    listed, once) only when one is lacking."""
+    listed, once) only when one is lacking. `on_stored` hears of each video as soon as it is
+    in the store (from the transfer threads): the output folder takes it then."""
     videos = referenced(lock)
     wanted = [video for video in videos if not store.has_object(video.output)]
     if not wanted:
@@ -208,6 +210,7 @@ def pull(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile, *
         for entry in video.entries:
             store.record(entry.key, CachedResult(video.output, entry.task_id, entry.endpoint))
         downloaded.append(video)
+        on_stored(video)
         on_event(ShotUpdate(video.label, "downloaded"))
 
     each(todo, download, jobs)
