@@ -214,9 +214,10 @@ def decide(shot: ShotRequest, entry: LockEntry | None,
             return PlanItem(shot.id, "inflight", shot, entry,
                             note=f"task {entry.task_id} {status}: the next run picks it up")
         if cached(shot.key) is not None:  # another task's video of this request is here
+            why = f" ({entry.error})" if entry.error else ""
             return PlanItem(shot.id, "reuse", shot, entry,
-                            note=f"{status} in the lock; a video of the same request is in "
-                                 "the cache")
+                            note=f"{status} in the lock{why}; a video of the same request "
+                                 "is in the cache")
         if status == "failed":
             if retry_failed:
                 return PlanItem(shot.id, "update", shot, entry, estimate=cost,

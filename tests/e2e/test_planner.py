@@ -125,3 +125,34 @@ def test_a_request_in_flight_under_another_id_is_in_flight(
     lock_all(path, status="processing")
     path.write_text(BOARD % "  - {id: a, prompt: sea}\n  - {id: twin, prompt: sea}")
     assert plan_of(path) == {"a": "?inflight", "twin": "?inflight"}
+
+
+def test_a_video_of_the_request_in_the_cache_settles_a_failed_unknown_or_lost_shot(
+        write_storyboard: Callable[[str], Path]) -> None:
+    """Another task's video of the same request (another storyboard's, the remote's) is as
+    good as the one that failed, was never confirmed or was lost: reused, unpaid. A shot in
+    flight still follows its own task (paid, and never dropped for another)."""
+    from kling_pipeline.state.cache import CachedResult
+
+    path = write_storyboard(BOARD % """
+  - {id: broken, prompt: one}
+  - {id: maybe, prompt: two}
+  - {id: gone, prompt: three}
+  - {id: flying, prompt: four}""")
+    lock = lock_all(path)
+    lock.shots["broken"] = lock.shots["broken"].with_status("failed", output=None,
+                                                            error="GET_RESULT_FAILED")
+    lock.shots["maybe"] = lock.shots["maybe"].with_status("unknown", output=None)
+    lock.shots["gone"] = lock.shots["gone"].with_status("lost", output=None)
+    lock.shots["flying"] = lock.shots["flying"].with_status("queued", output=None)
+    write_lock(lock_path_for(path), lock)
+    video = CachedResult(Output("1" * 64, 10, 5.0), "other-task", "kling-v3.0-pro-t2v")
+    assert plan_of(path, cached=lambda key: video) == {
+        "broken": "=reuse", "maybe": "=reuse", "gone": "=reuse", "flying": "?inflight"}
+    assert plan_of(path) == {"broken": "!failed", "maybe": "?unknown", "gone": "!lost",
+                             "flying": "?inflight"}
+    loaded = load_storyboard(path, use_cache=False)
+    plan = make_plan(loaded.board.name, loaded.shots, read_lock(lock_path_for(path), "plan"),
+                     PriceTable({}), cached=lambda key: video)
+    assert plan.items[0].note == ("failed in the lock (GET_RESULT_FAILED); a video of the "
+                                  "same request is in the cache")
