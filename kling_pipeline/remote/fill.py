@@ -36,7 +36,7 @@ from kling_pipeline.output.media import MediaError, check_duration
 from kling_pipeline.plan.inputs import rendered_video
 from kling_pipeline.remote.session import RemoteSession
 from kling_pipeline.remote.store import IndexEntry
-from kling_pipeline.remote.transfer import each, sha256_of
+from kling_pipeline.remote.transfer import each
 from kling_pipeline.state.cache import CachedResult, Store
 from kling_pipeline.state.lockfile import IN_FLIGHT, LockFile, Output
 
@@ -215,11 +215,10 @@ def _take(remote: RemoteStore, store: Store, fill: RemoteFill, on_event: OnEvent
     temp = store.temp_file()
     try:
         try:
-            remote.get_object(sha, temp)
+            digest = remote.get_object(sha, temp, want.output.size)
         except RemoteError as exc:
             _refuse(fill, want, f"{exc.detail or exc}", on_event, label, fallback=True)
             return
-        digest = sha256_of(temp)
         if digest != sha:
             _refuse(fill, want, f"{remote.object_path(sha)}: its bytes hash to {digest}, not "
                                 "to its name; refused, not used", on_event, label,

@@ -11,10 +11,11 @@ store's upload is whole by itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ INDEX_FORMAT = 1
 _OBJECT = re.compile(r"(?:^|/)objects/([0-9a-f]{2})/([0-9a-f]{64})\.mp4$")
 _INDEX = re.compile(r"(?:^|/)index/([0-9a-f]{64})\.json$")
 _SHA = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20  # bytes read at a time from a remote object
+_RANGE = 16 << 20  # bytes asked for at a time from an object store
 # Protocols whose uploads are atomic and which have no folders to make.
 _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
 
@@ -156,6 +159,18 @@ class RemoteStore:
             found[key] = bytes(body)
         return found
 
+    def _chunks(self, path: str, size: int | None) -> Iterator[bytes]:
+        """The bytes of `path`, a part at a time: on an object store with the size known,
+        one ranged GET per _RANGE bytes (a file object would first ask for the object's
+        details: a request more per video); else a streamed read."""
+        if self._atomic and size is not None:
+            for start in range(0, size, _RANGE):
+                yield self.fs.cat_file(path, start=start, end=min(start + _RANGE, size))
+            return
+        with self.fs.open(path, "rb") as source:
+            while chunk := source.read(_CHUNK):
+                yield chunk
+
     def object_size(self, sha256: str) -> int | None:
         """The size of the object in the remote, None when it is not there."""
         try:
@@ -165,11 +180,20 @@ class RemoteStore:
         except Exception as exc:
             raise remote_failure(self.spec, f"looking for {sha256[:12]}", exc) from None
 
-    def get_object(self, sha256: str, dest: Path) -> None:
+    def get_object(self, sha256: str, dest: Path, size: int | None = None) -> str:
+        """Download an object to `dest`, hashing its bytes on the way (read once, not read
+        back): the sha256 of what arrived, for the caller to hold against the name. `size`
+        (known from a listing) spares an object store the request that would look it up."""
+        digest = hashlib.sha256()
+        path = self.object_path(sha256)
         try:
-            self.fs.get_file(self.object_path(sha256), str(dest))
+            with open(dest, "wb") as sink:
+                for chunk in self._chunks(path, size):
+                    digest.update(chunk)
+                    sink.write(chunk)
         except Exception as exc:
             raise remote_failure(self.spec, f"downloading {sha256[:12]}", exc) from None
+        return digest.hexdigest()
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:

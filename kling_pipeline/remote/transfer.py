@@ -192,12 +192,11 @@ def pull(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile, *
         temp = store.temp_file()
         try:
             try:
-                remote.get_object(sha, temp)
+                digest = remote.get_object(sha, temp, video.output.size)
             except RemoteError as exc:
                 failed.append(Problem(sha, video.shot_ids, exc.detail or str(exc)))
                 on_event(ShotUpdate(video.label, "failed", note=exc.detail or str(exc)))
                 return
-            digest = sha256_of(temp)
             if digest != sha:
                 reason = (f"{remote.object_path(sha)}: its bytes hash to {digest}, not to "
                           "its name; refused, not used")
@@ -207,12 +206,15 @@ def pull(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile, *
             store.ingest(temp, sha)
         finally:
             temp.unlink(missing_ok=True)
-        for entry in video.entries:
-            store.record(entry.key, CachedResult(video.output, entry.task_id, entry.endpoint))
         downloaded.append(video)
         on_stored(video)
         on_event(ShotUpdate(video.label, "downloaded"))
 
-    each(todo, download, jobs)
+    try:
+        each(todo, download, jobs)
+    finally:  # what arrived, by request key, in one transaction (each object is in already)
+        store.record_many((entry.key, CachedResult(video.output, entry.task_id,
+                                                   entry.endpoint))
+                          for video in downloaded for entry in video.entries)
     return PullReport(remote.spec.url, len(videos), tuple(downloaded),
                       len(videos) - len(wanted), tuple(missing), tuple(refused), tuple(failed))

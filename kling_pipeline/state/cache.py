@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,15 @@ class Store:
         return result if self.has_object(result.output) else None
 
     def record(self, key: str, result: CachedResult) -> None:
-        self._open_index()[key] = json.dumps(
-            {**result.output.__dict__, "task_id": result.task_id, "endpoint": result.endpoint},
-            sort_keys=True)
+        self._open_index()[key] = _index_value(result)
+
+    def record_many(self, results: Iterable[tuple[str, CachedResult]]) -> None:
+        """Record several results in one transaction (a pull of 200 videos: one commit,
+        not 200)."""
+        index = self._open_index()
+        with index.transact():
+            for key, result in results:
+                index[key] = _index_value(result)
 
     def temp_file(self) -> Path:
         """A new empty file in `tmp/` for a download to stream into."""
@@ -127,6 +134,11 @@ class Store:
             with contextlib.suppress(OSError):
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
+
+
+def _index_value(result: CachedResult) -> str:
+    return json.dumps({**result.output.__dict__, "task_id": result.task_id,
+                       "endpoint": result.endpoint}, sort_keys=True)
 
 
 def place(source: Path, dest: Path) -> None:
