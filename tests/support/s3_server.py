@@ -5,10 +5,15 @@ moto answers the S3 API over HTTP like AWS does; s3fs talks to it through
 Conditional requests (`If-None-Match`, `If-Match`) are served one at a time, so that they are
 atomic as on S3, and a test can ask for S3's faults of a conditional PUT (a 409 conflict, a
 lost answer).
+
+Off unless a test asks (`S3Server.hold`): an `S3Hold` stops chosen requests at a moment the
+test picks (applied to moto but not yet answered, or not yet applied) and tells it they got
+there, so that a test can kill -9 a client process between two requests of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +39,7 @@ class S3Server:
     conflicts: int = 0
     lost_answers: int = 0
     _conditional: threading.Lock = field(default_factory=threading.Lock)
+    holds: list[S3Hold] = field(default_factory=list)  # none unless a test asks (`hold`)
 
     def count(self) -> int:
         with self._lock:
@@ -43,12 +49,87 @@ class S3Server:
         with self._lock:
             return self.requests[start:]
 
+    def hold(self, hold: S3Hold) -> S3Hold:
+        """Hold (or watch) the requests `hold` matches from now on; returns it."""
+        with self._lock:
+            self.holds.append(hold)
+        return hold
+
+    def unhold(self, *holds: S3Hold) -> None:
+        """Release these holds (all, when none is named) and forget them: what they hold goes
+        on as each one says (`release` or `drop`)."""
+        with self._lock:
+            gone = [h for h in self.holds if not holds or h in holds]
+            self.holds = [h for h in self.holds if h not in gone]
+        for hold in gone:
+            hold.release()
+
+    def _holding(self, method: str, path: str, conditional: bool) -> list[S3Hold]:
+        with self._lock:
+            return [h for h in self.holds if h._wants(method, path, conditional)]
+
     def _take(self, fault: str) -> bool:
         with self._lock:
             if getattr(self, fault) <= 0:
                 return False
             setattr(self, fault, getattr(self, fault) - 1)
             return True
+
+
+HOLD_TIMEOUT = 60.0  # a held request goes on by itself after this long (no test waits so long)
+
+
+@dataclass(eq=False)
+class S3Hold:
+    """Requests to hold: `method`, a path that contains `contains`, conditional (`If-None-Match`
+    or `If-Match`) or not as `conditional` says (None: either); the `nth` such request only
+    (None: every one).
+
+    `applied=True`: the request is applied to moto first and held before its answer goes out
+    (the change is made; the client does not know it yet). `applied=False`: held on arrival,
+    before anything is applied. `block=False` only watches: `arrived` is set once the request
+    reached that point (for `applied=True`, moto has answered it), and it goes on at once.
+
+    `reached` counts the requests that got to the holding point; `release()` lets them go on;
+    `drop()` lets them go on as if their client had died before the request was complete: an
+    unapplied one is answered 503 and never applied (an applied one stays applied).
+    """
+
+    method: str
+    contains: str
+    conditional: bool | None = None
+    applied: bool = True
+    block: bool = True
+    nth: int | None = None
+    matched: int = 0  # matching requests seen
+    reached: int = 0
+    arrived: threading.Event = field(default_factory=threading.Event)
+    _go: threading.Event = field(default_factory=threading.Event)
+    _dropped: bool = False
+
+    def release(self) -> None:
+        self._go.set()
+
+    def drop(self) -> None:
+        self._dropped = True
+        self._go.set()
+
+    def _wants(self, method: str, path: str, conditional: bool) -> bool:
+        """Count a request (under the server's lock); whether this hold takes it."""
+        if method != self.method or self.contains not in path or (
+                self.conditional is not None and conditional != self.conditional):
+            return False
+        self.matched += 1
+        return self.nth in (None, self.matched)
+
+    def _stop_here(self, lock: threading.Lock) -> bool:
+        """The request is at the holding point: say so, wait if blocking; True: drop it."""
+        with lock:
+            self.reached += 1
+        self.arrived.set()
+        if self.block:
+            self._go.wait(HOLD_TIMEOUT)
+        return self._dropped
 
 
 def _s3_error(start_response: Any, status: str, code: str, message: str) -> list[bytes]:
@@ -75,20 +156,61 @@ def _conditional(app: Any, server: S3Server, environ: dict[str, Any],
     return result
 
 
+def _serve(app: Any, server: S3Server, environ: dict[str, Any],
+           start_response: Any) -> Iterable[bytes]:
+    if "HTTP_IF_NONE_MATCH" not in environ and "HTTP_IF_MATCH" not in environ:
+        result: Iterable[bytes] = app(environ, start_response)
+        return result
+    # S3 promises that a conditional write is atomic; moto checks the condition and then
+    # writes, in two steps, on a threaded server, so two racing `If-None-Match: *` PUTs
+    # could both succeed here. One lock over the conditional requests keeps S3's promise.
+    with server._conditional:
+        return _conditional(app, server, environ, start_response)
+
+
+def _held(app: Any, server: S3Server, holds: list[S3Hold], environ: dict[str, Any],
+          start_response: Any) -> Iterable[bytes]:
+    """Serve a request some holds want: the unapplied holds first (a drop answers 503 and
+    applies nothing), then moto, its answer kept back while the applied holds hold."""
+    for hold in (h for h in holds if not h.applied):
+        if hold._stop_here(server._lock):
+            with contextlib.suppress(OSError):  # its client may be gone
+                environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            return _s3_error(start_response, "503 Service Unavailable", "SlowDown",
+                             "the client is gone (test hold)")
+    later = [h for h in holds if h.applied]
+    if not later:
+        return _serve(app, server, environ, start_response)
+    answer: list[Any] = []
+
+    def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        answer[:] = [status, headers]
+        return lambda data: None
+
+    result = _serve(app, server, environ, keep)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    for hold in later:
+        hold._stop_here(server._lock)
+    start_response(*answer)
+    return [body]
+
+
 def _counting(app: Any, server: S3Server) -> Callable[..., Iterable[bytes]]:
     def wrapped(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         query = environ.get("QUERY_STRING", "")
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         with server._lock:
-            server.requests.append(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}"
-                                   + (f"?{query}" if query else ""))
-        if "HTTP_IF_NONE_MATCH" not in environ and "HTTP_IF_MATCH" not in environ:
-            result: Iterable[bytes] = app(environ, start_response)
-            return result
-        # S3 promises that a conditional write is atomic; moto checks the condition and then
-        # writes, in two steps, on a threaded server, so two racing `If-None-Match: *` PUTs
-        # could both succeed here. One lock over the conditional requests keeps S3's promise.
-        with server._conditional:
-            return _conditional(app, server, environ, start_response)
+            server.requests.append(f"{method} {path}" + (f"?{query}" if query else ""))
+        conditional = "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ
+        holds = server._holding(method, path, conditional) if server.holds else []
+        if holds:
+            return _held(app, server, holds, environ, start_response)
+        return _serve(app, server, environ, start_response)
 
     return wrapped
 
@@ -116,6 +238,7 @@ def running_s3_server() -> Iterator[S3Server]:
     os.environ.update(FAKE_ENV)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
+    server: S3Server | None = None
     try:
         host, port = moto.get_host_and_port()
         server = S3Server(f"http://{host}:{port}")
@@ -127,6 +250,8 @@ def running_s3_server() -> Iterator[S3Server]:
         s3fs.S3FileSystem(endpoint_url=server.endpoint, skip_instance_cache=True).mkdir(BUCKET)
         yield server
     finally:
+        if server is not None:
+            server.unhold()  # no request thread left waiting on a test that has ended
         moto.stop()
         _reset_moto()
         for name, value in saved.items():
