@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.s3_server import S3Server
 from support.simulator_fixtures import SimClient
 
 from kling_pipeline.simulator.config import SimulatorConfig
@@ -51,3 +52,13 @@ def sim(server: str) -> Iterator[SimClient]:
     """A client of this module's simulator."""
     with SimClient(server) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server on loopback, one per test module that asks for it (its state is
+    cleared before and after: support/s3_server.py)."""
+    from support.s3_server import running_s3_server
+
+    with running_s3_server() as server:
+        yield server

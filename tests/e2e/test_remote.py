@@ -13,7 +13,6 @@ import hashlib
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from click.testing import CliRunner, Result
 from support.apply_fixtures import apply, write_board
 from support.chains import HEAD as CHAIN_HEAD
 from support.chains import A, B, C
-from support.s3_server import BUCKET, FAKE_ENV, S3Server, running_s3_server
+from support.s3_server import BUCKET, FAKE_ENV, S3Server
 from support.simulator_fixtures import SimClient
 
 from kling_pipeline.cli import main
@@ -49,12 +48,6 @@ class Remote:
             if self.endpoint else {}
         with fsspec.open(self.object_path(sha), "wb", **options) as handle:
             handle.write(data)
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["folder", "s3", "memory"])

@@ -13,7 +13,6 @@ import json
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from click.testing import CliRunner, Result
 from support.apply_fixtures import FAST, lock_of, shot_files, storyboard_text, write_board
 from support.chains import HEAD as CHAIN_HEAD
 from support.chains import A, B, C
-from support.s3_server import BUCKET, FAKE_ENV, S3Server, running_s3_server
+from support.s3_server import BUCKET, FAKE_ENV, S3Server
 from support.simulator_fixtures import KEY, SimClient
 
 from kling_pipeline.cli import main
@@ -57,12 +56,6 @@ class Remote:
                           for p in fs.find(self.root))
         except FileNotFoundError:
             return []
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["folder", "s3"])

@@ -52,7 +52,7 @@ from support.crash_harness import (
     process_state,
     wait_for,
 )
-from support.s3_server import BUCKET, S3Hold, S3Server, running_s3_server
+from support.s3_server import BUCKET, S3Hold, S3Server
 from support.simulator_fixtures import SimClient
 
 from kling_pipeline.simulator.config import SimulatorConfig
@@ -77,12 +77,6 @@ def server(gate: Gate) -> Iterator[str]:
     are held, not waited for; a test that wants renders to overlap slows it down)."""
     with running_simulator(FAST_ENOUGH, wrap=gate.wrap) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
 
 
 # -- the remote ----------------------------------------------------------------------------

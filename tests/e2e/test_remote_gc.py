@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from support.apply_fixtures import apply, lock_of, write_board
-from support.s3_server import BUCKET, FAKE_ENV, S3Server, running_s3_server
+from support.s3_server import BUCKET, FAKE_ENV, S3Server
 from support.simulator_fixtures import SimClient
 
 from kling_pipeline.cli import main
@@ -29,12 +28,6 @@ from kling_pipeline.remote.url import RemoteSpec
 from kling_pipeline.state.lockfile import LockFile, read_lock, write_lock
 
 SHOTS = [("harbour", "A harbour at dawn"), ("gulls", "Gulls over the water")]
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["folder", "s3"])

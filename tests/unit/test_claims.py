@@ -12,13 +12,12 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.s3_server import BUCKET, FAKE_ENV, S3Server, running_s3_server
+from support.s3_server import BUCKET, FAKE_ENV, S3Server
 
 from kling_pipeline.errors import RemoteError
 from kling_pipeline.remote.claims import DEFAULT_EXPIRY, Claim, Claims, Held, Won
@@ -61,12 +60,6 @@ class Backend:
             Path(path).write_bytes(data)
         else:
             store.fs.pipe_file(path, data)
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["folder", "s3"])
