@@ -332,7 +332,8 @@ class Project:
                     job.waits_for for job in work) else None
                 claimer = None
                 if session is not None:
-                    claimer = self._claimer(session, store, lock, selection, network)
+                    claimer = self._claimer(session, store, lock, selection, network,
+                                            _renewed(plan, selection))
                 if session is not None and network and push:
                     from kling_pipeline.remote.publish import Publisher
 
@@ -351,7 +352,8 @@ class Project:
                            _remote_use(session, fill, run.published) if session else None)
 
     def _claimer(self, session: RemoteSession, store: Store, lock: LockFile,
-                 selection: Selection, network: bool) -> Claimer | None:
+                 selection: Selection, network: bool,
+                 renew: frozenset[str] = frozenset()) -> Claimer | None:
         """Put right the claims a killed run of this checkout left (whenever the lock has a
         shot in flight or unknown, even in a run with nothing to submit), and the claims of
         a run that asks the API something (None: no such run, or the remote cannot make
@@ -384,8 +386,8 @@ class Project:
                               "at once may pay for the same request (docs/remote.md)"))
             return None
         reconcile(claims, session, lock)
-        return Claimer(claims, session, resubmit_unknown=selection.resubmit_unknown) \
-            if network else None
+        return Claimer(claims, session, resubmit_unknown=selection.resubmit_unknown,
+                       renew=renew) if network else None
 
     def _take_from_remote(self, spec: RemoteSpec, lock: LockFile, store: Store,
                           selection: Selection, jobs: int | None, on_event: OnEvent,
@@ -652,6 +654,15 @@ def _select(plan: Plan, only: Sequence[str]) -> Plan:
                                      else note)
             work.append(kept[upstream])
     return replace(plan, items=[kept[item.id] for item in plan.items if item.id in kept])
+
+
+def _renewed(plan: Plan, selection: Selection) -> frozenset[str]:
+    """The request keys this run pays for though a render of them exists: forced shots and
+    failed ones retried. Another machine's claim of such a key, made before the run, is that
+    render: it is superseded, not followed."""
+    return frozenset(item.shot.key for item in plan.to_submit if item.shot is not None and (
+        item.id in selection.force or (selection.retry_failed and item.entry is not None
+                                       and item.entry.status == "failed")))
 
 
 def _remote_use(session: RemoteSession, fill: RemoteFill | None,

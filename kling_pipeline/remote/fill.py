@@ -115,19 +115,19 @@ def fill_from_remote(session: RemoteSession, store: Store, lock: LockFile,
 
 def _lacking(shots_now: ShotsNow, lock: LockFile, store: Store,
              selected: Callable[[str], bool], looked: set[str]) -> list[ShotRequest]:
-    """The selected shots with an exact key whose video is not here, once per key."""
+    """The selected shots with an exact key whose video is not here (all the shots of such
+    a key: one of them may be the lock's record of its video)."""
     shots, waiting = shots_now()
-    lacking: dict[str, ShotRequest] = {}
+    lacking: dict[str, list[ShotRequest]] = {}
     for shot in shots:
-        if shot.id in waiting or not selected(shot.id) or shot.key in looked \
-                or shot.key in lacking:
+        if shot.id in waiting or not selected(shot.id) or shot.key in looked:
             continue
         entry = lock.shots.get(shot.id)
         if entry is not None and entry.key == shot.key and entry.status in IN_FLIGHT:
             continue  # its own task is paid and followed (free): never dropped for another
-        if rendered_video(shot, lock, store) is None:
-            lacking[shot.key] = shot
-    return list(lacking.values())
+        if shot.key in lacking or rendered_video(shot, lock, store) is None:
+            lacking.setdefault(shot.key, []).append(shot)
+    return [shot for same in lacking.values() for shot in same]
 
 
 def peek_index(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile,

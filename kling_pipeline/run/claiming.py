@@ -28,7 +28,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from kling_pipeline.remote.session import RemoteSession
 
 CLAIM_POLL = 1.0  # seconds between two looks at another machine's claim
+FRESH_TASK = 120.0  # seconds after its claim got it that a task may not be listed yet
 EXPIRY_ENV = "KLING_PIPELINE_CLAIM_EXPIRY"
 
 
@@ -53,10 +54,12 @@ class Go:
 
 @dataclass(frozen=True)
 class Follow:
-    """Do not submit: another machine's POST made `task_id`; follow it."""
+    """Do not submit: another machine's POST made `task_id`; follow it. `fresh`: the claim
+    got its task id moments ago (the provider may not list the task yet)."""
 
     task_id: str
     host: str
+    fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,10 +80,15 @@ class Claimer:
     """The claims of one run, made in threads (a claim is a blocking request or two)."""
 
     def __init__(self, claims: Claims, session: RemoteSession, *,
-                 resubmit_unknown: bool = False, poll: float = CLAIM_POLL) -> None:
+                 resubmit_unknown: bool = False, renew: Collection[str] = (),
+                 poll: float = CLAIM_POLL) -> None:
         self.claims = claims
         self.session = session
         self.resubmit_unknown = resubmit_unknown
+        # Keys this run pays for again though a render exists (--force, --retry-failed): a
+        # claim that held a task before the run began is that render, not one to follow.
+        self.renew = frozenset(renew)
+        self.started = claims.clock()
         self.poll = poll
 
     def _off(self, exc: RemoteError) -> Go:
@@ -96,7 +104,7 @@ class Claimer:
         while True:
             try:
                 got = await asyncio.to_thread(self.claims.claim, key)
-                if isinstance(got, Held) and self._supersedes(got.claim):
+                if isinstance(got, Held) and self._supersedes(got.claim, key):
                     got = await asyncio.to_thread(self.claims.claim, key, supersede=got.claim)
             except RemoteError as exc:
                 return self._off(exc)
@@ -104,7 +112,8 @@ class Claimer:
                 return Go(got.claim)
             held = got.claim
             if held.task_id:
-                return Follow(held.task_id, held.host)
+                age = (self.claims.clock() - held.updated_at).total_seconds()
+                return Follow(held.task_id, held.host, fresh=age < FRESH_TASK)
             if held.state == "unknown":
                 return Stand(f"{_who(held)} claimed this request at {held.claimed_at:%H:%M:%S} "
                              "UTC and could not confirm its submission: it may have been "
@@ -117,10 +126,14 @@ class Claimer:
                 return Stand("the run stopped while another machine held this request's "
                              "claim")
 
-    def _supersedes(self, held: Claim) -> bool:
+    def _supersedes(self, held: Claim, key: str) -> bool:
         """Replace a claim this run may take: its own checkout's from a run that never
-        POSTed (the plan submits only where the lock says so), or an `unknown` one when
-        told to resubmit."""
+        POSTed (the plan submits only where the lock says so), an `unknown` one when told to
+        resubmit, or, for a key rendered again on purpose, one that held a task (or was
+        unknown) before this run began."""
+        if key in self.renew and held.state in ("submitted", "unknown") \
+                and held.updated_at < self.started:
+            return True
         if held.task_id:
             return False
         if held.holder == self.claims.holder and held.state == "claimed":

@@ -51,7 +51,9 @@ from kling_pipeline.state.lockstore import LockKeeper
 from kling_pipeline.storyboard.images import ImageProblem
 from kling_pipeline.storyboard.localimages import body_to_send
 
-Submitted = Literal["paid", "followed"]  # how a submit job got its task id
+# How a submit job got its task id: its own POST, or another machine's claim (moments ago,
+# or long enough ago that a provider not knowing the task means it is gone).
+Submitted = Literal["paid", "followed", "followed, not fresh"]
 
 if TYPE_CHECKING:
     from kling_pipeline.plan.inputs import Resolver
@@ -288,7 +290,7 @@ class Executor:
             how = await self._submit(job, self.client)
             if how is None:
                 return
-            fresh, paid = True, how == "paid"
+            fresh, paid = how != "followed, not fresh", how == "paid"
         elif self.stopping:
             self._result(job, "in flight", "stopped before polling; the task id is kept")
             return
@@ -441,7 +443,7 @@ class Executor:
         self._followed[job.key] = claim.host or "another machine"
         await self.ledger.write(job, "queued", task_id=claim.task_id)
         self.reporter.update(job.label, "queued", 0, f"following {self._followed[job.key]}")
-        return "followed"
+        return "followed" if claim.fresh else "followed, not fresh"
 
     async def _unsubmitted(self, job: Job, previous: dict[str, LockEntry | None],
                            note: str) -> None:

@@ -320,3 +320,26 @@ def test_a_simulated_apply_keeps_its_animatics_apart(tmp_path: Path) -> None:
     assert names and all(name.startswith("simulated/") for name in names)
     planned = run("plan", str(board))
     assert "+ dawn" in planned.output and "in the remote" not in planned.output
+
+
+def test_only_and_force_decide_what_is_taken_from_the_remote(tmp_path: Path,
+                                                             sim: SimClient) -> None:
+    """--only takes only the shots it works on; --force renders anew (paid), never taking
+    the remote's copy of the shot it names."""
+    remote = Remote(str(tmp_path / "remote"))
+    (tmp_path / "a").mkdir()
+    a = write_board(tmp_path / "a", SHOTS)
+    assert apply(a, sim.base_url, remote).exit_code == 0
+    (tmp_path / "b").mkdir()
+    b = write_board(tmp_path / "b", SHOTS, name="b")
+    only = apply(b, sim.base_url, remote, "--only", "boats")
+    assert only.exit_code == 0, only.output
+    assert "1 video(s) taken" in only.output
+    assert set(lock_of(b)) == {"boats"}
+    before = paid(sim)
+    forced = apply(b, sim.base_url, remote, "--force", "dawn")
+    assert forced.exit_code == 0, forced.output
+    assert paid(sim) == before + 1  # dawn, paid again as asked; gulls taken
+    assert "1 video(s) taken" in forced.output
+    assert lock_of(b)["dawn"]["task_id"] != lock_of(a)["dawn"]["task_id"]
+    assert lock_of(b)["gulls"]["task_id"] == lock_of(a)["gulls"]["task_id"]
