@@ -18,10 +18,12 @@ The exclusive create, per backend:
   answer when another conditional write of the name is in flight) is asked again, briefly.
   An S3-compatible server that ignores the header would overwrite silently: the tool cannot
   tell, so such a server (an old MinIO, ...) gives no protection.
-- a folder (file, local): `os.open(O_CREAT | O_EXCL)`, one write, fsync. Atomic for the
-  machines that share one file system (a local disk, NFS v3 and later, SMB); a drive synced
-  by a client (Dropbox, OneDrive, ...) lets each machine create its own copy, so it gives no
-  protection across machines.
+- a folder (file, local): the claim is written whole beside its name, then hard-linked to
+  the name (`link` fails when the name exists; readers never see half a claim); where the
+  file system has no hard links, `os.open(O_CREAT | O_EXCL)`, one write, fsync. Atomic for
+  the machines that share one file system (a local disk, NFS v3 and later, SMB); a drive
+  synced by a client (Dropbox, OneDrive, ...) lets each machine create its own copy, so it
+  gives no protection across machines.
 - anything else is not `supported`: fsspec's generic `pipe_file(mode="create")` checks and
   then writes, which two machines can both pass. The caller goes on without claims.
 
@@ -338,10 +340,29 @@ class Claims:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _create_in_folder(self, path: str, data: bytes) -> bool:
+        """Write the claim whole beside its name, then hard-link it to the name: the link
+        fails if the name exists, and a reader never sees a claim half written (another
+        machine reading a claim mid-write took it for junk, and junk expires by its mtime).
+        A file system without hard links gets O_EXCL on the name, written in place."""
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            part = f"{path}.{uuid.uuid4().hex}.part"
+            _write_all(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY
+                               | getattr(os, "O_BINARY", 0), 0o644), data)
         except OSError as exc:
             raise remote_failure(self.remote.spec, f"claiming {_short(path)}", exc) from None
+        try:
+            os.link(part, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            return self._create_in_place(path, data)  # no hard links here (some SMB shares)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+
+    def _create_in_place(self, path: str, data: bytes) -> bool:
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0)
         try:
             fd = os.open(path, flags, 0o644)
