@@ -140,7 +140,9 @@ class LockWatcher:
             self.statuses.update(entry.status for entry in lock.shots.values())
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        # A read every millisecond or so: a loop with no pause held the GIL of the process
+        # that also serves the simulator, and the run took minutes instead of seconds.
+        while not self._stop.wait(0.001):
             self._read()
         self._read()  # and once more after the writer is done
 
