@@ -1,8 +1,10 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Files written atomically (a reader sees the old file or the new one, never half of one),
+and read back: a file's size, a file's sha256."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +26,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes (read in blocks, not whole)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def size_or_none(path: str | os.PathLike[str]) -> int | None:

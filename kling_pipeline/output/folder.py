@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from kling_pipeline.errors import KlingPipelineError
-from kling_pipeline.fsutil import atomic_write_bytes, size_or_none
+from kling_pipeline.fsutil import atomic_write_bytes, sha256_file, size_or_none
 from kling_pipeline.key import IMAGE_DIGEST_PREFIX, KEY_SCHEME
 from kling_pipeline.output.contactsheet import page_recipe, render_contact_sheet
 from kling_pipeline.output.finalcut import build_final_cut
@@ -64,7 +64,7 @@ from kling_pipeline.output.names import (
     shot_file_name,
 )
 from kling_pipeline.output.recipe import Recipe, folder_recipe, rendered_output, shot_status
-from kling_pipeline.output.stamps import FolderStamps, sha256_file
+from kling_pipeline.output.stamps import FolderStamps
 from kling_pipeline.output.thumbnails import write_thumbnail
 from kling_pipeline.plan.jobs import Job
 from kling_pipeline.state.cache import Store, place

@@ -44,15 +44,6 @@ def stat_of(path: str | os.PathLike[str]) -> Stat | None:
     return info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev
 
 
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class FolderStamps:
     """The stamps of one output folder's files, by path relative to the folder."""
 

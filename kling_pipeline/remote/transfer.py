@@ -10,15 +10,14 @@ with nothing missing locally asks the remote nothing at all.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from kling_pipeline.errors import RemoteError
 from kling_pipeline.events import OnEvent, ShotUpdate
+from kling_pipeline.fsutil import sha256_file
 from kling_pipeline.remote.store import RemoteStore, index_entry
 from kling_pipeline.state.cache import CachedResult, Store
 from kling_pipeline.state.lockfile import LockEntry, LockFile, Output
@@ -98,14 +97,6 @@ def referenced(lock: LockFile) -> list[Video]:
     return [Video(output, tuple(ids), tuple(entries)) for output, ids, entries in found.values()]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def each(items: Iterable[_T], work: Callable[[_T], None], jobs: int) -> None:
     """Run `work` over `items` in a thread pool; the first exception is raised after all."""
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="transfer") as pool:
@@ -130,7 +121,7 @@ def push(remote: RemoteStore, store: Store, lock: LockFile, *, jobs: int = DEFAU
         sha = video.output.sha256
         on_event(ShotUpdate(video.label, "uploading"))
         local = store.object_path(sha)
-        if sha256_of(local) != sha:
+        if sha256_file(local) != sha:
             refused.append(Problem(sha, video.shot_ids, "the local copy's bytes do not match "
                                    "its name; not uploaded"))
             on_event(ShotUpdate(video.label, "refused", note="local bytes do not match"))
