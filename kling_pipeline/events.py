@@ -14,7 +14,7 @@ already sent, whose answer is written before the run ends.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -55,6 +55,12 @@ class FolderStep:
 
 
 Event = RunStarted | ShotUpdate | Note | RunEnded | FolderStep
+
+
+def label_of(shot_ids: Sequence[str]) -> str:
+    """How an update names the shots one job or one video is for: `a`, or `a (+2)`."""
+    more = len(shot_ids) - 1
+    return shot_ids[0] + (f" (+{more})" if more > 0 else "")
 OnEvent = Callable[[Event], None]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from kling_pipeline.events import label_of
 from kling_pipeline.key import KEY_SCHEME
 from kling_pipeline.plan.planner import PAID, Plan, PlanItem
 from kling_pipeline.state.cache import CachedResult, Store
@@ -37,8 +38,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        ids = self.shot_ids or self.removed_ids
-        return ids[0] + (f" (+{len(ids) - 1})" if len(ids) > 1 else "")
+        return label_of(self.shot_ids or self.removed_ids)
 
     @property
     def endpoint(self) -> str:

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kling_pipeline.errors import RemoteError
-from kling_pipeline.events import Note, OnEvent, ShotUpdate
+from kling_pipeline.events import Note, OnEvent, ShotUpdate, label_of
 from kling_pipeline.output.media import MediaError, check_duration
 from kling_pipeline.plan.inputs import rendered_video
 from kling_pipeline.remote.session import RemoteSession
 from kling_pipeline.remote.store import IndexEntry
-from kling_pipeline.remote.transfer import each
+from kling_pipeline.remote.transfer import BadBytes, each, fetched
 from kling_pipeline.state.cache import CachedResult, Store
 from kling_pipeline.state.lockfile import IN_FLIGHT, LockFile, Output
 
@@ -107,9 +107,13 @@ def fill_from_remote(session: RemoteSession, store: Store, lock: LockFile,
         if not wants:
             return fill
         on_event(Note(f"taking {len(wants)} video(s) from the remote {fill.remote}"))
-        before = len(fill.taken)
-        each(wants, functools.partial(_take, remote, store, fill, on_event), jobs)
-        if len(fill.taken) == before:
+        taken: list[tuple[_Want, Output]] = []
+        each(wants, functools.partial(_take, remote, store, fill, on_event, taken), jobs)
+        # by request key, in one transaction: the next round's keys are made from these
+        store.record_many((want.key, CachedResult(output, want.task_id, want.endpoint))
+                          for want, output in taken)
+        fill.taken.update((want.key, want.shot_ids) for want, _ in taken)
+        if not taken:
             return fill
 
 
@@ -205,40 +209,29 @@ def _disagrees(entry: IndexEntry | None, shot: ShotRequest) -> str:
 
 
 def _take(remote: RemoteStore, store: Store, fill: RemoteFill, on_event: OnEvent,
-          want: _Want) -> None:
-    """Download one object, prove it (its sha256, and for an index entry its decoded
-    duration), and put it in the store under its request key."""
-    label = want.shot_ids[0] + (f" (+{len(want.shot_ids) - 1})" if len(want.shot_ids) > 1
-                                else "")
-    sha = want.output.sha256
+          taken: list[tuple[_Want, Output]], want: _Want) -> None:
+    """Download one object and prove it (its sha256, and for an index entry its decoded
+    duration) into the store; added to `taken` as it is, or refused."""
+    label = label_of(want.shot_ids)
     on_event(ShotUpdate(label, "downloading", note="from the remote"))
-    temp = store.temp_file()
+    duration = want.output.duration
     try:
-        try:
-            digest = remote.get_object(sha, temp, want.output.size)
-        except RemoteError as exc:
-            _refuse(fill, want, f"{exc.detail or exc}", on_event, label, fallback=True)
-            return
-        if digest != sha:
-            _refuse(fill, want, f"{remote.object_path(sha)}: its bytes hash to {digest}, not "
-                                "to its name; refused, not used", on_event, label,
-                    fallback=True)
-            return
-        duration = want.output.duration
-        if want.duration is not None:
-            try:
+        with fetched(remote, store, want.output) as temp:
+            if want.duration is not None:
                 duration = round(check_duration(temp, want.duration), 3)
-            except MediaError as exc:
-                _refuse(fill, want, f"{remote.object_path(sha)}, named by the index entry "
-                                    f"{want.key[:12]}: {exc}; refused, not used", on_event,
-                        label, fallback=False)
-                return
-        store.ingest(temp, sha)
-    finally:
-        temp.unlink(missing_ok=True)
-    output = Output(sha, want.output.size, duration)
-    store.record(want.key, CachedResult(output, want.task_id, want.endpoint))
-    fill.taken[want.key] = want.shot_ids
+            store.ingest(temp, want.output.sha256)
+    except RemoteError as exc:
+        _refuse(fill, want, f"{exc.detail or exc}", on_event, label, fallback=True)
+        return
+    except BadBytes as exc:
+        _refuse(fill, want, f"{exc}; refused, not used", on_event, label, fallback=True)
+        return
+    except MediaError as exc:
+        _refuse(fill, want, f"{remote.object_path(want.output.sha256)}, named by the index "
+                            f"entry {want.key[:12]}: {exc}; refused, not used", on_event,
+                label, fallback=False)
+        return
+    taken.append((want, Output(want.output.sha256, want.output.size, duration)))
     on_event(ShotUpdate(label, "taken", note="from the remote, verified"))
 
 

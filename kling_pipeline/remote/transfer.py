@@ -10,13 +10,15 @@ with nothing missing locally asks the remote nothing at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from kling_pipeline.errors import RemoteError
-from kling_pipeline.events import OnEvent, ShotUpdate
+from kling_pipeline.events import OnEvent, ShotUpdate, label_of
 from kling_pipeline.fsutil import sha256_file
 from kling_pipeline.remote.store import RemoteStore, index_entry
 from kling_pipeline.state.cache import CachedResult, Store
@@ -39,8 +41,7 @@ class Video:
 
     @property
     def label(self) -> str:
-        more = len(self.shot_ids) - 1
-        return self.shot_ids[0] + (f" (+{more})" if more else "")
+        return label_of(self.shot_ids)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,27 @@ def referenced(lock: LockFile) -> list[Video]:
         ids.append(shot_id)
         entries.append(entry)
     return [Video(output, tuple(ids), tuple(entries)) for output, ids, entries in found.values()]
+
+
+class BadBytes(Exception):
+    """A downloaded object whose bytes do not hash to its name (the text says so)."""
+
+
+@contextmanager
+def fetched(remote: RemoteStore, store: Store, output: Output) -> Iterator[Path]:
+    """The object of `output`, downloaded into the store's tmp/ and hashed on the way, for
+    the caller to check further and move into the store (`store.ingest`); deleted after
+    unless moved. RemoteError when the download fails, BadBytes when the bytes are not the
+    ones its name says: such a file never enters the store."""
+    temp = store.temp_file()
+    try:
+        digest = remote.get_object(output.sha256, temp, output.size)
+        if digest != output.sha256:
+            raise BadBytes(f"{remote.object_path(output.sha256)}: its bytes hash to {digest}, "
+                           "not to its name")
+        yield temp
+    finally:
+        temp.unlink(missing_ok=True)  # gone already when it was moved into the store
 
 
 def each(items: Iterable[_T], work: Callable[[_T], None], jobs: int) -> None:
@@ -180,23 +202,17 @@ def pull(open_remote: Callable[[], RemoteStore], store: Store, lock: LockFile, *
     def download(video: Video) -> None:
         sha = video.output.sha256
         on_event(ShotUpdate(video.label, "downloading"))
-        temp = store.temp_file()
         try:
-            try:
-                digest = remote.get_object(sha, temp, video.output.size)
-            except RemoteError as exc:
-                failed.append(Problem(sha, video.shot_ids, exc.detail or str(exc)))
-                on_event(ShotUpdate(video.label, "failed", note=exc.detail or str(exc)))
-                return
-            if digest != sha:
-                reason = (f"{remote.object_path(sha)}: its bytes hash to {digest}, not to "
-                          "its name; refused, not used")
-                refused.append(Problem(sha, video.shot_ids, reason))
-                on_event(ShotUpdate(video.label, "refused", note="bytes do not match the name"))
-                return
-            store.ingest(temp, sha)
-        finally:
-            temp.unlink(missing_ok=True)
+            with fetched(remote, store, video.output) as temp:
+                store.ingest(temp, sha)
+        except RemoteError as exc:
+            failed.append(Problem(sha, video.shot_ids, exc.detail or str(exc)))
+            on_event(ShotUpdate(video.label, "failed", note=exc.detail or str(exc)))
+            return
+        except BadBytes as exc:
+            refused.append(Problem(sha, video.shot_ids, f"{exc}; refused, not used"))
+            on_event(ShotUpdate(video.label, "refused", note="bytes do not match the name"))
+            return
         downloaded.append(video)
         on_stored(video)
         on_event(ShotUpdate(video.label, "downloaded"))
