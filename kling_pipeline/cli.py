@@ -513,8 +513,7 @@ def status(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json
               metavar="[URL]", help="The remote's objects instead of the cache: --remote alone "
               "is $KLING_PIPELINE_REMOTE, else the storyboard's remote: (put it after "
               "STORYBOARD).")
-@click.option("--remote-endpoint-url", metavar="URL",
-              help="An S3-compatible server for an s3:// remote (MinIO, R2, ...).")
+@remote_endpoint_option
 @var_option
 def gc(storyboard: Path, cache_dir: Path | None, force: bool, lock_timeout: str,
        simulate: bool, remote: str | None, remote_endpoint_url: str | None,
