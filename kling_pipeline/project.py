@@ -452,8 +452,9 @@ class Project:
                                        on_event=on_event, on_done=folder.place_job,
                                        cancel=cancel, transport=transport, resolver=resolver,
                                        claimer=claimer, on_stored=None if publisher is None else (
-                                           lambda job, output: publisher.publish(
-                                               job.key, output, job.task_id, job.endpoint)))
+                                           lambda job, output, followed: publisher.publish(
+                                               job.key, output, job.task_id, job.endpoint,
+                                               maybe_there=followed)))
                     if publisher is not None:  # the last uploads: skipped after a stop
                         run.published = publisher.close(wait=not run.interrupted)
                 else:  # nothing to ask the API: no event loop, no HTTP client (settle.py)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from kling_pipeline.errors import RemoteError
 from kling_pipeline.remote.session import RemoteSession
 from kling_pipeline.remote.store import IndexEntry, RemoteStore
 from kling_pipeline.state.cache import Store
 from kling_pipeline.state.lockfile import Output
+
+Pushed = Literal["pushed", "there", "failed"]  # how one upload ended
 
 
 @dataclass(frozen=True)
@@ -35,42 +38,41 @@ class Publisher:
         self.session = session
         self.store = store
         self._pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="push")
-        self._futures: list[Future[bool]] = []
+        self._futures: list[Future[Pushed]] = []
         self._failed = 0
 
-    def publish(self, key: str, output: Output, task_id: str | None, endpoint: str) -> None:
-        """Queue the upload of a stored video and its entry; returns at once."""
+    def publish(self, key: str, output: Output, task_id: str | None, endpoint: str, *,
+                maybe_there: bool = False) -> None:
+        """Queue the upload of a stored video and its entry; returns at once. `maybe_there`:
+        another machine made the task (this run followed its claim) and has likely pushed
+        the video already: it is looked for first (two small requests, not an upload)."""
         if self.session.down:
-            self._failed += 1
-        else:
-            self._futures.append(self._pool.submit(self._push, key, output,
-                                                   IndexEntry(output.sha256, output.size,
-                                                              output.duration, task_id,
-                                                              endpoint)))
+            self._failed += 1  # said once by the session; push sends it later
+            return
+        entry = IndexEntry(output.sha256, output.size, output.duration, task_id, endpoint)
+        self._futures.append(self._pool.submit(self._push, key, output, entry, maybe_there))
 
-    def _push(self, key: str, output: Output, entry: IndexEntry) -> bool:
+    def _push(self, key: str, output: Output, entry: IndexEntry, maybe_there: bool) -> Pushed:
         if self.session.down:
-            return False
+            return "failed"
         try:
             remote = self.session.open()
-            if _there(remote, key, entry):
-                return False  # another machine pushed it (it made the task this run followed)
+            if maybe_there and _there(remote, key, entry):
+                return "there"
             remote.put_object(self.store.object_path(output.sha256), output.sha256)
             remote.put_index(key, entry)
         except RemoteError as exc:
             self.session.give_up(exc, "the videos of this run stay in the local store "
                                       "(push sends them later)")
-            self._failed += 1
-            return False
-        return True
+            return "failed"
+        return "pushed"
 
     def close(self, *, wait: bool = True) -> Published:
         """Wait for the uploads under way (`wait=False`: drop those not started)."""
         self._pool.shutdown(wait=True, cancel_futures=not wait)
-        done = sum(1 for future in self._futures
-                   if not future.cancelled() and future.exception() is None and future.result())
-        dropped = sum(1 for future in self._futures if future.cancelled())
-        return Published(done, self._failed + dropped)
+        ends = [future.result() if not future.cancelled() and future.exception() is None
+                else "failed" for future in self._futures]
+        return Published(ends.count("pushed"), self._failed + ends.count("failed"))
 
 
 def _there(remote: RemoteStore, key: str, entry: IndexEntry) -> bool:

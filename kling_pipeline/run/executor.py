@@ -108,11 +108,13 @@ class Executor:
                  options: RunOptions, reporter: Reporter,
                  on_done: Callable[[Job, Output], None] = lambda job, output: None,
                  rng: random.Random | None = None, resolver: Resolver | None = None,
-                 on_stored: Callable[[Job, Output], None] | None = None,
+                 on_stored: Callable[[Job, Output, bool], None] | None = None,
                  claimer: Claimer | None = None) -> None:
         self.client = client
         self.claimer = claimer  # claims in a remote: no two machines pay for one key
-        self.on_stored = on_stored  # a video downloaded and recorded (pushed to a remote)
+        # A video downloaded and recorded (pushed to a remote); True: its task was another
+        # machine's (followed from its claim), which has likely pushed it already.
+        self.on_stored = on_stored
         self.resolver = resolver  # for jobs that wait for frames of other shots
         self.ledger = Ledger(keeper)  # every lock entry the run writes is decided there
         self.store = store
@@ -604,7 +606,7 @@ class Executor:
             if job.removed_ids:  # paid, now safe in the store: the removed shots leave the lock
                 await self.ledger.forget(job.removed_ids)
             if self.on_stored is not None:
-                self.on_stored(job, output)
+                self.on_stored(job, output, job.key in self._followed)
             self.on_done(job, output)
             note = (f"submitted by {self._followed[job.key]}; this run followed its task"
                     if job.key in self._followed else "")

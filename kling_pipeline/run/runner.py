@@ -56,7 +56,7 @@ async def _run(jobs: list[Job], base_url: str | None, api_key: str | None, keepe
                on_done: Callable[[Job, str], None], cancel: CancelToken,
                transport: httpx.AsyncBaseTransport | None,
                resolver: Resolver | None = None,
-               on_stored: Callable[[Job, Output], None] | None = None,
+               on_stored: Callable[[Job, Output, bool], None] | None = None,
                claimer: Claimer | None = None) -> RunReport:
     async with contextlib.AsyncExitStack() as stack:
         client = None
@@ -99,7 +99,7 @@ def run_jobs(jobs: list[Job], *, base_url: str | None, api_key: str | None,
              on_done: Callable[[Job, str], None], cancel: CancelToken | None = None,
              transport: httpx.AsyncBaseTransport | None = None,
              resolver: Resolver | None = None,
-             on_stored: Callable[[Job, Output], None] | None = None,
+             on_stored: Callable[[Job, Output, bool], None] | None = None,
              claimer: Claimer | None = None) -> RunReport:
     """Run the jobs to the end (or to a stop); every state change is already in the lock.
     `resolver` makes exact the keys of jobs that wait for frames of other shots;
