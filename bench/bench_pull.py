@@ -48,7 +48,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ from typing import TYPE_CHECKING
 import av
 from bench_apply import DURATION, write_board
 from bench_finalcut import _pull_all, _source
-from bench_startup import child_env
+from bench_startup import ENV, child_env, run
 
 if TYPE_CHECKING:
     from support.s3_server import S3Server
@@ -175,21 +174,6 @@ def clone(board: Path, folder: Path) -> Path:
     for name in (board.name, board.with_suffix(".lock.json").name):
         shutil.copyfile(board.with_name(name), folder / name)
     return folder / board.name
-
-
-ENV: dict[str, str] = {}
-
-
-def run(argv: list[str], cwd: Path) -> float:
-    """Wall seconds of one child process; its failure stops the bench (a broken fixture)."""
-    start = time.perf_counter()
-    done = subprocess.run(argv, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:4])} ... exited {done.returncode}:\n"
-                         f"{done.stderr.decode()[-3000:]}")
-    return wall
 
 
 def tool(command: str, board: Path, *args: str) -> list[str]:

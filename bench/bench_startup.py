@@ -119,8 +119,8 @@ def run(argv: list[str], cwd: Path) -> float:
                           stderr=subprocess.PIPE, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n"
-                         f"{done.stderr.decode()[-2000:]}")
+        raise SystemExit(f"{' '.join(argv[:4])} ... exited {done.returncode}:\n"
+                         f"{done.stderr.decode()[-3000:]}")
     return wall
 
 
