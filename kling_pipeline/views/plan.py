@@ -50,10 +50,11 @@ def money(value: float) -> str:
 
 
 def summary_line(plan: Plan) -> str:
-    parts = [f"{plan.count('create')} to add", f"{plan.count('update')} to change",
-             f"{plan.count('noop', 'reuse')} unchanged" + (
-                 f" ({remote} from the remote)" if (remote := sum(
-                     1 for item in plan.items if item.from_remote)) else ""),
+    unchanged = f"{plan.count('noop', 'reuse')} unchanged"
+    from_remote = sum(1 for item in plan.items if item.from_remote)
+    if from_remote:
+        unchanged += f" ({from_remote} from the remote)"
+    parts = [f"{plan.count('create')} to add", f"{plan.count('update')} to change", unchanged,
              f"{plan.count('inflight')} in flight",
              f"{plan.count('remove')} to remove"]
     if plan.count("failed"):
