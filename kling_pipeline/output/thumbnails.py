@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kling_pipeline.fsutil import atomic_write_bytes
-from kling_pipeline.output.media import MediaError
+from kling_pipeline.output.media import MediaError, open_unprobed
 
 THUMB_WIDTH = 480  # px; sharp at the page's card width on a high-density screen
 _JPEG_QUALITY = 85
@@ -19,13 +19,13 @@ _JPEG_QUALITY = 85
 
 def write_thumbnail(video: Path, dest: Path, *, width: int = THUMB_WIDTH) -> tuple[int, int]:
     """Save a JPEG of the frame at the middle of `video` to `dest` (atomically); the video's
-    width and height. One open of the file, and FFmpeg's scaler straight to the thumbnail's
-    size (a full-size picture, then Pillow's resize, took 3x as long: 200 of them were most
-    of a pull's time)."""
-    import av
-
+    width and height. One open of the file, without FFmpeg's probe, and FFmpeg's scaler
+    straight to the thumbnail's size (a probed open, then a full-size picture resized by
+    Pillow, took 5x as long: 200 of them were most of a pull's time). Not fsynced: a
+    thumbnail is made again from its video, and the folder's stamp of its size tells one a
+    power cut left empty."""
     try:
-        with av.open(str(video)) as container:
+        with open_unprobed(video) as container:
             stream = container.streams.video[0]
             size = (stream.codec_context.width, stream.codec_context.height)
             frame = _middle_frame(container, stream)
@@ -40,7 +40,7 @@ def write_thumbnail(video: Path, dest: Path, *, width: int = THUMB_WIDTH) -> tup
         raise MediaError(f"{video}: no frame could be read for a thumbnail ({exc})") from exc
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=_JPEG_QUALITY, optimize=True)
-    atomic_write_bytes(dest, buffer.getvalue())
+    atomic_write_bytes(dest, buffer.getvalue(), durable=False)
     return size
 
 
