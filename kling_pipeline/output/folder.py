@@ -173,6 +173,8 @@ class OutputFolder:
         # Thumbnails made while the run goes on, by video file name: (its sha256, (w, h)).
         self._early: dict[str, tuple[str, Future[tuple[int, int]]]] = {}
         self._thumbnailer: ThreadPoolExecutor | None = None
+        # Thumbnails this sync keeps as they are, by video file name: the old record.
+        self._kept: dict[str, ManifestShot] = {}
         self._placing = threading.Lock()  # `place` is called from a pull's threads too
         self.stamps = FolderStamps(out_dir, store.root)
 
@@ -204,11 +206,32 @@ class OutputFolder:
                 self._place_video(name, sha256)
                 if not thumbnail:
                     continue
-                if self._thumbnailer is None:
-                    self._thumbnailer = ThreadPoolExecutor(
-                        min(2, os.cpu_count() or 1), thread_name_prefix="thumbnails")
-                video, thumb = self.out_dir / SHOTS / name, self.out_dir / _thumb_of(name)
-                self._early[name] = (sha256, self._thumbnailer.submit(_thumbnail, video, thumb))
+                self._start_thumbnail(name, sha256, self.out_dir / SHOTS / name)
+
+    def _start_thumbnail(self, name: str, sha256: str, video: Path) -> None:
+        """Make the thumbnail of `video` (the video `name` shows) in a worker thread."""
+        if self._thumbnailer is None:
+            self._thumbnailer = ThreadPoolExecutor(
+                min(2, os.cpu_count() or 1), thread_name_prefix="thumbnails")
+        thumb = self.out_dir / _thumb_of(name)
+        self._early[name] = (sha256, self._thumbnailer.submit(_thumbnail, video, thumb))
+
+    def _start_thumbnails(self, lock: LockFile, known: dict[str, ManifestShot]) -> None:
+        """Start, in the worker threads, each thumbnail this sync must make that the run did
+        not start already (a pull whose videos were all in the store, a folder deleted by
+        hand): 200 made one after another in `_shot` were most of such a sync. Which ones
+        are kept is decided here, once, for `_video` (a stat each of 10,000 shots)."""
+        for shot in self.shots:
+            output = rendered_output(shot, lock.shots.get(shot.id))
+            name = self.names[shot.id]
+            if output is None or not self.store.has_object(output):
+                continue
+            kept = self._kept_thumbnail(name, output.sha256, known)
+            if kept is not None:
+                self._kept[name] = kept
+            elif name not in self._early:
+                self._start_thumbnail(name, output.sha256,
+                                      self.store.object_path(output.sha256))
 
     def sync(self, lock: LockFile, *, build_final: bool = True,
              notify: Callable[[str], None] | None = None,
@@ -235,12 +258,14 @@ class OutputFolder:
         problems: list[str] = []
         checkpoint(SHOTS)
         try:
+            self._start_thumbnails(lock, known)
             shots = [self._shot(position, shot, lock.shots.get(shot.id), known, reusable,
                                 problems) for position, shot in enumerate(self.shots, 1)]
         finally:
             if self._thumbnailer is not None:
                 self._thumbnailer.shutdown(wait=True, cancel_futures=True)
                 self._thumbnailer = None
+            self._kept.clear()
         if previous is None:  # claim the folder before its first page or cut
             checkpoint(f"{MANIFEST} (claim)")
             self._write_manifest(self._manifest(None, shots))
@@ -350,7 +375,7 @@ class OutputFolder:
         multi = shot.body.get("multi_prompt")
         current = entry is not None and entry.key == shot.key
         output = rendered_output(shot, entry)
-        video = self._video(shot, output, known, problems) if output is not None else {}
+        video = self._video(shot, output, problems) if output is not None else {}
         status = shot_status(shot, entry)
         task_id = entry.task_id if entry is not None and current else None
         # a video the lock names but the store lost says so in its own words
@@ -402,8 +427,7 @@ class OutputFolder:
         self.stamps.record(relative, sha256)
         return relative
 
-    def _video(self, shot: ShotRequest, output: Output, known: dict[str, ManifestShot],
-               problems: list[str]) -> dict[str, Any]:
+    def _video(self, shot: ShotRequest, output: Output, problems: list[str]) -> dict[str, Any]:
         """The fields of a done shot's video, linked into `shots/` with its thumbnail."""
         if not self.store.has_object(output):
             return {"error": "the video is not in the local cache: run apply again to fetch "
@@ -413,9 +437,8 @@ class OutputFolder:
         fields: dict[str, Any] = {"file": f"{SHOTS}/{name}", "duration": output.duration,
                                   "size": output.size, "sha256": output.sha256}
         thumb = _thumb_of(name)
-        old = known.get(fields["file"])
-        if (old is not None and old.sha256 == output.sha256 and old.thumbnail == thumb
-                and old.width and old.height and self._thumb_intact(thumb, output.sha256)):
+        old = self._kept.get(name)
+        if old is not None:
             # its start in the cut, as last time: checked (and set anew) by _with_starts
             return {**fields, "thumbnail": thumb, "width": old.width, "height": old.height,
                     "start": old.start}
@@ -430,6 +453,17 @@ class OutputFolder:
             return fields
         self.stamps.record(thumb, output.sha256)
         return {**fields, "thumbnail": thumb, "width": width, "height": height}
+
+    def _kept_thumbnail(self, name: str, sha256: str,
+                        known: dict[str, ManifestShot]) -> ManifestShot | None:
+        """Last sync's record of video `name` when its thumbnail is of this very video and
+        still there as it was made; else None (it is made again)."""
+        old = known.get(f"{SHOTS}/{name}")
+        thumb = _thumb_of(name)
+        if (old is not None and old.sha256 == sha256 and old.thumbnail == thumb
+                and old.width and old.height and self._thumb_intact(thumb, sha256)):
+            return old
+        return None
 
     def _thumb_intact(self, thumb: str, sha256: str) -> bool:
         """The thumbnail of this video is there: its stamp holds, or (made before stamps were
