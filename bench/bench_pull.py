@@ -28,6 +28,10 @@ Each runs once untimed first. The headline ratio is pull / floor: what a person 
 The children get a bytecode cache in the work folder (PYTHONPYCACHEPREFIX), as an installed
 package has, unless --no-bytecode-cache (see bench_startup.py).
 
+With `--link MB_PER_S`, the floor and the pull run again (in alternating order, median of
+`--runs`) with every answer's body sent through one shared wire of that speed: a real
+remote's case, where the downloads wait on the network rather than on these two cores.
+
 No-op: a project of M shots (default 1,000), each with a small clip of its own (M distinct
 objects), pushed once; then `push` (every video already there) and `pull` twice (every video
 in the store; the first makes the output folder, the second finds it made), each a child
@@ -36,7 +40,7 @@ process whose requests to the server are counted.
 Usage:
   .venv/bin/python bench/bench_pull.py [--videos 200] [--megabytes 2] [--jobs 8] [--runs 5]
                                        [--noop-shots 1000] [--skip transfer|noop] [--keep DIR]
-                                       [--no-bytecode-cache]
+                                       [--link MB_PER_S] [--no-bytecode-cache]
 """
 
 from __future__ import annotations
@@ -252,8 +256,37 @@ def bench_transfer(s3: S3Server, work: Path, args: argparse.Namespace) -> None:
             requests[name].add(len(s3.since(first)))
         print(f"run {number + 1}: " + ", ".join(
             f"{name} {samples[name][-1]:.2f} s" for name in children))
-    shutil.rmtree(scratch, ignore_errors=True)
     report_transfer(medians(samples), samples, requests, len(sizes), args)
+    if args.link:
+        bench_link(s3, work, {"floor": floor, "pull": pull}, args)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def bench_link(s3: S3Server, work: Path, children: dict[str, Callable[[], list[str]]],
+               args: argparse.Namespace) -> None:
+    """The floor and the pull again, every answer's body through one wire of `--link` MB/s
+    (tests/support/s3_server.Link): a real remote's case, where the downloads wait on the
+    network and the pull's other work can go on meanwhile."""
+    from support.s3_server import Link
+
+    s3.link = Link(args.link * 1e6)
+    try:
+        samples: dict[str, list[float]] = {name: [] for name in children}
+        for number in range(args.runs):
+            names = list(children)
+            names = names[number % 2:] + names[:number % 2]
+            for name in names:
+                samples[name].append(run(children[name](), work))
+            print(f"link run {number + 1}: " + ", ".join(
+                f"{name} {samples[name][-1]:.2f} s" for name in children))
+    finally:
+        s3.link = None
+    median = medians(samples)
+    print(f"\nover a {args.link:g} MB/s link, median of {args.runs} runs (range)")
+    for name in samples:
+        print(f"  {name:<9} {median[name]:>9.2f} {median[name] / median['floor']:>8.2f}  "
+              f"{min(samples[name]):.2f}-{max(samples[name]):.2f}")
+    print(f"pull / floor over the link = {median['pull'] / median['floor']:.2f}")
 
 
 def report_transfer(median: dict[str, float], samples: dict[str, list[float]],
@@ -320,6 +353,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--noop-shots", type=int, default=1000)
     parser.add_argument("--skip", choices=("transfer", "noop"), help="leave one part out")
+    parser.add_argument("--link", type=float, metavar="MB_PER_S",
+                        help="then the floor and the pull again over a wire of this speed")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
     parser.add_argument("--no-bytecode-cache", action="store_true",
                         help="let the children compile from source if the shell says so")

@@ -9,6 +9,9 @@ lost answer).
 Off unless a test asks (`S3Server.hold`): an `S3Hold` stops chosen requests at a moment the
 test picks (applied to moto but not yet answered, or not yet applied) and tells it they got
 there, so that a test can kill -9 a client process between two requests of its own.
+
+Off unless a bench asks (`S3Server.link`): a `Link` sends every answer's body through one
+wire of a given speed, as a real remote's network would.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +44,7 @@ class S3Server:
     lost_answers: int = 0
     _conditional: threading.Lock = field(default_factory=threading.Lock)
     holds: list[S3Hold] = field(default_factory=list)  # none unless a test asks (`hold`)
+    link: Link | None = None  # answers' bodies go through it when set (a bench's real wire)
 
     def count(self) -> int:
         with self._lock:
@@ -132,6 +137,34 @@ class S3Hold:
         return self._dropped
 
 
+@dataclass
+class Link:
+    """One wire of `rate` bytes a second that every answer's body shares, as a real remote's
+    link does (loopback has none: a client there is bound by its CPU, not the network). A
+    body goes out 64 kB at a time, each piece when the wire is free for it."""
+
+    rate: float
+    _free_at: float = 0.0  # time.monotonic() when the wire has sent what it was given
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def carry(self, body: Iterable[bytes]) -> Iterator[bytes]:
+        try:
+            for chunk in body:
+                for start in range(0, len(chunk), 1 << 16):
+                    piece = chunk[start:start + (1 << 16)]
+                    with self._lock:
+                        now = time.monotonic()
+                        self._free_at = max(self._free_at, now) + len(piece) / self.rate
+                        wait = self._free_at - now
+                    if wait > 0:
+                        time.sleep(wait)
+                    yield piece
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+
 def _s3_error(start_response: Any, status: str, code: str, message: str) -> list[bytes]:
     body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
             f"<Message>{message}</Message></Error>").encode()
@@ -209,8 +242,10 @@ def _counting(app: Any, server: S3Server) -> Callable[..., Iterable[bytes]]:
         conditional = "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ
         holds = server._holding(method, path, conditional) if server.holds else []
         if holds:
-            return _held(app, server, holds, environ, start_response)
-        return _serve(app, server, environ, start_response)
+            body = _held(app, server, holds, environ, start_response)
+        else:
+            body = _serve(app, server, environ, start_response)
+        return body if server.link is None else server.link.carry(body)
 
     return wrapped
 
