@@ -34,8 +34,8 @@ def write_thumbnail(video: Path, dest: Path, *, width: int = THUMB_WIDTH) -> tup
                 frame = frame.reformat(width=width, height=height, format="rgb24",
                                        interpolation="AREA")
             image = frame.to_image()
-    except MediaError:
-        raise
+    except MediaError as exc:
+        raise MediaError(f"{video}: {exc}") from exc
     except Exception as exc:  # PyAV raises many kinds on bad bytes; none may escape raw
         raise MediaError(f"{video}: no frame could be read for a thumbnail ({exc})") from exc
     buffer = io.BytesIO()

@@ -227,9 +227,6 @@ def test_a_file_with_no_frame_data_raises_media_error(tmp_path: Path, thumbs: Pa
     assert os.listdir(thumbs) == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="suspected bug: _middle_frame's MediaError is re-raised as it is, "
-                          "without the video's name that every other failure carries")
 def test_a_file_with_no_frame_data_names_the_file(tmp_path: Path, thumbs: Path) -> None:
     video = _cut_before_packet(_ramp(tmp_path / "ramp.mp4", 24), tmp_path / "cut.mp4", 0)
     with pytest.raises(MediaError) as raised:
