@@ -33,9 +33,10 @@ and a lost race that reads back our own nonce is a win.
 
 A claim made just before a POST, whose holder died before it knew a task id, expires
 DEFAULT_EXPIRY (600 s) after its `claimed_at`. That must exceed the longest single POST
-attempt, which the API client's timeouts bound (connect 10 + write 120 + read 60 s = 190 s;
-each is per network operation, so a server dripping its answer can stretch it), with margin
-for the moments between the claim and the POST and for clocks: machines are assumed to be
+attempt, which the API client bounds as a whole (run/apiclient.SUBMIT_CEILING, 300 s: a free
+connection, the body and the answer; httpx's own timeouts are per network operation, so a
+server dripping its answer could stretch them), with margin for the moments between the claim
+and the POST and for clocks: machines are assumed to be
 NTP-close (the expiry compares this machine's clock with the claimer's). A holder that waits
 between two attempts (a 429) supersedes its own claim before the next one, which gives it a
 fresh `claimed_at` atomically. A claim that holds a task id, or is `unknown`, never expires.

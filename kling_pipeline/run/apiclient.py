@@ -14,6 +14,12 @@ whether a retry could pay twice. What an answer means follows api-notes' error t
 - `TaskNotFound`: the provider does not know the task id.
 - `Transient`: a read (task-result, download) that failed and may be tried again.
 
+One POST attempt, whole (a free connection, sending, the answer), lasts at most
+SUBMIT_CEILING: httpx's timeouts are per network operation, so a server dripping its answer a
+byte at a time could stretch one attempt without end, past the expiry of the claim that lets
+this machine alone pay for the key (remote/claims.py). Past the ceiling, an attempt whose body
+had not started is NotAccepted, one whose body had is Ambiguous.
+
 `submit` calls its `on_send` callback at the moment the request's body is about to be written
 to the socket (httpcore's trace extension), and the body follows it with no loop turn between,
 so the caller can record "sent" exactly: a submit stopped before that moment provably paid
@@ -25,6 +31,7 @@ URL, and never into an exception message.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import math
@@ -236,11 +243,17 @@ def _cause(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# Seconds one POST attempt may last in all; well below the claims' DEFAULT_EXPIRY (600 s).
+SUBMIT_CEILING = 300.0
+
+
 class KlingClient:
     """Submit, ask for results, download; one request per call, classified."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, base_url: str, api_key: str, *,
+                 submit_ceiling: float = SUBMIT_CEILING) -> None:
         self._http = http
+        self._submit_ceiling = submit_ceiling
         self._base = base_url.rstrip("/")
         self._auth = _Bearer(api_key)
 
@@ -267,7 +280,14 @@ class KlingClient:
                                                extensions={"trace": sending.trace})
             if not traced:
                 sending.fire()
-            response = await self._http.send(request, auth=self._auth)
+            async with asyncio.timeout(self._submit_ceiling):
+                response = await self._http.send(request, auth=self._auth)
+        except TimeoutError as exc:  # the whole attempt's ceiling (httpx's own are not these)
+            if sending.fired:
+                raise Ambiguous(f"no answer within {self._submit_ceiling:g} s",
+                                reason="SUBMIT_CEILING") from exc
+            raise NotAccepted(f"not sent within {self._submit_ceiling:g} s (no connection "
+                              "was free)", reason="SUBMIT_CEILING") from exc
         except _CONNECT_ERRORS as exc:
             raise Unreachable(f"could not connect to {self._base} ({_cause(exc)})",
                               reason=type(exc).__name__) from exc

@@ -87,7 +87,7 @@ async def _client(base_url: str, api_key: str, options: RunOptions,
 
     size = options.jobs * 2 + 4
     async with httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=10.0, read=60.0, write=120.0, pool=None),
+            timeout=httpx.Timeout(connect=10.0, read=60.0, write=120.0, pool=60.0),
             limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
             headers={"User-Agent": f"kling-pipeline/{__version__}"},
             transport=transport) as http:

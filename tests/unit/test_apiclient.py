@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gzip
 import hashlib
@@ -370,6 +371,92 @@ def test_a_connection_lost_before_the_body_left_is_not_ambiguous(
     assert type(exc) is (Ambiguous if body_started else NotAccepted)
     assert sent == ([True] if body_started else [])
     assert exc.__cause__ is failure
+
+
+
+class SilentServer:
+    """A loopback server that takes every connection and the request on it, and never answers
+    (a provider that is stuck, or drips its answer slower than any timeout notices)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        self.received = threading.Event()  # some request bytes came in
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                self.received.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.connections:
+            conn.close()
+
+
+def test_a_post_without_an_answer_within_the_ceiling_is_ambiguous() -> None:
+    """The body left and no answer came within the ceiling: a task may exist (Ambiguous),
+    and the attempt ends there instead of outlasting the claim of its key."""
+    server = SilentServer()
+    sent: list[bool] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            client = KlingClient(http, server.url, KEY, submit_ceiling=0.3)
+            await client.submit(SLUG, BODY, on_send=lambda: sent.append(True))
+
+    started = time.monotonic()
+    try:
+        exc = raised(lambda: asyncio.run(main()))
+    finally:
+        server.close()
+    assert type(exc) is Ambiguous and exc.reason == "SUBMIT_CEILING"
+    assert "no answer within 0.3 s" in str(exc)
+    assert sent == [True] and server.received.is_set()
+    assert time.monotonic() - started < 5
+
+
+def test_a_post_that_waits_past_the_ceiling_for_a_connection_is_not_accepted() -> None:
+    """The only connection is taken (by a POST waiting for its answer): the next POST waits
+    for it, and at the ceiling ends without its body ever leaving: NotAccepted, may be sent
+    again, and its `on_send` never ran."""
+    server = SilentServer()
+    first: list[bool] = []
+    second: list[bool] = []
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as http:
+            holder = asyncio.create_task(KlingClient(http, server.url, KEY, submit_ceiling=2.0)
+                                         .submit(SLUG, BODY, on_send=lambda: first.append(True)))
+            while not first:  # the first one has the connection and has sent
+                await asyncio.sleep(0.01)
+            waiting = KlingClient(http, server.url, KEY, submit_ceiling=0.3)
+            late = await asyncio.gather(
+                waiting.submit(SLUG, BODY, on_send=lambda: second.append(True)),
+                return_exceptions=True)
+            held = await asyncio.gather(holder, return_exceptions=True)
+            return late[0], held[0]
+
+    try:
+        late, held = asyncio.run(main())
+    finally:
+        server.close()
+    assert type(late) is NotAccepted and late.reason == "SUBMIT_CEILING", late
+    assert "not sent within 0.3 s" in str(late)
+    assert second == []
+    assert type(held) is Ambiguous and first == [True]
 
 
 # -- task-result ----------------------------------------------------------------------------------
@@ -772,3 +859,12 @@ def test_a_short_key_is_not_hunted_inside_words() -> None:
         raise AssertionError("no error")
 
     assert "The API key is not valid" in str(asyncio.run(main()))
+
+
+def test_the_ceiling_leaves_the_claims_expiry_a_margin() -> None:
+    """A claim without a task id may be taken over after its expiry: one POST attempt must
+    end well before it (the rest is for the moments around the POST and for clocks)."""
+    from kling_pipeline.remote.claims import DEFAULT_EXPIRY
+    from kling_pipeline.run.apiclient import SUBMIT_CEILING
+
+    assert SUBMIT_CEILING * 2 <= DEFAULT_EXPIRY
