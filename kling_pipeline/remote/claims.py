@@ -16,8 +16,9 @@ The exclusive create, per backend:
 - S3 (s3, s3a): a PUT with `If-None-Match: *` (s3fs `pipe_file(mode="create")`). S3 makes it
   atomic; a 412 means another holder's file is there. A 409 ConditionalRequestConflict (S3's
   answer when another conditional write of the name is in flight) is asked again, briefly.
-  An S3-compatible server that ignores the header would overwrite silently: the tool cannot
-  tell, so such a server (an old MinIO, ...) gives no protection.
+  An S3-compatible server that ignores the header (an old MinIO, ...) would overwrite
+  silently, another machine's claim and task id with it: `exclusive_creates_hold` finds that
+  out, once per run before its first claim, and such a run makes no claims (and says so).
 - a folder (file, local): the claim is written whole beside its name, then hard-linked to
   the name (`link` fails when the name exists; readers never see half a claim); where the
   file system has no hard links, `os.open(O_CREAT | O_EXCL)`, one write, fsync. Atomic for
@@ -265,6 +266,21 @@ class Claims:
                 if (found := _CLAIM_FILE.search(path))}
 
     # ---- claiming
+
+    def exclusive_creates_hold(self) -> bool:
+        """Whether the remote refuses a second exclusive create of one name, as claims need:
+        a folder's `link` and S3 do; a server that ignores `If-None-Match` overwrites. Two
+        conditional PUTs of a probe name no claim listing matches, then its delete: three
+        requests, asked once per run that is about to pay (RemoteError when they fail)."""
+        if self._folder:
+            return True
+        path = f"{self.remote.root}/claims/probe/{uuid.uuid4().hex}.json"
+        try:
+            # a fresh name: a first create that "lost" met its own retried PUT (a 412 came)
+            return not (self._create_on_s3(path, b"{}") and self._create_on_s3(path, b"{}"))
+        finally:
+            with contextlib.suppress(Exception):
+                self.remote.fs.rm_file(path)
 
     def claim(self, key: str, *, supersede: Claim | None = None) -> Won | Held:
         """Claim `key` for this holder. Without `supersede`: generation 1, else a generation

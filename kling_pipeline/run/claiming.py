@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kling_pipeline.errors import RemoteError, UsageError
+from kling_pipeline.events import Note
 from kling_pipeline.remote.claims import DEFAULT_EXPIRY, Claim, Claims, Held, Won
 from kling_pipeline.state.lockfile import AMBIGUOUS, IN_FLIGHT, LockEntry, LockFile
 
@@ -90,6 +92,8 @@ class Claimer:
         self.renew = frozenset(renew)
         self.started = claims.clock()
         self.poll = poll
+        self._probe = threading.Lock()
+        self._holds: bool | None = None  # the remote's exclusive creates hold (asked once)
 
     def _off(self, exc: RemoteError) -> Go:
         self.session.give_up(exc, "submitting without claims: another machine applying now "
@@ -101,6 +105,11 @@ class Claimer:
         """May this run POST the request `key`? (`wait(s)` sleeps, True when the run stops.)"""
         if self.session.down:
             return Go(None)
+        try:
+            if not await self._creates_hold():
+                return Go(None)
+        except RemoteError as exc:
+            return self._off(exc)
         while True:
             try:
                 got = await asyncio.to_thread(self.claims.claim, key)
@@ -125,6 +134,24 @@ class Claimer:
             if await wait(self.poll):
                 return Stand("the run stopped while another machine held this request's "
                              "claim")
+
+    async def _creates_hold(self) -> bool:
+        """Once per run, before its first claim: whether the remote's exclusive creates hold.
+        Where they do not, a claim would overwrite another machine's (its task id with it):
+        the run makes none, and says so once."""
+        if self._holds is None:
+            await asyncio.to_thread(self._ask_once)
+        if not self._holds:
+            self.session.note(Note(  # said once: the session keeps what it said
+                f"warning: the remote {self.session.shown} ignores conditional writes "
+                "(If-None-Match): its claims cannot keep two machines from paying for one "
+                "request, so this run submits without them (docs/remote.md)"))
+        return bool(self._holds)
+
+    def _ask_once(self) -> None:
+        with self._probe:  # the first job asks; the others wait for its answer
+            if self._holds is None:
+                self._holds = self.claims.exclusive_creates_hold()
 
     def _supersedes(self, held: Claim, key: str) -> bool:
         """Replace a claim this run may take: its own checkout's from a run that never

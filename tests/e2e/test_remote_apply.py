@@ -307,6 +307,28 @@ def test_a_no_op_apply_asks_the_remote_nothing(s3: S3Server, tmp_path: Path,
     assert s3.since(start) == []
 
 
+def test_a_remote_that_ignores_conditional_writes_is_a_warning_and_makes_no_claims(
+        s3: S3Server, tmp_path: Path, sim: SimClient) -> None:
+    """An S3-compatible server that drops If-None-Match (an old MinIO) would let a claim
+    overwrite another machine's: apply says so once, claims nothing, and still renders,
+    pushes and takes from the remote."""
+    remote = Remote(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3.endpoint, s3)
+    (tmp_path / "a").mkdir()
+    a = write_board(tmp_path / "a", SHOTS[:2])
+    s3.ignores_conditions = True
+    try:
+        result = apply(a, sim.base_url, remote)
+    finally:
+        s3.ignores_conditions = False
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ignores conditional writes (If-None-Match)") == 1
+    assert "submits without them" in result.output
+    assert set(e["status"] for e in lock_of(a).values()) == {"done"}
+    names = remote.names()
+    assert not [name for name in names if name.startswith("claims/")], names
+    assert len([name for name in names if name.startswith("index/")]) == 2, names
+
+
 def test_a_simulated_apply_keeps_its_animatics_apart(tmp_path: Path) -> None:
     """An animatic has the request key of the render it previews: it goes to the remote's
     simulated/ part, where a real apply never looks."""

@@ -338,7 +338,8 @@ def kill_after_claiming(a: Project, remote: Remote) -> set[str]:
     """Start A and hold both its jobs' claims (exclusive creates applied, not yet answered:
     the claims are in the remote, A does not know it won); kill -9 A there. Returns the
     request keys claimed."""
-    creates = remote.s3.hold(S3Hold("PUT", "/claims/", conditional=True))
+    # the first generation of a key's claim (not the probe under claims/probe/ before it)
+    creates = remote.s3.hold(S3Hold("PUT", "/00000001.json", conditional=True))
     child = a.start(*remote.args(), key=key("a"))
     wait_for(lambda: creates.reached == 2, "both of A's jobs to make their claim")
     a.gate.kill_now()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.s3_server import BUCKET, S3Server
 
 from kling_pipeline.events import Event, Note
 from kling_pipeline.remote.claims import Claims
@@ -205,3 +207,35 @@ def test_a_key_rendered_again_on_purpose_supersedes_the_earlier_render(tmp_path:
     clock[0] += timedelta(seconds=30)
     got = asyncio.run(late.before_post(KEY, _never_stops, time.monotonic() + 5))
     assert isinstance(got, Follow) and got.task_id == "new-task" and got.fresh
+
+
+def test_a_remote_whose_creates_are_not_exclusive_gets_no_claims(s3: S3Server) -> None:
+    """On a server that ignores If-None-Match, a claim would overwrite another machine's
+    (its task id with it): the run asks once, makes no claim, says so once, and goes on."""
+    spec = RemoteSpec(f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=s3.endpoint)
+
+    def claims(holder: str) -> Claims:
+        return Claims(RemoteStore(spec), holder, f"host-{holder}")
+
+    a = claims("a")
+    first = _before(_claimer(a))
+    assert isinstance(first, Go) and first.claim is not None
+    asyncio.run(_claimer(a).submitted(first.claim, "task-1"))
+    s3.ignores_conditions = True
+    try:
+        events: list[Event] = []
+        claimer = _claimer(claims("b"), events)
+        start = s3.count()
+
+        async def two_shots() -> list[Go | Follow | Stand]:
+            return [await claimer.before_post(key, _never_stops, time.monotonic() + 5)
+                    for key in (KEY, OTHER)]
+
+        assert asyncio.run(two_shots()) == [Go(None), Go(None)]
+        assert len(s3.since(start)) == 3  # the probe: two PUTs and a DELETE, once
+    finally:
+        s3.ignores_conditions = False
+    notes = [event.text for event in events if isinstance(event, Note)]
+    assert len(notes) == 1 and "ignores conditional writes (If-None-Match)" in notes[0]
+    current = claims("c").current(KEY)
+    assert current is not None and current.task_id == "task-1"  # a's claim is as it was

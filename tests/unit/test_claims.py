@@ -321,3 +321,36 @@ def test_a_folder_claim_is_not_writable_over(tmp_path: Path) -> None:
     backend.write(KEY, 1, b"")
     assert held(backend.claims("ana").claim(KEY)).holder == ""
     assert os.path.getsize(tmp_path / "remote" / "claims" / KEY / "00000001.json") == 0
+
+
+def test_exclusive_creates_hold_on_s3_and_in_a_folder(backend: Backend) -> None:
+    """The probe a run makes before its first claim passes on both backends, and leaves no
+    file in the remote (a folder needs no probe: `link` is exclusive by nature)."""
+    a = backend.claims("ana")
+    start = backend.server.count() if backend.server else 0
+    assert a.exclusive_creates_hold()
+    store = RemoteStore(backend.spec)
+    if backend.server:
+        sent = [request.split(" ")[0] for request in backend.server.since(start)]
+        assert sent == ["PUT", "PUT", "DELETE"], backend.server.since(start)
+    assert not store.fs.exists(f"{store.root}/claims/probe") or not store.fs.find(
+        f"{store.root}/claims/probe")
+    assert a.claimed_keys() == set()
+
+
+def test_a_server_that_ignores_if_none_match_is_found_out(s3: S3Server) -> None:
+    """An S3-compatible server that drops If-None-Match lets a second "create" overwrite:
+    the probe says so, where a claim would have overwritten another machine's claim."""
+    spec = RemoteSpec(f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=s3.endpoint)
+    first = Claims(RemoteStore(spec), "ana", "ana.example")
+    won(first.claim(KEY))
+    s3.ignores_conditions = True
+    try:
+        late = Claims(RemoteStore(spec), "bob", "bob.example")
+        assert not late.exclusive_creates_hold()
+        overwritten = late.claim(KEY)  # what a run would do without asking: it "wins"
+        assert isinstance(overwritten, Won) and overwritten.claim.holder == "bob"
+    finally:
+        s3.ignores_conditions = False
+    store = RemoteStore(spec)
+    assert not store.fs.find(f"{store.root}/claims/probe")
