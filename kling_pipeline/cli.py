@@ -149,6 +149,9 @@ no_cache_option = click.option(
 force_option = click.option(
     "--force", "force", multiple=True, metavar="SHOT",
     help="Render this shot again even if it is up to date (paid). Repeatable.")
+only_option = click.option(
+    "--only", multiple=True, metavar="GLOB",
+    help="Work only on shots whose id matches (e.g. 'wave-*'). Repeatable.")
 retry_failed_option = click.option(
     "--retry-failed", is_flag=True, help="Render failed shots again (paid).")
 resubmit_unknown_option = click.option(
@@ -242,6 +245,7 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 0 when there is nothing to do, 2 when there is work to do.")
+@only_option
 @force_option
 @retry_failed_option
 @resubmit_unknown_option
@@ -252,7 +256,8 @@ def validate(storyboard: Path, variables: tuple[str, ...], no_cache: bool,
 @remote_endpoint_option
 @no_remote_option
 def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: bool,
-         detailed_exitcode: bool, force: tuple[str, ...], retry_failed: bool,
+         detailed_exitcode: bool, only: tuple[str, ...], force: tuple[str, ...],
+         retry_failed: bool,
          resubmit_unknown: bool, simulate: bool, cache_dir: Path | None, remote: str | None,
          remote_endpoint_url: str | None, no_remote: bool) -> int:
     """Show what a render would do and cost, without calling the provider.
@@ -261,7 +266,7 @@ def plan(storyboard: Path, variables: tuple[str, ...], no_cache: bool, as_json: 
     (one listing; none when nothing is lacking).
     """
     result = _project(storyboard, variables, no_cache, simulate, cache_dir).plan(
-        force=force, retry_failed=retry_failed, resubmit_unknown=resubmit_unknown,
+        force=force, only=only, retry_failed=retry_failed, resubmit_unknown=resubmit_unknown,
         remote=remote, remote_endpoint_url=remote_endpoint_url, use_remote=not no_remote)
     if as_json:
         from kling_pipeline.textsafe import json_printable
@@ -314,8 +319,7 @@ def _seconds(text: str) -> float:
               help="How long one shot is polled before it is left in flight for the next run.")
 @click.option("--lock-timeout", default="30s", show_default=True, metavar="DURATION",
               help="How long to wait for another apply on this storyboard to finish.")
-@click.option("--only", multiple=True, metavar="GLOB",
-              help="Work only on shots whose id matches (e.g. 'wave-*'). Repeatable.")
+@only_option
 @force_option
 @retry_failed_option
 @resubmit_unknown_option

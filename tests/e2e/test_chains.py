@@ -208,6 +208,24 @@ def test_only_renders_the_shots_a_shot_takes_frames_of(tmp_path: Path, sim: SimC
     assert set(lock_of(board)) == {"a", "b", "c"}
 
 
+def test_plan_only_shows_what_apply_only_would_do(tmp_path: Path) -> None:
+    """`plan --only` is apply's selection, priced before anything is paid: the matching shot,
+    the shots whose frames it waits for (said why), and not the unrelated one."""
+    board = write(tmp_path, CHAIN)
+    shown = plan(board, "--only", "c")
+    assert shown.exit_code == 0, shown.output
+    assert "rendered for c, which needs its frame (not in --only)" in shown.output
+    assert "rendered for b, which needs its frame (not in --only)" in shown.output
+    planned = [line.split()[1] for line in shown.output.splitlines()
+               if line.startswith("  + ")]
+    assert planned == ["a", "b", "c"], shown.output
+    assert "3 to add" in shown.output, shown.output
+    everything = plan(board)
+    assert "4 to add" in everything.output, everything.output
+    nothing = plan(board, "--only", "nope-*")
+    assert nothing.exit_code == 2 and "nope-* matches no shot id" in nothing.output
+
+
 def test_a_fresh_clone_with_the_lock_gets_every_video_back_by_task_id(
         tmp_path: Path, sim: SimClient) -> None:
     first = tmp_path / "first"
