@@ -50,6 +50,7 @@ it blocks until it expires, and never crashes a run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -271,12 +272,15 @@ class Claims:
         """Whether the remote refuses a second exclusive create of one name, as claims need:
         a folder's `link` and S3 do; a server that ignores `If-None-Match` overwrites. Two
         conditional PUTs of a probe name no claim listing matches, then its delete: three
-        requests, asked once per run that is about to pay (RemoteError when they fail)."""
+        requests, asked once per run that is about to pay (RemoteError when they fail).
+        The name is the holder's own, so a run killed before the delete leaves one file, which
+        the next probe of that checkout reuses."""
         if self._folder:
             return True
-        path = f"{self.remote.root}/claims/probe/{uuid.uuid4().hex}.json"
+        name = hashlib.sha256(self.holder.encode()).hexdigest()[:32]
+        path = f"{self.remote.root}/claims/probe/{name}.json"
         try:
-            # a fresh name: a first create that "lost" met its own retried PUT (a 412 came)
+            # a first create refused (a 412) shows the condition holds as well as a second
             return not (self._create_on_s3(path, b"{}") and self._create_on_s3(path, b"{}"))
         finally:
             with contextlib.suppress(Exception):

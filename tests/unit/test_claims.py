@@ -354,3 +354,17 @@ def test_a_server_that_ignores_if_none_match_is_found_out(s3: S3Server) -> None:
         s3.ignores_conditions = False
     store = RemoteStore(spec)
     assert not store.fs.find(f"{store.root}/claims/probe")
+
+
+def test_a_probe_left_by_a_killed_run_is_reused_and_removed(s3: S3Server) -> None:
+    """A run killed between the probe's create and its delete leaves the holder's probe
+    file: the next probe of that checkout is refused its create (the condition holds), says
+    so, and removes the file."""
+    spec = RemoteSpec(f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=s3.endpoint)
+    store = RemoteStore(spec)
+    name = hashlib.sha256(b"ana").hexdigest()[:32]
+    store.fs.pipe_file(f"{store.root}/claims/probe/{name}.json", b"{}")
+    start = s3.count()
+    assert Claims(store, "ana", "ana.example").exclusive_creates_hold()
+    assert [request.split(" ")[0] for request in s3.since(start)] == ["PUT", "DELETE"]
+    assert not store.fs.find(f"{store.root}/claims")
