@@ -177,7 +177,7 @@ def read_manifest(path: Path) -> Manifest | None:
             simulated=bool(data["simulated"]), page=str(data["page"]),
             final=ManifestFinal(**final) if isinstance(final, dict) else None,
             shots=[_shot_record(shot) for shot in data["shots"]])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 

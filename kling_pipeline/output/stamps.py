@@ -76,7 +76,7 @@ class FolderStamps:
                     recipe.get("final") is None or isinstance(recipe["final"], dict)):
                 self._recipe = recipe
             return stamps
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return {}
 
     def has(self, name: str) -> bool:

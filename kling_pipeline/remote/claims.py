@@ -143,7 +143,7 @@ def parse_claim(key: str, generation: int, data: bytes, mtime: datetime) -> Clai
     made at `mtime` (so it expires)."""
     try:
         return _strict_claim(key, generation, json.loads(data))
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return Claim(key, generation, "", "", mtime, mtime, "claimed", None,
                      "not a valid claim file", "")
 

@@ -200,7 +200,7 @@ def json_object(raw: bytes) -> dict[str, Any] | None:
     """The JSON object `raw` holds; None for anything else (a remote's bytes are anyone's)."""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         return None
     return data if isinstance(data, dict) else None
 

@@ -106,6 +106,8 @@ def open_filesystem(spec: RemoteSpec) -> tuple[AbstractFileSystem, str]:
     except ValueError as exc:
         raise RemoteError(f"the remote {shown(spec)} cannot be used: {scrub(str(exc))}") \
             from None
+    except Exception as exc:  # a backend that connects when made (ftp, sftp) fails here
+        raise remote_failure(spec, "connecting", exc) from None
     return fs, str(root).rstrip("/")
 
 

@@ -92,7 +92,7 @@ class Store:
             result = CachedResult(Output(str(data["sha256"]), int(data["size"]),
                                          float(data["duration"])),
                                   data.get("task_id"), str(data["endpoint"]))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return None
         return result if self.has_object(result.output) else None
 

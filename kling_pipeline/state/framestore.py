@@ -62,7 +62,7 @@ class FrameStore:
             record = FrameRecord(str(data["sha256"]), int(data["width"]), int(data["height"]),
                                  int(data["size"]), float(data["seconds"]),
                                  int(data["reduced"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
         try:
             if os.stat(self.png_path(record.sha256)).st_size != record.size:

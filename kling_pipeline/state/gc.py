@@ -165,7 +165,7 @@ def _parse(raw: Any) -> tuple[str, str | None] | None:
         return None
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("sha256"), str):
         return None

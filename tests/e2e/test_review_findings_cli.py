@@ -136,9 +136,6 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.xfail(strict=True, reason="open_filesystem wraps only ImportError/ValueError: a "
-                   "backend that connects when opened (ftp://, sftp://) and cannot reach its "
-                   "server escapes as an internal error (exit 3) instead of a warning")
 def test_an_unreachable_ftp_remote_is_a_warning_for_apply(tmp_path: Path,
                                                           sim: SimClient) -> None:
     (tmp_path / "a").mkdir()
@@ -149,8 +146,6 @@ def test_an_unreachable_ftp_remote_is_a_warning_for_apply(tmp_path: Path,
     assert statuses(board) == {"one": "done"}
 
 
-@pytest.mark.xfail(strict=True, reason="open_filesystem wraps only ImportError/ValueError: "
-                   "push to an unreachable ftp:// remote is exit 3 (a bug), not exit 1")
 def test_an_unreachable_ftp_remote_is_one_line_for_push(tmp_path: Path,
                                                         sim: SimClient) -> None:
     (tmp_path / "a").mkdir()
