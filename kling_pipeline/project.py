@@ -353,7 +353,7 @@ class Project:
 
     def _claimer(self, session: RemoteSession, store: Store, lock: LockFile,
                  selection: Selection, network: bool,
-                 renew: frozenset[str] = frozenset()) -> Claimer | None:
+                 renew: dict[str, str] | None = None) -> Claimer | None:
         """Put right the claims a killed run of this checkout left (whenever the lock has a
         shot in flight or unknown, even in a run with nothing to submit), and the claims of
         a run that asks the API something (None: no such run, or the remote cannot make
@@ -657,13 +657,20 @@ def _select(plan: Plan, only: Sequence[str]) -> Plan:
     return replace(plan, items=[kept[item.id] for item in plan.items if item.id in kept])
 
 
-def _renewed(plan: Plan, selection: Selection) -> frozenset[str]:
-    """The request keys this run pays for though a render of them exists: forced shots and
-    failed ones retried. Another machine's claim of such a key, made before the run, is that
-    render: it is superseded, not followed."""
-    return frozenset(item.shot.key for item in plan.to_submit if item.shot is not None and (
-        item.id in selection.force or (selection.retry_failed and item.entry is not None
-                                       and item.entry.status == "failed")))
+def _renewed(plan: Plan, selection: Selection) -> dict[str, str]:
+    """The request keys this run pays for though this lock holds a render of that very
+    request (forced shots, failed ones retried), each with that render's task id. A claim in
+    the remote that holds that task is the render being replaced: superseded. One holding
+    another task is another machine's new render of the request: followed, not paid twice."""
+    renewed: dict[str, str] = {}
+    for item in plan.to_submit:
+        entry = item.entry
+        if (item.shot is None or entry is None or entry.key != item.shot.key
+                or not entry.task_id):
+            continue
+        if item.id in selection.force or (selection.retry_failed and entry.status == "failed"):
+            renewed[item.shot.key] = entry.task_id
+    return renewed
 
 
 def _remote_use(session: RemoteSession, fill: RemoteFill | None,

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,16 +82,17 @@ class Claimer:
     """The claims of one run, made in threads (a claim is a blocking request or two)."""
 
     def __init__(self, claims: Claims, session: RemoteSession, *,
-                 resubmit_unknown: bool = False, renew: Collection[str] = (),
+                 resubmit_unknown: bool = False, renew: Mapping[str, str] | None = None,
                  poll: float = CLAIM_POLL) -> None:
         self.claims = claims
         self.session = session
         self.resubmit_unknown = resubmit_unknown
-        # Keys this run pays for again though a render exists (--force, --retry-failed): a
-        # claim that held a task before the run began is that render, not one to follow.
-        self.renew = frozenset(renew)
-        self.started = claims.clock()
+        # Keys this run pays for again though this lock has a render of them (--force,
+        # --retry-failed), with that render's task id: a claim holding that very task is the
+        # render being replaced; one holding any other task is a new render, to follow.
+        self.renew = dict(renew or {})
         self.poll = poll
+        self._made: set[str] = set()  # nonces of the claims this run won: never superseded
         self._probe = threading.Lock()
         self._holds: bool | None = None  # the remote's exclusive creates hold (asked once)
 
@@ -118,6 +119,7 @@ class Claimer:
             except RemoteError as exc:
                 return self._off(exc)
             if isinstance(got, Won):
+                self._made.add(got.claim.nonce)
                 return Go(got.claim)
             held = got.claim
             if held.task_id:
@@ -154,18 +156,24 @@ class Claimer:
                 self._holds = self.claims.exclusive_creates_hold()
 
     def _supersedes(self, held: Claim, key: str) -> bool:
-        """Replace a claim this run may take: its own checkout's from a run that never
-        POSTed (the plan submits only where the lock says so), an `unknown` one when told to
-        resubmit, or, for a key rendered again on purpose, one that held a task (or was
-        unknown) before this run began."""
-        if key in self.renew and held.state in ("submitted", "unknown") \
-                and held.updated_at < self.started:
+        """Replace a claim this run may take: one holding the very task this run renders
+        again on purpose; this checkout's own `claimed` one from an earlier run that never
+        POSTed (the plan submits only where the lock says so), never one this run made (two
+        shots whose requests became one while it ran), nor another machine's that restored
+        this checkout's store (the host must match too); an `unknown` one when told to
+        resubmit."""
+        replaced = self.renew.get(key)
+        if replaced is not None and held.task_id == replaced:
             return True
         if held.task_id:
             return False
-        if held.holder == self.claims.holder and held.state == "claimed":
+        if (held.state == "claimed" and self._own(held)
+                and held.nonce not in self._made):
             return True
         return held.state == "unknown" and self.resubmit_unknown
+
+    def _own(self, held: Claim) -> bool:
+        return held.holder == self.claims.holder and held.host == self.claims.host
 
     async def submitted(self, claim: Claim | None, task_id: str) -> None:
         """The POST made `task_id` (already in the lock): into the claim, for the others."""
@@ -206,7 +214,8 @@ def reconcile(claims: Claims, session: RemoteSession, lock: LockFile) -> int:
     try:
         for key in sorted(claims.claimed_keys() & set(wanting)):
             claim = claims.current(key)
-            if claim is None or claim.holder != claims.holder or claim.state != "claimed":
+            if (claim is None or claim.holder != claims.holder or claim.host != claims.host
+                    or claim.state != "claimed"):
                 continue
             entry = wanting[key]
             if entry.task_id:

@@ -134,6 +134,8 @@ class Executor:
         self._followed: dict[str, str] = {}  # key -> the machine whose task this run followed
         # How each shot of the run ended, for the jobs that wait for its frames.
         self._finished: dict[str, asyncio.Future[tuple[Outcome, Output | None]]] = {}
+        # Request keys a job of this run is submitting (or will): set once its POST ended.
+        self._paying: dict[str, asyncio.Event] = {}
 
     # -- control -------------------------------------------------------------------------
 
@@ -210,18 +212,24 @@ class Executor:
         loop = asyncio.get_running_loop()
         self._finished = {shot_id: loop.create_future() for job in jobs
                           for shot_id in job.shot_ids}
+        self._paying = {job.key: asyncio.Event() for job in jobs
+                        if job.kind == "submit" and not job.waits_for}
 
         async def one(job: Job) -> None:
             if job.waits_for:  # its key waits for frames of shots of this run
                 ready = await self._after_inputs(job)
                 if ready is None:
                     return
+                ready = await self._one_payer(ready)
                 if ready.kind in ("report", "place"):
                     await self._local([ready])
                     return
                 job = ready
-            async with slots:
-                await self._job(job)
+            try:
+                async with slots:
+                    await self._job(job)
+            finally:
+                self._posted(job)  # (after its POST already, unless it never got that far)
 
         try:
             await self._local([job for job in jobs if job.kind in ("report", "place")
@@ -231,6 +239,27 @@ class Executor:
         finally:
             self.results.in_storyboard_order(jobs)
         return self.report
+
+    async def _one_payer(self, job: Job) -> Job:
+        """One POST per request key in a run: a job whose key, exact only now, is one that
+        another job of this run is submitting waits for that POST to end, then is decided
+        again against the lock (it follows that task, or pays itself if none was made). Two
+        shots taking the same frame two ways (`frame: first`, `at: 0`) meet here."""
+        assert self.resolver is not None and job.shot is not None
+        while job.kind == "submit" and job.key in self._paying:
+            await self._paying[job.key].wait()
+            job = self.resolver.job_for(job, job.shot, self.ledger.keeper.lock)
+        if job.kind == "submit":
+            self._paying[job.key] = asyncio.Event()
+        return job
+
+    def _posted(self, job: Job) -> None:
+        """The POST of `job` ended (a task, or none): its key's waiting twins go on."""
+        if job.kind != "submit":
+            return  # only the job that pays for a key may let its twins go on
+        waiting = self._paying.pop(job.key, None)
+        if waiting is not None:
+            waiting.set()
 
     async def _after_inputs(self, job: Job) -> Job | None:
         """Wait until every shot `job` takes a frame of has ended, then make its key exact
@@ -289,7 +318,10 @@ class Executor:
             return
         fresh = paid = False
         if job.kind == "submit":
-            how = await self._submit(job, self.client)
+            try:
+                how = await self._submit(job, self.client)
+            finally:
+                self._posted(job)
             if how is None:
                 return
             fresh, paid = how != "followed, not fresh", how == "paid"

@@ -49,9 +49,6 @@ def two_machines(tmp_path: Path, prompt: str) -> tuple[Path, Path]:
     return boards[0], boards[1]
 
 
-@pytest.mark.xfail(strict=True, reason="--retry-failed supersedes any claim that held a task "
-                   "before the run began, even another machine's newer render (not the one "
-                   "that failed here): the request is paid twice")
 def test_retry_failed_does_not_pay_again_for_a_retry_another_machine_is_rendering(
         tmp_path: Path, sim: SimClient) -> None:
     remote = ("--remote", str(tmp_path / "remote"))
@@ -76,9 +73,6 @@ def test_retry_failed_does_not_pay_again_for_a_retry_another_machine_is_renderin
     assert lock_of(a)["one"]["task_id"] == lock_of(b)["one"]["task_id"]
 
 
-@pytest.mark.xfail(strict=True, reason="--retry-failed puts a changed shot's NEW key in the "
-                   "renew set (project._renewed checks the old entry's status, not its key): "
-                   "another machine's render of that key is superseded and paid again")
 def test_retry_failed_on_a_changed_shot_does_not_supersede_another_machines_render(
         tmp_path: Path, sim: SimClient) -> None:
     remote = ("--remote", str(tmp_path / "remote"))
@@ -111,9 +105,6 @@ SAME_FRAME_TWICE = HEAD + (
 
 
 @pytest.mark.parametrize("with_remote", [False, True], ids=["no-remote", "folder-remote"])
-@pytest.mark.xfail(strict=True, reason="two jobs whose keys become equal only at run time "
-                   "both POST; with a remote the second supersedes the first's live claim as "
-                   "'this checkout's claim from a killed run' (claiming.py _supersedes)")
 def test_two_shots_whose_keys_become_equal_at_run_time_are_paid_once(
         tmp_path: Path, sim: SimClient, with_remote: bool) -> None:
     board = tmp_path / "board.yaml"

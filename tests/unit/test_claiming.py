@@ -184,9 +184,9 @@ def test_the_expiry_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_key_rendered_again_on_purpose_supersedes_the_earlier_render(tmp_path: Path) -> None:
-    """--force and --retry-failed pay for a key whose claim already holds a task (the render
-    being replaced): that claim is superseded, not followed. A claim that got its task after
-    the run began is another machine's new render of it: followed."""
+    """--force and --retry-failed pay for a key whose claim holds the very task this lock
+    has (the render being replaced): that claim is superseded, not followed. A claim holding
+    any other task is another machine's new render of it: followed, never paid twice."""
     clock = [datetime.now(UTC) - timedelta(hours=1)]
     a = _claims(tmp_path, "a", clock)
     won = _before(_claimer(a))
@@ -196,15 +196,13 @@ def test_a_key_rendered_again_on_purpose_supersedes_the_earlier_render(tmp_path:
     b = _claims(tmp_path, "b", clock)
     followed = _before(_claimer(b))
     assert isinstance(followed, Follow) and not followed.fresh  # an hour old: not fresh
-    again = _before(Claimer(b, RemoteSession(b.remote.spec, [].append), renew={KEY},
-                            poll=0.01))
+    again = _before(Claimer(b, RemoteSession(b.remote.spec, [].append),
+                            renew={KEY: "old-task"}, poll=0.01))
     assert isinstance(again, Go) and again.claim is not None
     assert again.claim.generation == 2
     asyncio.run(_claimer(b).submitted(again.claim, "new-task"))
-    late = Claimer(a, RemoteSession(a.remote.spec, [].append), renew={KEY}, poll=0.01)
-    clock[0] -= timedelta(seconds=30)  # a run that began before b's new render had its task
-    late.started = clock[0]
-    clock[0] += timedelta(seconds=30)
+    late = Claimer(a, RemoteSession(a.remote.spec, [].append), renew={KEY: "old-task"},
+                   poll=0.01)
     got = asyncio.run(late.before_post(KEY, _never_stops, time.monotonic() + 5))
     assert isinstance(got, Follow) and got.task_id == "new-task" and got.fresh
 

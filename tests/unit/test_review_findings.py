@@ -11,8 +11,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from kling_pipeline.remote.claims import Claims, Won
 from kling_pipeline.remote.session import RemoteSession
 from kling_pipeline.remote.store import IndexEntry, RemoteStore
@@ -35,7 +33,7 @@ def _claims(remote: Path, holder: str, host: str, clock: list[datetime] | None =
     return Claims(RemoteStore(RemoteSpec(str(remote))), holder, host, clock=lambda: clock[0])
 
 
-def _claimer(claims: Claims, renew: frozenset[str] = frozenset()) -> Claimer:
+def _claimer(claims: Claims, renew: dict[str, str] | None = None) -> Claimer:
     return Claimer(claims, RemoteSession(claims.remote.spec, [].append), renew=renew,
                    poll=0.01)
 
@@ -44,9 +42,6 @@ def _before(claimer: Claimer, deadline: float = 0.3) -> object:
     return asyncio.run(claimer.before_post(KEY, _never_stops, time.monotonic() + deadline))
 
 
-@pytest.mark.xfail(strict=True, reason="the claim holder is a file in .kling-cache plus the "
-                   "lock's path: two CI runners restoring one cached store share it, and each "
-                   "takes the other's LIVE claim for its own killed run's and supersedes it")
 def test_two_runners_restoring_one_cached_store_do_not_both_submit(tmp_path: Path) -> None:
     lock_path = tmp_path / "checkout" / "board.lock.json"  # the same path on every runner
     first_store = tmp_path / "runner-1" / ".kling-cache"
@@ -66,16 +61,13 @@ def test_two_runners_restoring_one_cached_store_do_not_both_submit(tmp_path: Pat
     # (what happens: both are Go; the claim in force is now runner 2's generation 2)
 
 
-@pytest.mark.xfail(strict=True, reason="claims store times to the second but Claimer.started "
-                   "keeps microseconds: another machine's task recorded after a --force run "
-                   "began, in the same second, counts as 'before the run' and is superseded")
 def test_a_task_claimed_after_a_forced_run_began_is_followed_even_in_the_same_second(
         tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     second = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     here = [second + timedelta(microseconds=200_000)]
     there = [second + timedelta(microseconds=700_000)]
-    forced = _claimer(_claims(remote, "a", "host-a", here), renew=frozenset({KEY}))
+    forced = _claimer(_claims(remote, "a", "host-a", here), renew={KEY: "task-a"})
     # The run (--force) began at .2 s; at .7 s of the same second, another machine claims the
     # request and records its task: a new render, made after this run began.
     other = _claims(remote, "b", "host-b", there)
