@@ -333,7 +333,8 @@ class Project:
                 claimer = None
                 if session is not None:
                     claimer = self._claimer(session, store, lock, selection, network,
-                                            _renewed(plan, selection))
+                                            _renewed(plan, selection),
+                                            _forced_keys(plan, selection))
                 if session is not None and network and push:
                     from kling_pipeline.remote.publish import Publisher
 
@@ -353,7 +354,8 @@ class Project:
 
     def _claimer(self, session: RemoteSession, store: Store, lock: LockFile,
                  selection: Selection, network: bool,
-                 renew: dict[str, str] | None = None) -> Claimer | None:
+                 renew: dict[str, str] | None = None,
+                 forced: frozenset[str] = frozenset()) -> Claimer | None:
         """Put right the claims a killed run of this checkout left (whenever the lock has a
         shot in flight or unknown, even in a run with nothing to submit), and the claims of
         a run that asks the API something (None: no such run, or the remote cannot make
@@ -367,27 +369,32 @@ class Project:
             Claimer,
             claim_expiry,
             holder_id,
+            owed_by,
             reconcile,
             unsettled,
         )
+        from kling_pipeline.run.owed import OwedClaims
 
-        if not network and not unsettled(lock):
+        holder = holder_id(store.root, self.target.lock_path)
+        owed = OwedClaims(store.root, holder)  # updates earlier runs could not make
+        if not network and not unsettled(lock) and not owed.load():
             return None
         try:
             remote = session.open()
         except RemoteError as exc:
             session.give_up(exc, "going on without the remote")
+            owed.add(owed_by(lock))
             return None
-        claims = Claims(remote, holder_id(store.root, self.target.lock_path),
-                        socket.gethostname(), expiry=claim_expiry())
+        claims = Claims(remote, holder, socket.gethostname(), expiry=claim_expiry())
         if not claims.supported:
             session.note(Note(f"warning: the remote {session.shown} cannot make an atomic "
                               f"claim ({session.spec.protocol}://): two machines applying "
                               "at once may pay for the same request (docs/remote.md)"))
+            owed.settle(owed.load())  # no claims here to put right
             return None
-        reconcile(claims, session, lock)
+        reconcile(claims, session, lock, owed)
         return Claimer(claims, session, resubmit_unknown=selection.resubmit_unknown,
-                       renew=renew) if network else None
+                       renew=renew, forced=forced, owed=owed) if network else None
 
     def _take_from_remote(self, spec: RemoteSpec, lock: LockFile, store: Store,
                           selection: Selection, jobs: int | None, on_event: OnEvent,
@@ -671,6 +678,13 @@ def _renewed(plan: Plan, selection: Selection) -> dict[str, str]:
         if item.id in selection.force or (selection.retry_failed and entry.status == "failed"):
             renewed[item.shot.key] = entry.task_id
     return renewed
+
+
+def _forced_keys(plan: Plan, selection: Selection) -> frozenset[str]:
+    """The request keys of the shots --force names: every render of them made before the run
+    is to be replaced, here or on another machine."""
+    return frozenset(item.shot.key for item in plan.to_submit
+                     if item.shot is not None and item.id in selection.force)
 
 
 def _remote_use(session: RemoteSession, fill: RemoteFill | None,

@@ -16,6 +16,8 @@ The local protocol (DESIGN.md) keeps one machine from paying twice; a claim in t
 And before a run: a claim this checkout made in a run that was killed is put right from the
 lock (`reconcile`): the task id the lock holds goes into it, and a shot the lock says is
 `unknown` marks it `unknown`, so another machine waiting on it does not wait out the expiry.
+An update the remote could not hear when it was due (out of reach then, or at that rerun) is
+kept in the store (owed.py) and made by the next run that reaches the remote.
 
 A remote that cannot be reached is a warning (RemoteSession); the run goes on without
 claims, as it would without a remote.
@@ -29,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING
 from kling_pipeline.errors import RemoteError, UsageError
 from kling_pipeline.events import Note
 from kling_pipeline.remote.claims import DEFAULT_EXPIRY, Claim, Claims, Held, Won
+from kling_pipeline.run.owed import Owed, OwedClaims
 from kling_pipeline.state.lockfile import AMBIGUOUS, IN_FLIGHT, LockEntry, LockFile
 
 if TYPE_CHECKING:
@@ -83,14 +86,21 @@ class Claimer:
 
     def __init__(self, claims: Claims, session: RemoteSession, *,
                  resubmit_unknown: bool = False, renew: Mapping[str, str] | None = None,
-                 poll: float = CLAIM_POLL) -> None:
+                 forced: Collection[str] = (), poll: float = CLAIM_POLL,
+                 owed: OwedClaims | None = None) -> None:
         self.claims = claims
         self.session = session
+        self.owed = owed  # where an update the remote could not hear is kept for later
         self.resubmit_unknown = resubmit_unknown
         # Keys this run pays for again though this lock has a render of them (--force,
         # --retry-failed), with that render's task id: a claim holding that very task is the
         # render being replaced; one holding any other task is a new render, to follow.
         self.renew = dict(renew or {})
+        # Keys of shots named by --force: every render made before this run is replaced. Claim
+        # times are whole seconds, so one made in the run's first second counts as after it
+        # (followed: never paid twice; at worst the forced render is that one).
+        self.forced = frozenset(forced)
+        self.began = claims.clock().replace(microsecond=0)
         self.poll = poll
         self._made: set[str] = set()  # nonces of the claims this run won: never superseded
         self._probe = threading.Lock()
@@ -157,13 +167,17 @@ class Claimer:
 
     def _supersedes(self, held: Claim, key: str) -> bool:
         """Replace a claim this run may take: one holding the very task this run renders
-        again on purpose; this checkout's own `claimed` one from an earlier run that never
+        again on purpose, or for a forced shot any render made before the run; this
+        checkout's own `claimed` one from an earlier run that never
         POSTed (the plan submits only where the lock says so), never one this run made (two
         shots whose requests became one while it ran), nor another machine's that restored
         this checkout's store (the host must match too); an `unknown` one when told to
         resubmit."""
         replaced = self.renew.get(key)
         if replaced is not None and held.task_id == replaced:
+            return True
+        if (key in self.forced and held.state in ("submitted", "unknown")
+                and held.updated_at < self.began):
             return True
         if held.task_id:
             return False
@@ -177,22 +191,38 @@ class Claimer:
 
     async def submitted(self, claim: Claim | None, task_id: str) -> None:
         """The POST made `task_id` (already in the lock): into the claim, for the others."""
-        await self._update(claim, lambda c: self.claims.record_task(c, task_id))
+        await self._update(claim, Owed("submitted", task_id))
 
     async def ambiguous(self, claim: Claim | None, note: str) -> None:
-        await self._update(claim, lambda c: self.claims.mark_unknown(c, note))
+        await self._update(claim, Owed("unknown", None, note))
 
     async def no_task(self, claim: Claim | None, note: str = "") -> None:
         """The POST provably made no task: anyone may claim the key again."""
-        await self._update(claim, lambda c: self.claims.release(c, note))
+        await self._update(claim, Owed("released", None, note))
 
-    async def _update(self, claim: Claim | None, change: Callable[[Claim], object]) -> None:
-        if claim is None or self.session.down:
+    async def _update(self, claim: Claim | None, update: Owed) -> None:
+        """Tell the claim how its POST ended; kept for a later run if the remote is out of
+        reach (or was given up on) now."""
+        if claim is None:
             return
-        try:
-            await asyncio.to_thread(change, claim)
-        except RemoteError as exc:
-            self._off(exc)
+        if not self.session.down:
+            try:
+                await asyncio.to_thread(settle_claim, self.claims, claim, update)
+                return
+            except RemoteError as exc:
+                self._off(exc)
+        if self.owed is not None:
+            self.owed.add({claim.key: update})
+
+
+def settle_claim(claims: Claims, claim: Claim, update: Owed) -> None:
+    """Write `update` into this holder's `claim`."""
+    if update.state == "submitted" and update.task_id:
+        claims.record_task(claim, update.task_id)
+    elif update.state == "unknown":
+        claims.mark_unknown(claim, update.note)
+    else:
+        claims.release(claim, update.note)
 
 
 def unsettled(lock: LockFile) -> dict[str, LockEntry]:
@@ -202,30 +232,44 @@ def unsettled(lock: LockFile) -> dict[str, LockEntry]:
             if entry.status in AMBIGUOUS or (entry.status in IN_FLIGHT and entry.task_id)}
 
 
-def reconcile(claims: Claims, session: RemoteSession, lock: LockFile) -> int:
-    """Put this checkout's claims right from its lock after a run that was killed: the task
-    id the lock holds, or `unknown`, into each of its claims still `claimed`. Asks the remote
-    nothing when the lock has nothing in flight or unknown; else one listing, and one look
-    per such key that has a claim. Returns the claims changed."""
-    wanting = unsettled(lock)
-    if not wanting or session.down or not claims.supported:
+def owed_by(lock: LockFile) -> dict[str, Owed]:
+    """What this checkout's claims should say, as far as its lock knows: the task id of each
+    shot in flight, `unknown` for each unknown one."""
+    return {key: Owed("submitted", entry.task_id) if entry.task_id else
+            Owed("unknown", None, _STOPPED) for key, entry in unsettled(lock).items()}
+
+
+_STOPPED = "the run that claimed it was stopped before it knew whether its submission was accepted"
+
+
+def reconcile(claims: Claims, session: RemoteSession, lock: LockFile,
+              owed: OwedClaims | None = None) -> int:
+    """Put this checkout's claims right: those a killed run left `claimed`, from the lock
+    (the task id it holds, or `unknown`), and the updates owed from runs that could not reach
+    the remote. Asks the remote nothing when there is nothing to put right; else one listing,
+    and one look per such key that has a claim. Returns the claims changed; what cannot be
+    said now (the remote out of reach) stays owed."""
+    todo = {**(owed.load() if owed is not None else {}), **owed_by(lock)}
+    if not todo or not claims.supported:
         return 0
+    done: set[str] = set()
     changed = 0
     try:
-        for key in sorted(claims.claimed_keys() & set(wanting)):
-            claim = claims.current(key)
-            if (claim is None or claim.holder != claims.holder or claim.host != claims.host
-                    or claim.state != "claimed"):
-                continue
-            entry = wanting[key]
-            if entry.task_id:
-                claims.record_task(claim, entry.task_id)
-            else:
-                claims.mark_unknown(claim, "the run that claimed it was stopped before it "
-                                           "knew whether its submission was accepted")
-            changed += 1
+        if session.down:
+            raise RemoteError(session.down)
+        claimed = claims.claimed_keys()
+        for key in sorted(todo):
+            claim = claims.current(key) if key in claimed else None
+            if (claim is not None and claim.holder == claims.holder
+                    and claim.host == claims.host and claim.state == "claimed"):
+                settle_claim(claims, claim, todo[key])
+                changed += 1
+            done.add(key)  # put right, or not this checkout's to put right (any more)
     except RemoteError as exc:
         session.give_up(exc, "going on without the remote")
+    if owed is not None:
+        owed.settle(done)
+        owed.add({key: update for key, update in todo.items() if key not in done})
     return changed
 
 

@@ -147,10 +147,6 @@ def test_an_unreachable_ftp_remote_is_one_line_for_push(tmp_path: Path,
     assert "internal error" not in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="reconcile runs only in an apply that reaches the remote "
-                   "while the lock still has the shot in flight: a rerun without the remote "
-                   "finishes the shot, and no later apply ever puts the task id into the claim, "
-                   "so after the expiry another machine takes it over and pays again")
 def test_a_rerun_without_the_remote_still_settles_the_claim_a_killed_run_left(
         tmp_path: Path, sim: SimClient, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     import fsspec

@@ -33,9 +33,10 @@ def _claims(remote: Path, holder: str, host: str, clock: list[datetime] | None =
     return Claims(RemoteStore(RemoteSpec(str(remote))), holder, host, clock=lambda: clock[0])
 
 
-def _claimer(claims: Claims, renew: dict[str, str] | None = None) -> Claimer:
+def _claimer(claims: Claims, renew: dict[str, str] | None = None,
+             forced: frozenset[str] = frozenset()) -> Claimer:
     return Claimer(claims, RemoteSession(claims.remote.spec, [].append), renew=renew,
-                   poll=0.01)
+                   forced=forced, poll=0.01)
 
 
 def _before(claimer: Claimer, deadline: float = 0.3) -> object:
@@ -67,7 +68,7 @@ def test_a_task_claimed_after_a_forced_run_began_is_followed_even_in_the_same_se
     second = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     here = [second + timedelta(microseconds=200_000)]
     there = [second + timedelta(microseconds=700_000)]
-    forced = _claimer(_claims(remote, "a", "host-a", here), renew={KEY: "task-a"})
+    forced = _claimer(_claims(remote, "a", "host-a", here), forced=frozenset({KEY}))
     # The run (--force) began at .2 s; at .7 s of the same second, another machine claims the
     # request and records its task: a new render, made after this run began.
     other = _claims(remote, "b", "host-b", there)
