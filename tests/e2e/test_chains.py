@@ -302,3 +302,33 @@ def test_status_says_which_shots_wait_for_frames(tmp_path: Path, sim: SimClient)
     rows = {row["id"]: row for row in json.loads(result.output)["shots"]}
     assert [rows[s]["state"] for s in "abcx"] == ["changed", "waiting", "waiting", "done"]
     assert rows["b"]["note"].startswith("its key waits for the last frame of a")
+
+
+def paid(sim: SimClient) -> list[int]:
+    """Tasks made per distinct request body."""
+    return sorted(sim.stats()["submissions"].values())
+
+
+# Two shots that differ only in how they name the same frame of one upstream shot: their keys
+# are provisional (different) when planned, and equal once the frame is taken at run time.
+SAME_FRAME_TWICE = HEAD + (
+    '  - {id: a, model: kling-v3.0-pro-t2v, aspect_ratio: "16:9", prompt: "A lighthouse"}\n'
+    '  - {id: c, prompt: "The keeper climbs", image: {shot: a, frame: first}}\n'
+    '  - {id: d, prompt: "The keeper climbs", image: {shot: a, at: 0}}\n')
+
+
+@pytest.mark.parametrize("with_remote", [False, True], ids=["no-remote", "folder-remote"])
+def test_two_shots_whose_keys_become_equal_at_run_time_are_paid_once(
+        tmp_path: Path, sim: SimClient, with_remote: bool) -> None:
+    board = tmp_path / "board.yaml"
+    board.write_text(SAME_FRAME_TWICE)
+    # Every answer takes 1 s: c's POST is still unanswered (its lock entry `submitting`, its
+    # claim `claimed`) when d, made exact at the same moment as c, comes to submit.
+    sim.configure(latency=1.0)
+    remote = ("--remote", str(tmp_path / "remote")) if with_remote else ()
+    result = apply(board, sim.base_url, *remote)
+    assert result.exit_code == 0, result.output
+    lock = lock_of(board)
+    assert lock["c"]["key"] == lock["d"]["key"]  # one request
+    assert paid(sim) == [1, 1], result.output  # a once, the shared request once
+    assert lock["c"]["task_id"] == lock["d"]["task_id"]

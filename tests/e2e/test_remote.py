@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support.apply_fixtures import apply, write_board
+from support.apply_fixtures import apply, statuses, write_board
 from support.chains import HEAD as CHAIN_HEAD
 from support.chains import A, B, C
 from support.s3_server import BUCKET, FAKE_ENV, S3Server
@@ -209,6 +209,32 @@ def test_an_unreachable_remote_is_a_plain_error_without_the_secret(tmp_path: Pat
     assert "error: the remote s3://team/x" in result.output
     assert "Traceback" not in result.output
     assert FAKE_ENV["AWS_SECRET_ACCESS_KEY"] not in result.output
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_ftp_remote_is_a_warning_for_apply(tmp_path: Path,
+                                                          sim: SimClient) -> None:
+    (tmp_path / "a").mkdir()
+    board = write_board(tmp_path / "a", [("one", "A lighthouse at dusk")])
+    result = apply(board, sim.base_url, "--remote", f"ftp://127.0.0.1:{closed_port()}/x")
+    assert "internal error" not in result.output, result.output
+    assert result.exit_code == 0, result.output  # docs/remote.md: a warning, the run goes on
+    assert statuses(board) == {"one": "done"}
+
+
+def test_an_unreachable_ftp_remote_is_one_line_for_push(tmp_path: Path,
+                                                        sim: SimClient) -> None:
+    (tmp_path / "a").mkdir()
+    board = write_board(tmp_path / "a", [("one", "A lighthouse at dusk")])
+    assert apply(board, sim.base_url).exit_code == 0
+    result = run("push", str(board), "--remote", f"ftp://127.0.0.1:{closed_port()}/x")
+    assert result.exit_code == 1, result.output
+    assert "internal error" not in result.output
 
 
 def test_a_remote_of_an_unknown_protocol_is_a_plain_error(tmp_path: Path) -> None:

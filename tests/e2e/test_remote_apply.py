@@ -12,13 +12,15 @@ import hashlib
 import json
 import shutil
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support.apply_fixtures import FAST, lock_of, shot_files, storyboard_text, write_board
+from support.apply_fixtures import FAST, lock_of, shot_files, statuses, storyboard_text, write_board
+from support.apply_fixtures import apply as apply_args
 from support.chains import HEAD as CHAIN_HEAD
 from support.chains import A, B, C
 from support.s3_server import BUCKET, FAKE_ENV, S3Server
@@ -365,3 +367,110 @@ def test_only_and_force_decide_what_is_taken_from_the_remote(tmp_path: Path,
     assert "1 video(s) taken" in forced.output
     assert lock_of(b)["dawn"]["task_id"] != lock_of(a)["dawn"]["task_id"]
     assert lock_of(b)["gulls"]["task_id"] == lock_of(a)["gulls"]["task_id"]
+
+
+# -- claims: what --retry-failed replaces, and updates owed while the remote was out of reach
+
+IN_FLIGHT = {"queued", "processing", "rendered"}
+
+
+def paid_per_request(sim: SimClient) -> list[int]:
+    """Tasks made per distinct request body."""
+    return sorted(sim.stats()["submissions"].values())
+
+
+def two_machines(tmp_path: Path, prompt: str) -> tuple[Path, Path]:
+    boards = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        boards.append(write_board(tmp_path / name, [("one", prompt)]))
+    return boards[0], boards[1]
+
+
+def closed_port_number() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_retry_failed_does_not_pay_again_for_a_retry_another_machine_is_rendering(
+        tmp_path: Path, sim: SimClient) -> None:
+    remote = ("--remote", str(tmp_path / "remote"))
+    a, b = two_machines(tmp_path, "A lighthouse at dusk")
+    sim.configure(failure_rate=1.0)
+    apply_args(a, sim.base_url, *remote)
+    assert statuses(a) == {"one": "failed"}  # A paid once (task 1), and it failed
+    apply_args(b, sim.base_url, *remote)
+    assert statuses(b) == {"one": "failed"}  # B followed A's claim: task 1, free
+    assert lock_of(b)["one"]["task_id"] == lock_of(a)["one"]["task_id"]
+    assert paid_per_request(sim) == [1]
+
+    sim.configure(failure_rate=0.0, time_scale=20.0)  # a 3 s shot now renders for a minute
+    retried = apply_args(b, sim.base_url, *remote, "--retry-failed", "--max-wait", "1s")
+    assert statuses(b)["one"] in IN_FLIGHT, retried.output  # B retried: task 2, rendering
+    assert paid_per_request(sim) == [2]
+
+    # A retries its own failed task 1. The claim in force holds B's task 2, made for the same
+    # request after task 1 failed: it is not the render A replaces, so A follows it, free.
+    again = apply_args(a, sim.base_url, *remote, "--retry-failed", "--max-wait", "1s")
+    assert paid_per_request(sim) == [2], again.output
+    assert lock_of(a)["one"]["task_id"] == lock_of(b)["one"]["task_id"]
+
+
+def test_retry_failed_on_a_changed_shot_does_not_supersede_another_machines_render(
+        tmp_path: Path, sim: SimClient) -> None:
+    remote = ("--remote", str(tmp_path / "remote"))
+    a, b = two_machines(tmp_path, "A lighthouse at dusk")
+    sim.configure(failure_rate=1.0)
+    apply_args(a, sim.base_url, *remote)
+    assert statuses(a) == {"one": "failed"}  # the old request failed on A
+
+    for board in (a, b):  # the storyboard changes (a commit both machines pull)
+        board.write_text(board.read_text().replace("at dusk", "at dawn"))
+    sim.configure(failure_rate=0.0, time_scale=20.0)
+    started = apply_args(b, sim.base_url, *remote, "--max-wait", "1s")
+    assert statuses(b)["one"] in IN_FLIGHT, started.output  # B pays for the new request
+    assert paid_per_request(sim) == [1, 1]
+
+    # Without --retry-failed, A's run follows B's claim (the shot changed: it is `~`, and
+    # the claim holds a task). The flag is about A's failed OLD request, which A no longer
+    # asks for; it does not make A pay for B's new one.
+    again = apply_args(a, sim.base_url, *remote, "--retry-failed", "--max-wait", "1s")
+    assert paid_per_request(sim) == [1, 1], again.output
+    assert lock_of(a)["one"]["task_id"] == lock_of(b)["one"]["task_id"]
+
+
+def test_a_rerun_without_the_remote_still_settles_the_claim_a_killed_run_left(
+        tmp_path: Path, sim: SimClient, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fsspec
+
+    prefix = uuid.uuid4().hex
+    url = f"s3://{BUCKET}/{prefix}"
+    up = ("--remote", url, "--remote-endpoint-url", s3.endpoint)
+    down = ("--remote", url, "--remote-endpoint-url", f"http://127.0.0.1:{closed_port_number()}")
+    a, b = two_machines(tmp_path, "A lighthouse at dusk")
+    sim.configure(time_scale=0.3)  # a 3 s shot renders in 0.9 s
+    first = apply_args(a, sim.base_url, *up, "--max-wait", "0.2s")
+    assert statuses(a)["one"] in IN_FLIGHT, first.output
+    key = lock_of(a)["one"]["key"]
+
+    # docs/remote.md, crash table row 4: A killed after the task id is in its lock, before it
+    # is in the claim. The claim is put back as it was at that moment.
+    fs = fsspec.filesystem("s3", endpoint_url=s3.endpoint, skip_instance_cache=True)
+    path = f"{BUCKET}/{prefix}/claims/{key}/00000001.json"
+    claim = json.loads(fs.cat_file(path))
+    assert claim["state"] == "submitted"
+    claim.update(state="claimed", task_id=None)
+    fs.pipe_file(path, json.dumps(claim, sort_keys=True, indent=1).encode() + b"\n")
+
+    # A runs again at once ("any apply of that checkout within the expiry settles it"), but
+    # the remote cannot be reached this time: a warning, and A finishes its paid shot.
+    again = apply_args(a, sim.base_url, *down)
+    assert "warning" in again.output and statuses(a) == {"one": "done"}, again.output
+    assert apply_args(a, sim.base_url, *up).exit_code == 0  # and again, with the remote back
+    assert paid_per_request(sim) == [1]
+
+    monkeypatch.setenv("KLING_PIPELINE_CLAIM_EXPIRY", "1")  # the 10 minutes pass
+    time.sleep(1.5)
+    late = apply_args(b, sim.base_url, *up)
+    assert paid_per_request(sim) == [1], late.output  # B follows A's task and does not pay again

@@ -4,6 +4,7 @@ each state of the claim it finds, and how a killed run's claims are put right.""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import pytest
 from support.s3_server import BUCKET, S3Server
 
 from kling_pipeline.events import Event, Note
-from kling_pipeline.remote.claims import Claims
+from kling_pipeline.remote.claims import Claims, Won
 from kling_pipeline.remote.session import RemoteSession
 from kling_pipeline.remote.store import RemoteStore
 from kling_pipeline.remote.url import RemoteSpec
@@ -39,9 +40,10 @@ def _claims(root: Path, holder: str, clock: list[datetime] | None = None) -> Cla
 
 
 def _claimer(claims: Claims, events: list[Event] | None = None, *,
-             resubmit_unknown: bool = False) -> Claimer:
+             resubmit_unknown: bool = False, forced: frozenset[str] = frozenset()) -> Claimer:
     session = RemoteSession(claims.remote.spec, (events if events is not None else []).append)
-    return Claimer(claims, session, resubmit_unknown=resubmit_unknown, poll=0.01)
+    return Claimer(claims, session, resubmit_unknown=resubmit_unknown, forced=forced,
+                   poll=0.01)
 
 
 async def _never_stops(seconds: float) -> bool:
@@ -237,3 +239,67 @@ def test_a_remote_whose_creates_are_not_exclusive_gets_no_claims(s3: S3Server) -
     assert len(notes) == 1 and "ignores conditional writes (If-None-Match)" in notes[0]
     current = claims("c").current(KEY)
     assert current is not None and current.task_id == "task-1"  # a's claim is as it was
+
+
+def _host_claims(remote: Path, holder: str, host: str, clock: list[datetime] | None = None,
+                 ) -> Claims:
+    """One machine's claims, over its own open of the remote."""
+    if clock is None:
+        return Claims(RemoteStore(RemoteSpec(str(remote))), holder, host)
+    return Claims(RemoteStore(RemoteSpec(str(remote))), holder, host, clock=lambda: clock[0])
+
+
+def _before_briefly(claimer: Claimer, deadline: float = 0.3) -> object:
+    return asyncio.run(claimer.before_post(KEY, _never_stops, time.monotonic() + deadline))
+
+
+def test_two_runners_restoring_one_cached_store_do_not_both_submit(tmp_path: Path) -> None:
+    lock_path = tmp_path / "checkout" / "board.lock.json"  # the same path on every runner
+    first_store = tmp_path / "runner-1" / ".kling-cache"
+    holder_id(first_store, lock_path)  # an earlier CI job made it; the CI cache saved it
+    second_store = tmp_path / "runner-2" / ".kling-cache"
+    shutil.copytree(first_store, second_store)  # the next two jobs restore that cache
+    remote = tmp_path / "remote"
+    one = _host_claims(remote, holder_id(first_store, lock_path), "runner-1")
+    two = _host_claims(remote, holder_id(second_store, lock_path), "runner-2")
+
+    first = _before_briefly(_claimer(one))
+    assert isinstance(first, Go) and first.claim is not None  # runner 1 is about to POST
+    # Runner 2, a second later, wants the same request: runner 1's claim is live (no task id
+    # yet); runner 2 waits for it (and follows its task), and does not POST too.
+    second = _before_briefly(_claimer(two))
+    assert not isinstance(second, Go), second
+    # (both runners have the holder id the cache restored: the host tells their claims apart)
+
+
+def test_a_task_claimed_after_a_forced_run_began_is_followed_even_in_the_same_second(
+        tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    second = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    here = [second + timedelta(microseconds=200_000)]
+    there = [second + timedelta(microseconds=700_000)]
+    forced = _claimer(_host_claims(remote, "a", "host-a", here), forced=frozenset({KEY}))
+    # The run (--force) began at .2 s; at .7 s of the same second, another machine claims the
+    # request and records its task: a new render, made after this run began.
+    other = _host_claims(remote, "b", "host-b", there)
+    won = other.claim(KEY)
+    assert isinstance(won, Won)
+    other.record_task(won.claim, "task-b")
+    here[0] = second + timedelta(microseconds=900_000)
+    got = _before_briefly(forced)
+    # docs/remote.md: "A claim that got its task after the run began is another machine's
+    # new render: followed."
+    assert isinstance(got, Follow) and got.task_id == "task-b", got
+
+
+def _nested(depth: int = 100_000) -> bytes:
+    return b"[" * depth
+
+
+def test_a_deeply_nested_claim_file_is_junk_not_a_crash(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    path = remote / "claims" / KEY / "00000001.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_nested())
+    got = _before_briefly(_claimer(_host_claims(remote, "a", "host-a")))
+    assert not isinstance(got, Go)  # junk is a claim of holder "" until it expires

@@ -47,3 +47,11 @@ def test_an_index_entry_is_read_only_when_every_field_has_its_type() -> None:
                 _entry(size=0), _entry(size=True), _entry(duration=True),
                 _entry(duration=-1), _entry(endpoint=None), _entry(task_id=7)):
         assert IndexEntry.parse(bad) is None, bad
+
+
+def _nested(depth: int = 100_000) -> bytes:
+    return b"[" * depth
+
+
+def test_a_deeply_nested_index_entry_is_refused_not_a_crash() -> None:
+    assert IndexEntry.parse(_nested()) is None
