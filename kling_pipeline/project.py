@@ -368,6 +368,7 @@ class Project:
         from kling_pipeline.run.claiming import (
             Claimer,
             claim_expiry,
+            generations_now,
             holder_id,
             owed_by,
             reconcile,
@@ -393,8 +394,15 @@ class Project:
             owed.settle(owed.load())  # no claims here to put right
             return None
         reconcile(claims, session, lock, owed)
+        if not network:
+            return None
+        try:
+            replaced = generations_now(claims, sorted(forced)) if forced else {}
+        except RemoteError as exc:
+            session.give_up(exc, "going on without the remote")
+            return None
         return Claimer(claims, session, resubmit_unknown=selection.resubmit_unknown,
-                       renew=renew, forced=forced, owed=owed) if network else None
+                       renew=renew, forced=replaced, owed=owed)
 
     def _take_from_remote(self, spec: RemoteSpec, lock: LockFile, store: Store,
                           selection: Selection, jobs: int | None, on_event: OnEvent,

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,7 +86,7 @@ class Claimer:
 
     def __init__(self, claims: Claims, session: RemoteSession, *,
                  resubmit_unknown: bool = False, renew: Mapping[str, str] | None = None,
-                 forced: Collection[str] = (), poll: float = CLAIM_POLL,
+                 forced: Mapping[str, int] | None = None, poll: float = CLAIM_POLL,
                  owed: OwedClaims | None = None) -> None:
         self.claims = claims
         self.session = session
@@ -96,11 +96,10 @@ class Claimer:
         # --retry-failed), with that render's task id: a claim holding that very task is the
         # render being replaced; one holding any other task is a new render, to follow.
         self.renew = dict(renew or {})
-        # Keys of shots named by --force: every render made before this run is replaced. Claim
-        # times are whole seconds, so one made in the run's first second counts as after it
-        # (followed: never paid twice; at worst the forced render is that one).
-        self.forced = frozenset(forced)
-        self.began = claims.clock().replace(microsecond=0)
+        # Keys of shots named by --force, each with the latest generation of its claim when
+        # the run began (0: none): every render made before the run is replaced; a claim of a
+        # later generation is another machine's new render, followed (no clock involved).
+        self.forced = dict(forced or {})
         self.poll = poll
         self._made: set[str] = set()  # nonces of the claims this run won: never superseded
         self._probe = threading.Lock()
@@ -176,8 +175,8 @@ class Claimer:
         replaced = self.renew.get(key)
         if replaced is not None and held.task_id == replaced:
             return True
-        if (key in self.forced and held.state in ("submitted", "unknown")
-                and held.updated_at < self.began):
+        if (held.state in ("submitted", "unknown")
+                and held.generation <= self.forced.get(key, 0)):
             return True
         if held.task_id:
             return False
@@ -230,6 +229,17 @@ def unsettled(lock: LockFile) -> dict[str, LockEntry]:
     flight with a task id, or unknown."""
     return {entry.key: entry for entry in lock.shots.values()
             if entry.status in AMBIGUOUS or (entry.status in IN_FLIGHT and entry.task_id)}
+
+
+def generations_now(claims: Claims, keys: Iterable[str]) -> dict[str, int]:
+    """The latest generation of each key's claim (0: none), as --force finds them when its
+    run begins: one listing, and one look per key that has a claim."""
+    claimed = claims.claimed_keys()
+    found: dict[str, int] = {}
+    for key in keys:
+        claim = claims.current(key) if key in claimed else None
+        found[key] = claim.generation if claim is not None else 0
+    return found
 
 
 def owed_by(lock: LockFile) -> dict[str, Owed]:

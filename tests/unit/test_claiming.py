@@ -40,7 +40,7 @@ def _claims(root: Path, holder: str, clock: list[datetime] | None = None) -> Cla
 
 
 def _claimer(claims: Claims, events: list[Event] | None = None, *,
-             resubmit_unknown: bool = False, forced: frozenset[str] = frozenset()) -> Claimer:
+             resubmit_unknown: bool = False, forced: dict[str, int] | None = None) -> Claimer:
     session = RemoteSession(claims.remote.spec, (events if events is not None else []).append)
     return Claimer(claims, session, resubmit_unknown=resubmit_unknown, forced=forced,
                    poll=0.01)
@@ -274,22 +274,40 @@ def test_two_runners_restoring_one_cached_store_do_not_both_submit(tmp_path: Pat
 
 def test_a_task_claimed_after_a_forced_run_began_is_followed_even_in_the_same_second(
         tmp_path: Path) -> None:
+    """--force replaces the renders whose claims were there when its run began (by their
+    generation, no clock): a claim made after that, even within the same second, is another
+    machine's new render, followed."""
     remote = tmp_path / "remote"
     second = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     here = [second + timedelta(microseconds=200_000)]
     there = [second + timedelta(microseconds=700_000)]
-    forced = _claimer(_host_claims(remote, "a", "host-a", here), forced=frozenset({KEY}))
-    # The run (--force) began at .2 s; at .7 s of the same second, another machine claims the
-    # request and records its task: a new render, made after this run began.
+    # The run (--force) began at .2 s, when the key had no claim (generation 0)
+    forced = _claimer(_host_claims(remote, "a", "host-a", here), forced={KEY: 0})
+    # at .7 s of the same second, another machine claims the request and records its task
     other = _host_claims(remote, "b", "host-b", there)
     won = other.claim(KEY)
     assert isinstance(won, Won)
     other.record_task(won.claim, "task-b")
     here[0] = second + timedelta(microseconds=900_000)
     got = _before_briefly(forced)
-    # docs/remote.md: "A claim that got its task after the run began is another machine's
-    # new render: followed."
     assert isinstance(got, Follow) and got.task_id == "task-b", got
+
+
+def test_a_forced_run_replaces_the_render_claimed_before_it_began(tmp_path: Path) -> None:
+    """The claim was there at the run's start (generation 1, with its task): --force pays
+    for a new render, as a new generation; a render claimed after that is followed."""
+    remote = tmp_path / "remote"
+    other = _host_claims(remote, "b", "host-b")
+    won = other.claim(KEY)
+    assert isinstance(won, Won)
+    other.record_task(won.claim, "task-old")
+    forced = _claimer(_host_claims(remote, "a", "host-a"), forced={KEY: 1})
+    got = _before_briefly(forced)
+    assert isinstance(got, Go) and got.claim is not None and got.claim.generation == 2
+    asyncio.run(forced.submitted(got.claim, "task-new"))
+    again = _claimer(_host_claims(remote, "c", "host-c"), forced={KEY: 1})
+    followed = _before_briefly(again)  # generation 2 came after this run began
+    assert isinstance(followed, Follow) and followed.task_id == "task-new", followed
 
 
 def _nested(depth: int = 100_000) -> bytes:
