@@ -393,13 +393,19 @@ def closed_port_number() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_retry_failed_does_not_pay_again_for_a_retry_another_machine_is_rendering(
-        tmp_path: Path, sim: SimClient) -> None:
+def failed_on_a(tmp_path: Path, sim: SimClient) -> tuple[tuple[str, str], Path, Path]:
+    """Two machines on one folder remote; A paid once for the shot (task 1), and it failed."""
     remote = ("--remote", str(tmp_path / "remote"))
     a, b = two_machines(tmp_path, "A lighthouse at dusk")
     sim.configure(failure_rate=1.0)
     apply_args(a, sim.base_url, *remote)
-    assert statuses(a) == {"one": "failed"}  # A paid once (task 1), and it failed
+    assert statuses(a) == {"one": "failed"}
+    return remote, a, b
+
+
+def test_retry_failed_does_not_pay_again_for_a_retry_another_machine_is_rendering(
+        tmp_path: Path, sim: SimClient) -> None:
+    remote, a, b = failed_on_a(tmp_path, sim)
     apply_args(b, sim.base_url, *remote)
     assert statuses(b) == {"one": "failed"}  # B followed A's claim: task 1, free
     assert lock_of(b)["one"]["task_id"] == lock_of(a)["one"]["task_id"]
@@ -419,11 +425,7 @@ def test_retry_failed_does_not_pay_again_for_a_retry_another_machine_is_renderin
 
 def test_retry_failed_on_a_changed_shot_does_not_supersede_another_machines_render(
         tmp_path: Path, sim: SimClient) -> None:
-    remote = ("--remote", str(tmp_path / "remote"))
-    a, b = two_machines(tmp_path, "A lighthouse at dusk")
-    sim.configure(failure_rate=1.0)
-    apply_args(a, sim.base_url, *remote)
-    assert statuses(a) == {"one": "failed"}  # the old request failed on A
+    remote, a, b = failed_on_a(tmp_path, sim)  # the old request failed on A
 
     for board in (a, b):  # the storyboard changes (a commit both machines pull)
         board.write_text(board.read_text().replace("at dusk", "at dawn"))
