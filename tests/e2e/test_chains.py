@@ -322,9 +322,9 @@ def test_two_shots_whose_keys_become_equal_at_run_time_are_paid_once(
         tmp_path: Path, sim: SimClient, with_remote: bool) -> None:
     board = tmp_path / "board.yaml"
     board.write_text(SAME_FRAME_TWICE)
-    # Every answer takes 1 s: c's POST is still unanswered (its lock entry `submitting`, its
+    # Every answer takes 0.5 s: c's POST is still unanswered (its lock entry `submitting`, its
     # claim `claimed`) when d, made exact at the same moment as c, comes to submit.
-    sim.configure(latency=1.0)
+    sim.configure(latency=0.5)
     remote = ("--remote", str(tmp_path / "remote")) if with_remote else ()
     result = apply(board, sim.base_url, *remote)
     assert result.exit_code == 0, result.output
