@@ -673,19 +673,15 @@ def _select(plan: Plan, only: Sequence[str]) -> Plan:
 
 
 def _renewed(plan: Plan, selection: Selection) -> dict[str, str]:
-    """The request keys this run pays for though this lock holds a render of that very
-    request (forced shots, failed ones retried), each with that render's task id. A claim in
-    the remote that holds that task is the render being replaced: superseded. One holding
-    another task is another machine's new render of the request: followed, not paid twice."""
-    renewed: dict[str, str] = {}
-    for item in plan.to_submit:
-        entry = item.entry
-        if (item.shot is None or entry is None or entry.key != item.shot.key
-                or not entry.task_id):
-            continue
-        if item.id in selection.force or (selection.retry_failed and entry.status == "failed"):
-            renewed[item.shot.key] = entry.task_id
-    return renewed
+    """The request keys --retry-failed pays for again, each with the failed task id this lock
+    has for that very request. A claim in the remote that holds that task is the render being
+    replaced: superseded. One holding another task is another machine's new render of the
+    request: followed, not paid twice. (Forced shots go by claim generation: _forced_keys.)"""
+    if not selection.retry_failed:
+        return {}
+    return {item.shot.key: entry.task_id for item in plan.to_submit
+            if item.shot is not None and (entry := item.entry) is not None
+            and entry.status == "failed" and entry.key == item.shot.key and entry.task_id}
 
 
 def _forced_keys(plan: Plan, selection: Selection) -> frozenset[str]:

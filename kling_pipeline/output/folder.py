@@ -170,7 +170,8 @@ class OutputFolder:
         self.simulated = simulated
         total = len(shots)
         self.names = {s.id: shot_file_name(i, s.id, total) for i, s in enumerate(shots, 1)}
-        # Thumbnails made while the run goes on, by video file name: (its sha256, (w, h)).
+        # Thumbnails started in worker threads (as the run places videos, or at the start of
+        # a sync), by video file name: (its sha256, future of the video's (w, h)).
         self._early: dict[str, tuple[str, Future[tuple[int, int]]]] = {}
         self._thumbnailer: ThreadPoolExecutor | None = None
         # Thumbnails this sync keeps as they are, by video file name: the old record.

@@ -92,9 +92,9 @@ class Claimer:
         self.session = session
         self.owed = owed  # where an update the remote could not hear is kept for later
         self.resubmit_unknown = resubmit_unknown
-        # Keys this run pays for again though this lock has a render of them (--force,
-        # --retry-failed), with that render's task id: a claim holding that very task is the
-        # render being replaced; one holding any other task is a new render, to follow.
+        # Keys --retry-failed pays for again, with the failed task id this lock has: a claim
+        # holding that very task is the render being replaced; one holding any other task is
+        # a new render (a teammate's retry), to follow.
         self.renew = dict(renew or {})
         # Keys of shots named by --force, each with the latest generation of its claim when
         # the run began (0: none): every render made before the run is replaced; a claim of a
@@ -180,13 +180,10 @@ class Claimer:
             return True
         if held.task_id:
             return False
-        if (held.state == "claimed" and self._own(held)
+        if (held.state == "claimed" and own(self.claims, held)
                 and held.nonce not in self._made):
             return True
         return held.state == "unknown" and self.resubmit_unknown
-
-    def _own(self, held: Claim) -> bool:
-        return held.holder == self.claims.holder and held.host == self.claims.host
 
     async def submitted(self, claim: Claim | None, task_id: str) -> None:
         """The POST made `task_id` (already in the lock): into the claim, for the others."""
@@ -212,6 +209,12 @@ class Claimer:
                 self._off(exc)
         if self.owed is not None:
             self.owed.add({claim.key: update})
+
+
+def own(claims: Claims, claim: Claim) -> bool:
+    """This checkout's claim on this machine: the same holder id and the same host (two CI
+    runners that restore one cached store share the holder id, never the host)."""
+    return claim.holder == claims.holder and claim.host == claims.host
 
 
 def settle_claim(claims: Claims, claim: Claim, update: Owed) -> None:
@@ -242,14 +245,14 @@ def generations_now(claims: Claims, keys: Iterable[str]) -> dict[str, int]:
     return found
 
 
+_STOPPED = "the run that claimed it was stopped before it knew whether its submission was accepted"
+
+
 def owed_by(lock: LockFile) -> dict[str, Owed]:
     """What this checkout's claims should say, as far as its lock knows: the task id of each
     shot in flight, `unknown` for each unknown one."""
     return {key: Owed("submitted", entry.task_id) if entry.task_id else
             Owed("unknown", None, _STOPPED) for key, entry in unsettled(lock).items()}
-
-
-_STOPPED = "the run that claimed it was stopped before it knew whether its submission was accepted"
 
 
 def reconcile(claims: Claims, session: RemoteSession, lock: LockFile,
@@ -262,24 +265,21 @@ def reconcile(claims: Claims, session: RemoteSession, lock: LockFile,
     todo = {**(owed.load() if owed is not None else {}), **owed_by(lock)}
     if not todo or not claims.supported:
         return 0
-    done: set[str] = set()
+    done: set[str] = set()  # put right, or not this checkout's to put right (any more)
     changed = 0
-    try:
-        if session.down:
-            raise RemoteError(session.down)
-        claimed = claims.claimed_keys()
-        for key in sorted(todo):
-            claim = claims.current(key) if key in claimed else None
-            if (claim is not None and claim.holder == claims.holder
-                    and claim.host == claims.host and claim.state == "claimed"):
-                settle_claim(claims, claim, todo[key])
-                changed += 1
-            done.add(key)  # put right, or not this checkout's to put right (any more)
-    except RemoteError as exc:
-        session.give_up(exc, "going on without the remote")
-    if owed is not None:
-        owed.settle(done)
-        owed.add({key: update for key, update in todo.items() if key not in done})
+    if not session.down:
+        try:
+            claimed = claims.claimed_keys()
+            for key in sorted(todo):
+                claim = claims.current(key) if key in claimed else None
+                if claim is not None and own(claims, claim) and claim.state == "claimed":
+                    settle_claim(claims, claim, todo[key])
+                    changed += 1
+                done.add(key)
+        except RemoteError as exc:
+            session.give_up(exc, "going on without the remote")
+    if owed is not None:  # what could not be said now waits for a run that can
+        owed.keep({key: update for key, update in todo.items() if key not in done})
     return changed
 
 

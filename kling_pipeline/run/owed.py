@@ -53,16 +53,17 @@ class OwedClaims:
 
     def add(self, updates: Mapping[str, Owed]) -> None:
         if updates:
-            self._save({**self.load(), **updates})
+            self.keep({**self.load(), **updates})
 
     def settle(self, keys: Iterable[str]) -> None:
         """These keys' claims are as they should be (or no longer this checkout's)."""
-        owed = self.load()
-        left = {key: value for key, value in owed.items() if key not in set(keys)}
+        owed, settled = self.load(), set(keys)
+        left = {key: value for key, value in owed.items() if key not in settled}
         if len(left) != len(owed):
-            self._save(left)
+            self.keep(left)
 
-    def _save(self, owed: Mapping[str, Owed]) -> None:
+    def keep(self, owed: Mapping[str, Owed]) -> None:
+        """What is owed from now on, all of it (none: the file goes)."""
         if not owed:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

@@ -42,6 +42,15 @@ def test_updates_are_kept_merged_and_settled(tmp_path: Path) -> None:
     assert not owed.path.exists()
 
 
+def test_settle_takes_any_iterable_of_keys(tmp_path: Path) -> None:
+    """A generator of keys settles each of them, not only the first item's (it was turned
+    into a set once per owed key, and a generator is empty the second time)."""
+    owed = OwedClaims(tmp_path, "h")
+    owed.add({KEY: Owed("submitted", "t-1"), OTHER: Owed("released"), "ef" * 32: Owed("released")})
+    owed.settle(key for key in (KEY, OTHER))
+    assert owed.load() == {"ef" * 32: Owed("released")}
+
+
 def test_a_damaged_file_counts_as_empty(tmp_path: Path) -> None:
     owed = OwedClaims(tmp_path, "h")
     owed.path.parent.mkdir(parents=True)
